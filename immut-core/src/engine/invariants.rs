@@ -1,0 +1,164 @@
+//! The engine's invariants as pure functions over a view and a decision.
+
+use std::collections::HashSet;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::InstanceId;
+use crate::strategy::{Decision, FleetView, Limits};
+
+/// Names of the invariants, as they appear in errors and events.
+pub mod names {
+    /// Serving-healthy never drops below the floor by the engine's own action.
+    pub const FLOOR: &str = "healthy_floor";
+    /// Live instances never exceed the ceiling.
+    pub const CEILING: &str = "surge_ceiling";
+    /// Only proven (ready) instances receive traffic, and nothing serving is terminated.
+    pub const PROVEN: &str = "old_kept_until_new_proven";
+    /// At quiescence no instance is left outside the final release's serving set.
+    pub const ORPHANS: &str = "no_orphans";
+}
+
+fn violation(invariant: &str, detail: String) -> Error {
+    Error::new(ErrorKind::InvariantViolated, format!("{invariant}: {detail}"))
+}
+
+/// Checks the observed fleet: the ceiling (or the fleet size at the start, if that was larger).
+pub fn check_observed(view: &FleetView, limits: Limits, initial_total: usize) -> Result<()> {
+    let ceiling = limits.ceiling.max(initial_total);
+    if view.total_live() > ceiling {
+        return Err(violation(
+            names::CEILING,
+            format!("{} live instances exceed the ceiling of {ceiling}", view.total_live()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a decision before it is carried out.
+pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> Result<()> {
+    match decision {
+        Decision::Launch { count } => {
+            let after = view.total_live() + count;
+            if after > limits.ceiling {
+                return Err(violation(
+                    names::CEILING,
+                    format!(
+                        "launching {count} would bring {after} live instances above the ceiling of {}",
+                        limits.ceiling
+                    ),
+                ));
+            }
+        }
+        Decision::Attach { ids } => check_proven(view, ids)?,
+        Decision::Detach { ids } => check_floor(view, &[], ids, limits)?,
+        Decision::Switch { attach, detach } => {
+            check_proven(view, attach)?;
+            check_floor(view, attach, detach, limits)?;
+        }
+        Decision::Terminate { ids } => {
+            if let Some(id) = ids.iter().find(|id| view.is_serving(id)) {
+                return Err(violation(
+                    names::PROVEN,
+                    format!("{id} would be terminated while serving; detach and drain it first"),
+                ));
+            }
+        }
+        Decision::Done => check_quiescent(view)?,
+        Decision::Gate { .. } | Decision::Wait { .. } | Decision::Fail { .. } => {}
+    }
+    Ok(())
+}
+
+fn check_proven(view: &FleetView, attach: &[InstanceId]) -> Result<()> {
+    let ready: HashSet<&InstanceId> = view.ready.iter().collect();
+    if let Some(id) = attach.iter().find(|id| !ready.contains(id)) {
+        return Err(violation(
+            names::PROVEN,
+            format!("{id} would receive traffic before it was proven healthy for the min-ready time"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_floor(view: &FleetView, attach: &[InstanceId], detach: &[InstanceId], limits: Limits) -> Result<()> {
+    let before = view.serving_healthy();
+    let detach: HashSet<&InstanceId> = detach.iter().collect();
+    let lost = detach.iter().filter(|id| view.is_serving_healthy(id)).count();
+    let gained = attach.iter().filter(|id| !detach.contains(id)).count();
+    let after = before + gained - lost;
+    if after < limits.floor && after < before {
+        return Err(violation(
+            names::FLOOR,
+            format!("serving-healthy would drop from {before} to {after}, below the floor of {}", limits.floor),
+        ));
+    }
+    Ok(())
+}
+
+/// At quiescence only serving-healthy instances of the target release remain.
+pub fn check_quiescent(view: &FleetView) -> Result<()> {
+    let leftovers = view.launching.len()
+        + view.warming.len()
+        + view.ready.len()
+        + view.new_serving_unhealthy.len()
+        + view.old_live();
+    if leftovers > 0 {
+        return Err(violation(
+            names::ORPHANS,
+            format!(
+                "{leftovers} instances would be left behind ({} not serving new, {} unhealthy serving, {} old)",
+                view.launching.len() + view.warming.len() + view.ready.len(),
+                view.new_serving_unhealthy.len(),
+                view.old_live()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::test_views::{fresh, ids};
+
+    const LIMITS: Limits = Limits { floor: 3, ceiling: 4 };
+
+    #[test]
+    fn floor_ceiling_and_serving_termination_are_refused() {
+        let v = fresh(3, 3);
+        let e = check_decision(&v, &Decision::Detach { ids: ids("old-", 1) }, LIMITS).unwrap_err();
+        assert!(e.to_string().contains(names::FLOOR), "{e}");
+        let e = check_decision(&v, &Decision::Launch { count: 2 }, LIMITS).unwrap_err();
+        assert!(e.to_string().contains(names::CEILING), "{e}");
+        let e = check_decision(&v, &Decision::Terminate { ids: ids("old-", 1) }, LIMITS).unwrap_err();
+        assert!(e.to_string().contains(names::PROVEN), "{e}");
+        assert!(check_decision(&v, &Decision::Launch { count: 1 }, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn switch_needs_proven_instances_and_keeps_the_floor() {
+        let mut v = fresh(3, 3);
+        v.warming = ids("new-", 3);
+        let early = Decision::Switch { attach: ids("new-", 3), detach: ids("old-", 3) };
+        assert!(check_decision(&v, &early, LIMITS).is_err());
+        v.ready = std::mem::take(&mut v.warming);
+        assert!(check_decision(&v, &early, LIMITS).is_ok());
+        let short = Decision::Switch { attach: ids("new-", 2), detach: ids("old-", 3) };
+        assert!(check_decision(&v, &short, LIMITS).is_err());
+    }
+
+    #[test]
+    fn detaching_unhealthy_is_always_allowed() {
+        let mut v = fresh(3, 2);
+        v.old_serving_unhealthy = ids("sick-", 1);
+        assert!(check_decision(&v, &Decision::Detach { ids: ids("sick-", 1) }, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn done_with_leftovers_is_an_orphan_violation() {
+        let mut v = fresh(2, 1);
+        v.new_serving_healthy = ids("new-", 2);
+        let e = check_decision(&v, &Decision::Done, LIMITS).unwrap_err();
+        assert!(e.to_string().contains(names::ORPHANS), "{e}");
+    }
+}

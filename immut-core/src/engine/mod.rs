@@ -1,0 +1,849 @@
+//! The replacement engine: an explicit state machine advanced by [`Deployment::step`].
+//!
+//! Each step observes the fleet (describe, serving set, health), checks the invariants, asks the
+//! strategy for a [`Decision`], checks the decision against the invariants, acts, and records
+//! [`Event`]s. The states and their transitions are documented on [`Phase`].
+
+mod events;
+mod gate;
+pub mod invariants;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::Stream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use events::{CallCounts, Capacity, Event, Outcome, Phase};
+pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::health::{Health, HealthCheck, ProviderStatus};
+use crate::model::{DeploymentId, Instance, InstanceId, LaunchToken, Release, ReleaseId};
+use crate::provider::{LaunchRequest, Provider, ProviderExt, Query};
+use crate::strategy::{Decision, FleetView, Limits, ReplacementStrategy, Rollback};
+use crate::traffic::Traffic;
+
+/// How retryable errors are retried: exponential backoff with jitter. The engine is the one
+/// layer that retries; providers should turn their SDK's own retries down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub max_retries: usize,
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 8, min_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    desired: usize,
+    min_ready: Duration,
+    progress_deadline: Duration,
+    poll_interval: Duration,
+    retry: RetryPolicy,
+}
+
+/// Builds a [`Deployer`]. Setters never fail; [`DeployerBuilder::build`] checks everything.
+#[derive(Debug, Default)]
+pub struct DeployerBuilder {
+    provider: Option<Arc<dyn Provider>>,
+    traffic: Option<Arc<dyn Traffic>>,
+    health: Option<Arc<dyn HealthCheck>>,
+    strategy: Option<Arc<dyn ReplacementStrategy>>,
+    gate: Option<Arc<dyn Gate>>,
+    desired: Option<usize>,
+    min_ready: Duration,
+    progress_deadline: Option<Duration>,
+    poll_interval: Option<Duration>,
+    retry: Option<RetryPolicy>,
+}
+
+impl DeployerBuilder {
+    /// The compute backend (required).
+    pub fn provider(mut self, provider: impl Provider + 'static) -> Self {
+        self.provider = Some(Arc::new(provider));
+        self
+    }
+    /// The compute backend, shared.
+    pub fn provider_arc(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+    /// The load balancer (required).
+    pub fn traffic(mut self, traffic: impl Traffic + 'static) -> Self {
+        self.traffic = Some(Arc::new(traffic));
+        self
+    }
+    /// The load balancer, shared.
+    pub fn traffic_arc(mut self, traffic: Arc<dyn Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+    /// The health check (default: [`ProviderStatus`]).
+    pub fn health(mut self, health: impl HealthCheck + 'static) -> Self {
+        self.health = Some(Arc::new(health));
+        self
+    }
+    /// The replacement strategy (required).
+    pub fn strategy(mut self, strategy: impl ReplacementStrategy + 'static) -> Self {
+        self.strategy = Some(Arc::new(strategy));
+        self
+    }
+    /// The replacement strategy, shared.
+    pub fn strategy_arc(mut self, strategy: Arc<dyn ReplacementStrategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+    /// Decides gates (default: [`AutoApprove`]).
+    pub fn gate(mut self, gate: impl Gate + 'static) -> Self {
+        self.gate = Some(Arc::new(gate));
+        self
+    }
+    /// How many instances the service runs (required, at least 1).
+    pub fn desired(mut self, desired: usize) -> Self {
+        self.desired = Some(desired);
+        self
+    }
+    /// How long a new instance must stay healthy before it counts (default 0).
+    pub fn min_ready(mut self, min_ready: Duration) -> Self {
+        self.min_ready = min_ready;
+        self
+    }
+    /// The longest the engine waits without progress before it rolls back (default 10 min).
+    pub fn progress_deadline(mut self, deadline: Duration) -> Self {
+        self.progress_deadline = Some(deadline);
+        self
+    }
+    /// How often the engine observes while waiting (default 2 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+    /// The retry policy for retryable errors.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Checks the settings and builds the deployer. Errors name the missing or bad field.
+    pub fn build(self) -> Result<Deployer> {
+        let provider = self.provider.ok_or_else(|| Error::invalid("provider", "is required; call .provider(..)"))?;
+        let traffic = self.traffic.ok_or_else(|| Error::invalid("traffic", "is required; call .traffic(..)"))?;
+        let strategy = self.strategy.ok_or_else(|| Error::invalid("strategy", "is required; call .strategy(..)"))?;
+        let desired =
+            self.desired.ok_or_else(|| Error::invalid("desired", "is required; call .desired(n) with n >= 1"))?;
+        if desired == 0 {
+            return Err(Error::invalid("desired", "must be at least 1"));
+        }
+        strategy.validate(desired)?;
+        let poll_interval = self.poll_interval.unwrap_or(Duration::from_secs(2));
+        if poll_interval.is_zero() {
+            return Err(Error::invalid("poll_interval", "must be above zero"));
+        }
+        let progress_deadline = self.progress_deadline.unwrap_or(Duration::from_secs(600));
+        if progress_deadline.is_zero() {
+            return Err(Error::invalid("progress_deadline", "must be above zero"));
+        }
+        let retry = self.retry.unwrap_or_default();
+        if retry.min_delay > retry.max_delay {
+            return Err(Error::invalid("retry.min_delay", "is above retry.max_delay"));
+        }
+        Ok(Deployer {
+            inner: Arc::new(Inner {
+                provider,
+                traffic,
+                health: self.health.unwrap_or_else(|| Arc::new(ProviderStatus)),
+                strategy,
+                gate: self.gate.unwrap_or_else(|| Arc::new(AutoApprove)),
+                settings: Settings { desired, min_ready: self.min_ready, progress_deadline, poll_interval, retry },
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    provider: Arc<dyn Provider>,
+    traffic: Arc<dyn Traffic>,
+    health: Arc<dyn HealthCheck>,
+    strategy: Arc<dyn ReplacementStrategy>,
+    gate: Arc<dyn Gate>,
+    settings: Settings,
+}
+
+/// Deploys releases of a service with one strategy. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    inner: Arc<Inner>,
+}
+
+impl Deployer {
+    /// A builder.
+    pub fn builder() -> DeployerBuilder {
+        DeployerBuilder::default()
+    }
+
+    /// A deployment of `release`, not started yet: drive it with [`Deployment::run`],
+    /// [`Deployment::events`] or [`Deployment::step`].
+    pub fn deploy(&self, release: Release) -> Deployment {
+        Deployment::new(self.inner.clone(), release)
+    }
+
+    /// The desired count.
+    pub fn desired(&self) -> usize {
+        self.inner.settings.desired
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> &Arc<dyn ReplacementStrategy> {
+        &self.inner.strategy
+    }
+
+    pub(crate) fn with_backends(
+        &self,
+        provider: Arc<dyn Provider>,
+        traffic: Arc<dyn Traffic>,
+        health: Arc<dyn HealthCheck>,
+    ) -> Deployer {
+        Deployer {
+            inner: Arc::new(Inner {
+                provider,
+                traffic,
+                health,
+                strategy: self.inner.strategy.clone(),
+                gate: Arc::new(AutoApprove),
+                settings: self.inner.settings.clone(),
+            }),
+        }
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<dyn Provider> {
+        &self.inner.provider
+    }
+
+    pub(crate) fn traffic(&self) -> &Arc<dyn Traffic> {
+        &self.inner.traffic
+    }
+
+    pub(crate) fn min_ready(&self) -> Duration {
+        self.inner.settings.min_ready
+    }
+}
+
+/// Cancels a running deployment, which then rolls back.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl CancelHandle {
+    /// Asks the deployment to stop and roll back at its next step.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether cancellation was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+struct Observation {
+    instances: Vec<Instance>,
+    serving: HashSet<InstanceId>,
+    health: Vec<Health>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Signature([usize; 9]);
+
+/// One deployment of a release: a state machine advanced by [`Deployment::step`].
+#[derive(Debug)]
+pub struct Deployment {
+    inner: Arc<Inner>,
+    id: DeploymentId,
+    release: Arc<Release>,
+    previous_release: Option<Arc<Release>>,
+    previous: Option<ReleaseId>,
+    previous_count: usize,
+    initial_total: usize,
+    phase: Phase,
+    started: Option<Instant>,
+    step: u64,
+    wave: u32,
+    healthy_since: HashMap<InstanceId, Instant>,
+    switched_at: Option<Duration>,
+    last_change_at: Option<Duration>,
+    last_progress: Instant,
+    signature: Signature,
+    passed_gates: BTreeSet<String>,
+    pending: VecDeque<Event>,
+    calls: CallCounts,
+    cancel: CancelHandle,
+    outcome: Option<Outcome>,
+    last_serving: Vec<InstanceId>,
+}
+
+impl Deployment {
+    fn new(inner: Arc<Inner>, release: Release) -> Self {
+        let id = DeploymentId::new(default_deployment_id(&release));
+        Deployment {
+            inner,
+            id,
+            release: Arc::new(release),
+            previous_release: None,
+            previous: None,
+            previous_count: 0,
+            initial_total: 0,
+            phase: Phase::Deploying,
+            started: None,
+            step: 0,
+            wave: 0,
+            healthy_since: HashMap::new(),
+            switched_at: None,
+            last_change_at: None,
+            last_progress: Instant::now(),
+            signature: Signature::default(),
+            passed_gates: BTreeSet::new(),
+            pending: VecDeque::new(),
+            calls: CallCounts::default(),
+            cancel: CancelHandle::default(),
+            outcome: None,
+            last_serving: Vec::new(),
+        }
+    }
+
+    /// Sets the deployment id (default: derived from the release and the clock).
+    pub fn with_id(mut self, id: DeploymentId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The release to restore on rollback. Without it, a rollback can still switch traffic back
+    /// to surviving instances, but cannot relaunch ones a rolling deployment already replaced.
+    pub fn with_previous(mut self, previous: Release) -> Self {
+        self.previous_release = Some(Arc::new(previous));
+        self
+    }
+
+    /// The deployment id.
+    pub fn id(&self) -> &DeploymentId {
+        &self.id
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// A handle that cancels this deployment (which then rolls back).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.pending.drain(..).collect()
+    }
+
+    /// Runs to the end, discarding events, and returns the outcome.
+    pub async fn run(mut self) -> Outcome {
+        loop {
+            if let Some(outcome) = self.step().await {
+                return outcome;
+            }
+            self.pending.clear();
+        }
+    }
+
+    /// Runs to the end, handing every event to `on_event`.
+    pub async fn run_with(mut self, mut on_event: impl FnMut(&Event)) -> Outcome {
+        loop {
+            let done = self.step().await;
+            for event in self.pending.drain(..) {
+                on_event(&event);
+            }
+            if let Some(outcome) = done {
+                return outcome;
+            }
+        }
+    }
+
+    /// Runs the deployment as a stream of events; the last one is [`Event::Finished`].
+    pub fn events(self) -> impl Stream<Item = Event> + Send {
+        futures_util::stream::unfold(self, |mut d| async move {
+            loop {
+                if let Some(event) = d.pending.pop_front() {
+                    return Some((event, d));
+                }
+                if d.outcome.is_some() {
+                    return None;
+                }
+                d.step().await;
+            }
+        })
+    }
+
+    /// Advances by one step: observe, check, decide, act. Returns the outcome once terminal.
+    pub async fn step(&mut self) -> Option<Outcome> {
+        if let Some(outcome) = &self.outcome {
+            return Some(outcome.clone());
+        }
+        let span =
+            tracing::info_span!("deployment", id = %self.id, service = %self.release.service(), step = self.step + 1);
+        let result = self.advance().instrument(span).await;
+        if let Err(error) = result {
+            self.failed(error);
+        }
+        self.outcome.clone()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.map(|s| s.elapsed()).unwrap_or_default()
+    }
+
+    fn limits(&self) -> Limits {
+        match &self.phase {
+            Phase::RollingBack { .. } => {
+                let l = self.inner.strategy.limits(self.inner.settings.desired);
+                let surge = l.ceiling - self.inner.settings.desired;
+                Limits {
+                    floor: l.floor.min(self.previous_count),
+                    ceiling: self.previous_count.max(self.inner.settings.desired) + surge,
+                }
+            }
+            _ => self.inner.strategy.limits(self.inner.settings.desired),
+        }
+    }
+
+    fn target(&self) -> Option<&ReleaseId> {
+        match self.phase {
+            Phase::RollingBack { .. } => self.previous.as_ref(),
+            _ => Some(self.release.id()),
+        }
+    }
+
+    async fn advance(&mut self) -> Result<()> {
+        if self.started.is_none() {
+            self.start().await?;
+        }
+        if matches!(self.phase, Phase::Deploying) && self.cancel.is_cancelled() {
+            return Err(Error::new(ErrorKind::Cancelled, "the deployment was cancelled"));
+        }
+        self.step += 1;
+        let obs = self.observe().await?;
+        let view = self.build_view(&obs);
+        self.note_progress(&view);
+        let limits = self.limits();
+        invariants::check_observed(&view, limits, self.initial_total).inspect_err(|e| self.record_violation(e))?;
+        let decision = match &self.phase {
+            Phase::RollingBack { .. } => {
+                Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
+            }
+            _ => self.inner.strategy.decide(&view),
+        };
+        self.pending.push_back(Event::Step {
+            step: self.step,
+            at_ms: view.now.as_millis() as u64,
+            rolling_back: matches!(self.phase, Phase::RollingBack { .. }),
+            capacity: Capacity {
+                serving_healthy: view.serving_healthy(),
+                serving: view.serving(),
+                total: view.total_live(),
+                new_live: view.new_live(),
+                old_live: view.old_live(),
+            },
+            decision: decision.clone(),
+        });
+        invariants::check_decision(&view, &decision, limits).inspect_err(|e| self.record_violation(e))?;
+        self.act(decision, &view, &obs).await
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let started = Instant::now();
+        self.started = Some(started);
+        self.last_progress = started;
+        let Observation { instances, serving, .. } = self.observe().await?;
+        let mut by_release: BTreeMap<&ReleaseId, usize> = BTreeMap::new();
+        for i in instances.iter().filter(|i| serving.contains(&i.id)) {
+            if let Some(r) = i.release().filter(|r| *r != self.release.id()) {
+                *by_release.entry(r).or_default() += 1;
+            }
+        }
+        let previous = by_release.iter().max_by_key(|(_, n)| **n).map(|(r, n)| ((*r).clone(), *n));
+        if let (Some(given), Some((observed, _))) = (&self.previous_release, &previous) {
+            if given.id() != observed {
+                return Err(Error::invalid(
+                    "previous",
+                    format!(
+                        "the deployer was given release {} as the previous one, but {observed} is what serves",
+                        given.id()
+                    ),
+                ));
+            }
+        }
+        self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
+        self.previous = previous.map(|(r, _)| r);
+        self.initial_total = instances.len();
+        let limits = self.limits();
+        self.pending.push_back(Event::Started {
+            deployment: self.id.clone(),
+            service: self.release.service().to_owned(),
+            release: self.release.id().clone(),
+            previous: self.previous.clone(),
+            desired: self.inner.settings.desired,
+            strategy: self.inner.strategy.name().to_owned(),
+            floor: limits.floor,
+            ceiling: limits.ceiling,
+        });
+        tracing::info!(deployment = %self.id, release = %self.release, previous = ?self.previous, "deployment started");
+        Ok(())
+    }
+
+    fn rollback_release(&self) -> Option<&Arc<Release>> {
+        self.previous_release.as_ref().filter(|r| Some(r.id()) == self.previous.as_ref())
+    }
+
+    async fn observe(&mut self) -> Result<Observation> {
+        let provider = self.inner.provider.clone();
+        let query = Query::service(self.release.service());
+        let instances = self.retrying("describe", || provider.describe(&query)).await?;
+        self.calls.describe += 1;
+        let traffic = self.inner.traffic.clone();
+        let serving: HashSet<InstanceId> = self.retrying("serving", || traffic.serving()).await?.into_iter().collect();
+        self.calls.serving += 1;
+        let health = self.inner.health.check_many(&instances).await;
+        self.calls.health += 1;
+        Ok(Observation { instances, serving, health })
+    }
+
+    fn build_view(&mut self, obs: &Observation) -> FleetView {
+        let now = Instant::now();
+        let min_ready = self.inner.settings.min_ready;
+        let mut view = FleetView {
+            now: self.elapsed(),
+            desired: match self.phase {
+                Phase::RollingBack { .. } => self.previous_count,
+                _ => self.inner.settings.desired,
+            },
+            last_change_at: self.last_change_at,
+            switched_at: self.switched_at,
+            passed_gates: self.passed_gates.clone(),
+            ..FleetView::default()
+        };
+        let started = self.started.unwrap_or(now);
+        let target = self.target().cloned();
+        let mut seen = HashSet::with_capacity(obs.instances.len());
+        for (instance, health) in obs.instances.iter().zip(&obs.health) {
+            let id = &instance.id;
+            seen.insert(id);
+            let healthy = health.is_healthy();
+            let since = if healthy {
+                Some(*self.healthy_since.entry(id.clone()).or_insert(now))
+            } else {
+                self.healthy_since.remove(id);
+                None
+            };
+            let serving = obs.serving.contains(id);
+            let is_target = target.is_some() && instance.release() == target.as_ref();
+            let bucket = match (is_target, serving, healthy) {
+                (true, true, true) => &mut view.new_serving_healthy,
+                (true, true, false) => &mut view.new_serving_unhealthy,
+                (true, false, false) => &mut view.launching,
+                (true, false, true) => {
+                    let ready_at = since.expect("healthy has a since") + min_ready;
+                    if ready_at <= now {
+                        &mut view.ready
+                    } else {
+                        let at = ready_at - started;
+                        view.next_ready_at = Some(view.next_ready_at.map_or(at, |t| t.min(at)));
+                        &mut view.warming
+                    }
+                }
+                (false, true, true) => &mut view.old_serving_healthy,
+                (false, true, false) => &mut view.old_serving_unhealthy,
+                (false, false, _) => &mut view.old_idle,
+            };
+            bucket.push(id.clone());
+        }
+        self.healthy_since.retain(|id, _| seen.contains(id));
+        let mut serving: Vec<InstanceId> = obs.serving.iter().cloned().collect();
+        serving.sort();
+        self.last_serving = serving;
+        view
+    }
+
+    fn note_progress(&mut self, view: &FleetView) {
+        let signature = Signature([
+            view.launching.len(),
+            view.warming.len(),
+            view.ready.len(),
+            view.new_serving_healthy.len(),
+            view.new_serving_unhealthy.len(),
+            view.old_serving_healthy.len(),
+            view.old_serving_unhealthy.len(),
+            view.old_idle.len(),
+            view.passed_gates.len(),
+        ]);
+        if signature != self.signature {
+            self.signature = signature;
+            self.last_progress = Instant::now();
+        }
+    }
+
+    fn record_violation(&mut self, error: &Error) {
+        let (invariant, detail) = error.message().split_once(": ").unwrap_or(("unknown", error.message()));
+        tracing::error!(%invariant, %detail, "invariant violation refused");
+        self.pending.push_back(Event::InvariantViolated { invariant: invariant.to_owned(), detail: detail.to_owned() });
+    }
+
+    fn changed(&mut self) {
+        self.last_change_at = Some(self.elapsed());
+        self.last_progress = Instant::now();
+    }
+
+    async fn act(&mut self, decision: Decision, view: &FleetView, obs: &Observation) -> Result<()> {
+        match decision {
+            Decision::Launch { count } => self.launch(count).await?,
+            Decision::Attach { ids } => {
+                let instances = pick(obs, &ids);
+                let traffic = self.inner.traffic.clone();
+                self.retrying("attach", || traffic.attach(&instances)).await?;
+                self.calls.attach += 1;
+                self.changed();
+                self.pending.push_back(Event::Attached { ids });
+            }
+            Decision::Detach { ids } => {
+                let traffic = self.inner.traffic.clone();
+                self.retrying("detach", || traffic.detach(&ids)).await?;
+                self.calls.detach += 1;
+                self.changed();
+                self.pending.push_back(Event::Detached { ids });
+            }
+            Decision::Switch { attach, detach } => {
+                let instances = pick(obs, &attach);
+                let traffic = self.inner.traffic.clone();
+                self.retrying("switch", || traffic.switch(&instances, &detach)).await?;
+                self.calls.switch += 1;
+                self.changed();
+                if matches!(self.phase, Phase::Deploying) {
+                    self.switched_at = self.last_change_at;
+                }
+                self.pending.push_back(Event::Switched { attached: attach, detached: detach });
+            }
+            Decision::Terminate { ids } => {
+                let provider = self.inner.provider.clone();
+                self.retrying("terminate", || provider.terminate_all(&ids)).await?;
+                self.calls.terminate += ids.len().div_ceil(provider.capabilities().max_terminate_batch.max(1)) as u64;
+                self.changed();
+                self.pending.push_back(Event::Terminated { ids });
+            }
+            Decision::Gate { name } => match self.inner.gate.evaluate(&name, view).await {
+                GateVerdict::Pass => {
+                    self.passed_gates.insert(name.clone());
+                    self.pending.push_back(Event::GatePassed { gate: name });
+                }
+                GateVerdict::Hold(reason) => self.wait(&reason, None).await?,
+                GateVerdict::Fail(reason) => {
+                    return Err(Error::new(ErrorKind::Other, format!("gate {name:?} failed: {reason}")));
+                }
+            },
+            Decision::Wait { reason, until } => self.wait(&reason, until).await?,
+            Decision::Done => self.finish(),
+            Decision::Fail { reason } => return Err(Error::new(ErrorKind::Other, reason)),
+        }
+        Ok(())
+    }
+
+    async fn launch(&mut self, count: usize) -> Result<()> {
+        let release = match &self.phase {
+            Phase::RollingBack { .. } => self.rollback_release().cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "the previous release is unknown; pass it with Deployment::with_previous",
+                )
+            })?,
+            _ => self.release.clone(),
+        };
+        self.wave += 1;
+        let wave = self.wave;
+        let prefix = if matches!(self.phase, Phase::RollingBack { .. }) { "rb" } else { "w" };
+        let batch = self.inner.provider.capabilities().max_launch_batch.max(1);
+        let span = tracing::info_span!("wave", wave, count);
+        let mut remaining = count;
+        let mut index = 0;
+        while remaining > 0 {
+            let n = remaining.min(batch);
+            let token = LaunchToken::new(format!("{}-{prefix}{wave}-{index}", self.id));
+            let request = LaunchRequest::new(release.clone(), n, &self.id, token.clone());
+            let provider = self.inner.provider.clone();
+            let (instances, adopted) =
+                self.retrying("launch", || provider.ensure_launched(&request)).instrument(span.clone()).await?;
+            self.calls.launch += 1;
+            self.calls.describe += 1;
+            self.changed();
+            self.pending.push_back(Event::Launched {
+                wave,
+                token,
+                ids: instances.into_iter().map(|i| i.id).collect(),
+                adopted,
+            });
+            remaining -= n;
+            index += 1;
+        }
+        Ok(())
+    }
+
+    async fn wait(&mut self, reason: &str, until: Option<Duration>) -> Result<()> {
+        let now = Instant::now();
+        let deadline = self.last_progress + self.inner.settings.progress_deadline;
+        if now >= deadline {
+            return Err(Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "no progress for {}s (the progress deadline) while waiting: {reason}",
+                    self.inner.settings.progress_deadline.as_secs()
+                ),
+            ));
+        }
+        let mut wake = (now + self.inner.settings.poll_interval).min(deadline);
+        if let (Some(until), Some(started)) = (until, self.started) {
+            wake = wake.min(started + until);
+        }
+        if let Some(change) = self.inner.provider.next_change() {
+            wake = wake.min(change);
+        }
+        let wake = wake.max(now + Duration::from_millis(1));
+        tracing::debug!(reason, "waiting");
+        let cancel = self.cancel.clone();
+        let cancellable = matches!(self.phase, Phase::Deploying);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = cancel.notify.notified(), if cancellable => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Succeeded) {
+            Phase::Deploying => Phase::Succeeded,
+            Phase::RollingBack { reason } => Phase::RolledBack { reason },
+            terminal => terminal,
+        };
+        self.conclude();
+    }
+
+    fn failed(&mut self, error: Error) {
+        let message = error.to_string();
+        match std::mem::replace(&mut self.phase, Phase::Succeeded) {
+            Phase::Deploying => {
+                tracing::warn!(deployment = %self.id, error = %message, "rolling back");
+                self.pending.push_back(Event::RollbackStarted { reason: message.clone() });
+                self.phase = Phase::RollingBack { reason: message };
+                self.last_progress = Instant::now();
+                self.signature = Signature::default();
+            }
+            Phase::RollingBack { reason } => {
+                tracing::error!(deployment = %self.id, error = %message, "rollback failed");
+                self.phase = Phase::RollbackFailed { reason, rollback_error: message };
+                self.conclude();
+            }
+            terminal => self.phase = terminal,
+        }
+    }
+
+    fn conclude(&mut self) {
+        let outcome = Outcome {
+            deployment: self.id.clone(),
+            service: self.release.service().to_owned(),
+            release: self.release.id().clone(),
+            previous: self.previous.clone(),
+            phase: self.phase.clone(),
+            elapsed: self.elapsed(),
+            steps: self.step,
+            waves: self.wave,
+            serving: self.last_serving.clone(),
+            calls: self.calls,
+        };
+        tracing::info!(summary = %outcome.summary(), "deployment finished");
+        self.pending.push_back(Event::Finished { outcome: outcome.clone() });
+        self.outcome = Some(outcome);
+    }
+
+    /// Runs `f`, retrying retryable errors with backoff and jitter, and records each retry as an
+    /// event. Each attempt is bounded by the progress deadline.
+    async fn retrying<T, F, Fut>(&mut self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = self.inner.settings.retry;
+        let deadline = self.inner.settings.progress_deadline;
+        let retries = Mutex::new(Vec::new());
+        let mut f = f;
+        let attempt = || {
+            let fut = f();
+            async move {
+                tokio::time::timeout(deadline, fut).await.unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!("{operation} took longer than the progress deadline"),
+                    ))
+                })
+            }
+        };
+        let result = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(policy.min_delay)
+                    .with_max_delay(policy.max_delay)
+                    .with_max_times(policy.max_retries)
+                    .with_jitter(),
+            )
+            .when(|e: &Error| e.is_retryable())
+            .notify(|e: &Error, delay: Duration| {
+                let mut r = retries.lock().expect("retry log lock poisoned");
+                let attempt = r.len() as u32 + 1;
+                tracing::warn!(operation, attempt, error = %e, "retrying");
+                r.push(Event::Retrying {
+                    operation: operation.to_owned(),
+                    attempt,
+                    error: e.to_string(),
+                    delay_ms: delay.as_millis() as u64,
+                });
+            })
+            .await;
+        let retries = retries.into_inner().expect("retry log lock poisoned");
+        self.calls.retries += retries.len() as u64;
+        self.pending.extend(retries);
+        result.map_err(|e| e.with_operation(operation))
+    }
+}
+
+fn pick(obs: &Observation, ids: &[InstanceId]) -> Vec<Instance> {
+    let wanted: HashSet<&InstanceId> = ids.iter().collect();
+    obs.instances.iter().filter(|i| wanted.contains(&i.id)).cloned().collect()
+}
+
+fn default_deployment_id(release: &Release) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let seed = format!("{}:{}:{nanos}:{}", release.service(), release.id(), std::process::id());
+    use sha2::Digest;
+    format!("d{}", crate::model::hex_prefix(&sha2::Sha256::digest(seed.as_bytes()), 12))
+}

@@ -1,0 +1,245 @@
+//! The provider contract: launch, describe, terminate. There is no update or patch method:
+//! immutability is enforced by the shape of the API.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{DeploymentId, Instance, InstanceId, LabelCharset, LaunchToken, Provenance, Release, ReleaseId};
+
+/// What a backend can do; drives both runtime guards and test selection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The largest `count` one launch call accepts.
+    pub max_launch_batch: usize,
+    /// The most ids one terminate call accepts; [`ProviderExt::terminate_all`] splits larger sets.
+    pub max_terminate_batch: usize,
+    /// Whether the backend itself honours the launch token as an idempotency key. The engine
+    /// adopts by token either way.
+    pub honours_token: bool,
+    /// Which characters label values may hold.
+    pub label_charset: LabelCharset,
+    /// The longest label value the backend accepts.
+    pub max_label_value_len: usize,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            max_launch_batch: 1000,
+            max_terminate_batch: 1000,
+            honours_token: false,
+            label_charset: LabelCharset::Any,
+            max_label_value_len: 255,
+        }
+    }
+}
+
+/// A request to launch `count` instances of a release.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    /// What to launch.
+    pub release: Arc<Release>,
+    /// How many.
+    pub count: usize,
+    /// The idempotency token; it is also carried in the provenance.
+    pub token: LaunchToken,
+    /// The provenance every launched instance carries as labels.
+    pub provenance: Provenance,
+}
+
+impl LaunchRequest {
+    /// A request for `count` instances of `release`, launched by `deployment` under `token`.
+    pub fn new(release: Arc<Release>, count: usize, deployment: &DeploymentId, token: LaunchToken) -> Self {
+        let provenance = release.provenance(deployment, &token);
+        LaunchRequest { release, count, token, provenance }
+    }
+
+    /// The checks every provider runs before any backend call: the count against the batch
+    /// limit and the labels against the label rules.
+    pub fn validate(&self, caps: &Capabilities) -> Result<()> {
+        if self.count == 0 {
+            return Err(Error::invalid("count", "must be at least 1"));
+        }
+        if self.count > caps.max_launch_batch {
+            return Err(Error::invalid(
+                "count",
+                format!(
+                    "{} exceeds this provider's launch batch limit of {}; split the launch",
+                    self.count, caps.max_launch_batch
+                ),
+            ));
+        }
+        let labels = self.provenance.to_labels(caps.label_charset);
+        let extra = self.release.baseline().spec.labels.iter();
+        for (key, value) in labels.iter().chain(extra) {
+            if value.len() > caps.max_label_value_len {
+                return Err(Error::invalid(
+                    &format!("labels.{key}"),
+                    format!("value is {} characters; this provider allows {}", value.len(), caps.max_label_value_len),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// All labels an instance of this request carries: the baseline's extra labels, then the
+    /// provenance labels (which win on a clash).
+    pub fn labels(&self, charset: LabelCharset) -> std::collections::BTreeMap<String, String> {
+        let mut labels = self.release.baseline().spec.labels.clone();
+        labels.extend(self.provenance.to_labels(charset));
+        labels
+    }
+}
+
+/// Which instances to describe. Empty fields match everything; set fields are ANDed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Instances of this service.
+    pub service: Option<String>,
+    /// Launched by this deployment.
+    pub deployment: Option<DeploymentId>,
+    /// Launched under this token.
+    pub token: Option<LaunchToken>,
+    /// Of this release.
+    pub release: Option<ReleaseId>,
+    /// Exactly these ids (missing ids are simply absent from the answer).
+    pub ids: Option<Vec<InstanceId>>,
+    /// Include terminated instances the backend still remembers.
+    pub include_terminated: bool,
+}
+
+impl Query {
+    /// Instances of one service.
+    pub fn service(service: impl Into<String>) -> Self {
+        Query { service: Some(service.into()), ..Query::default() }
+    }
+
+    /// Instances with these ids.
+    pub fn ids(ids: impl IntoIterator<Item = InstanceId>) -> Self {
+        Query { ids: Some(ids.into_iter().collect()), ..Query::default() }
+    }
+
+    /// Instances launched under a token.
+    pub fn token(token: LaunchToken) -> Self {
+        Query { token: Some(token), ..Query::default() }
+    }
+
+    /// Narrows to a deployment.
+    pub fn with_deployment(mut self, deployment: DeploymentId) -> Self {
+        self.deployment = Some(deployment);
+        self
+    }
+
+    /// Narrows to a release.
+    pub fn with_release(mut self, release: ReleaseId) -> Self {
+        self.release = Some(release);
+        self
+    }
+
+    /// Narrows to a token.
+    pub fn with_token(mut self, token: LaunchToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Includes terminated instances.
+    pub fn with_terminated(mut self) -> Self {
+        self.include_terminated = true;
+        self
+    }
+
+    /// Whether an instance matches; providers that filter in memory use this.
+    /// Filters other than `ids` match only instances with provenance.
+    pub fn matches(&self, instance: &Instance) -> bool {
+        if !self.include_terminated && !instance.state.is_live() {
+            return false;
+        }
+        if let Some(ids) = &self.ids {
+            if !ids.contains(&instance.id) {
+                return false;
+            }
+        }
+        if self.service.is_none() && self.deployment.is_none() && self.token.is_none() && self.release.is_none() {
+            return true;
+        }
+        let Some(p) = &instance.provenance else { return false };
+        self.service.as_ref().is_none_or(|s| *s == p.service)
+            && self.deployment.as_ref().is_none_or(|d| *d == p.deployment)
+            && self.token.as_ref().is_none_or(|t| *t == p.token)
+            && self.release.as_ref().is_none_or(|r| *r == p.release)
+    }
+}
+
+/// The minimum contract of a compute backend.
+///
+/// Conveniences live in [`ProviderExt`], which every provider gets for free.
+#[async_trait]
+pub trait Provider: Send + Sync + Debug {
+    /// A short name for logs and errors (`sim`, `local`, `aws`).
+    fn name(&self) -> &str;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Launches `request.count` instances carrying the request's provenance labels. Rejects a bad
+    /// request with [`crate::ErrorKind::InvalidInput`] before any backend call.
+    async fn launch(&self, request: &LaunchRequest) -> Result<Vec<Instance>>;
+
+    /// The instances that match `query`.
+    async fn describe(&self, query: &Query) -> Result<Vec<Instance>>;
+
+    /// Terminates instances. Idempotent: an id that is already gone, or unknown, is `Ok`.
+    async fn terminate(&self, ids: &[InstanceId]) -> Result<()>;
+
+    /// When the backend knows the earliest instant at which a describe or health answer will
+    /// change (the simulator does), it says so and the engine wakes then rather than at its poll
+    /// interval. Real clouds return `None`.
+    fn next_change(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+}
+
+/// Conveniences over any [`Provider`].
+#[async_trait]
+pub trait ProviderExt: Provider {
+    /// Launches what is missing of `request`: describes by the token first and adopts what
+    /// already exists, then launches only the shortfall. This is what makes a retried launch safe
+    /// on backends that ignore idempotency tokens. Returns all instances and how many were adopted.
+    async fn ensure_launched(&self, request: &LaunchRequest) -> Result<(Vec<Instance>, usize)> {
+        let mut existing = self.describe(&Query::token(request.token.clone())).await?;
+        let adopted = existing.len().min(request.count);
+        existing.truncate(request.count);
+        let missing = request.count - existing.len();
+        if missing > 0 {
+            let rest = LaunchRequest { count: missing, ..request.clone() };
+            existing.extend(self.launch(&rest).await?);
+        }
+        Ok((existing, adopted))
+    }
+
+    /// Terminates any number of ids in batches of the provider's limit.
+    async fn terminate_all(&self, ids: &[InstanceId]) -> Result<()> {
+        let batch = self.capabilities().max_terminate_batch.max(1);
+        for chunk in ids.chunks(batch) {
+            self.terminate(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// The live instances of a service.
+    async fn describe_service(&self, service: &str) -> Result<Vec<Instance>> {
+        self.describe(&Query::service(service)).await
+    }
+}
+
+impl<P: Provider + ?Sized> ProviderExt for P {}
+
+/// Splits ids into known and unknown against a set of live instances.
+pub fn unknown_ids<'a>(ids: &'a [InstanceId], known: &HashSet<&InstanceId>) -> Vec<&'a InstanceId> {
+    ids.iter().filter(|id| !known.contains(id)).collect()
+}

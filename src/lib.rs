@@ -1,0 +1,8 @@
+//! # immut
+//!
+//! Immutable infrastructure for Rust: a release is an immutable artifact plus a versioned
+//! baseline, and going from one release to the next replaces instances, never patches them.
+//!
+//! This facade re-exports [`immut_core`] and, per cargo feature, the providers.
+
+pub use immut_core::*;
