@@ -1,0 +1,316 @@
+//! Engine scenarios on the simulator, in virtual time.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Checker, assert_final_fleet, latencies, release};
+use futures_util::StreamExt;
+use immut_core::engine::{Event, ManualGate, Phase};
+use immut_core::sim::{Faults, SimProvider};
+use immut_core::strategy::{Decision, FleetView, Limits, ReplacementStrategy};
+use immut_core::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, ErrorKind, Rolling};
+
+fn deployer(sim: &SimProvider, desired: usize) -> DeployerBuilder {
+    Deployer::builder()
+        .provider(sim.clone())
+        .traffic(sim.traffic())
+        .health(sim.health())
+        .desired(desired)
+        .min_ready(Duration::from_secs(5))
+        .progress_deadline(Duration::from_secs(300))
+}
+
+async fn run(deployer: &Deployer, sim: &SimProvider, check_floor: bool) -> Checker {
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    let mut checker = Checker::new(check_floor);
+    let events = deployer.deploy(v2).with_previous(v1).events();
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        checker.observe(&event);
+    }
+    let _ = sim;
+    checker
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_replaces_six_one_at_a_time() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 6, true);
+    let d = deployer(&sim, 6).strategy(Rolling::new()).build().unwrap();
+    let c = run(&d, &sim, true).await;
+    let outcome = c.finished.clone().unwrap();
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
+    assert_eq!(outcome.waves, 6);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 6, 6).await;
+    // One launch and one terminate per wave.
+    assert_eq!(sim.calls().launch, 6);
+    assert_eq!(sim.calls().terminate, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_walks_its_steps_through_gates() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 10, true);
+    let strategy = Canary::new([Count::Count(1), Count::Percent(50)]).pause(Duration::from_secs(60));
+    let d = deployer(&sim, 10).strategy(strategy).build().unwrap();
+    let (v1c, v2c) = (v1.clone(), v2.clone());
+    let mut gates = Vec::new();
+    let outcome = d
+        .deploy(v2c)
+        .with_previous(v1c)
+        .run_with(|e| {
+            if let Event::GatePassed { gate } = e {
+                gates.push(gate.clone())
+            }
+        })
+        .await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(gates, vec!["canary-step-1", "canary-step-2"]);
+    assert_eq!(outcome.waves, 3);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 10, 10).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_canary_gate_rolls_back() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 4, true);
+    let gate = ManualGate::new();
+    gate.reject("canary-step-1", "error rate 7% over budget");
+    let d = deployer(&sim, 4).strategy(Canary::new([Count::Count(1)])).gate(gate).build().unwrap();
+    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
+    match &outcome.phase {
+        Phase::RolledBack { reason } => assert!(reason.contains("error rate 7%"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_healthy_release_hits_the_deadline_and_rolls_back() {
+    let v2 = release((1, 1, 0));
+    let faults = Faults { never_healthy_releases: vec![v2.id().clone()], ..Faults::default() };
+    let sim = latencies(SimProvider::builder()).faults(faults).build().unwrap();
+    let v1 = release((1, 0, 0));
+    sim.seed(&v1, 3, true);
+    let d = deployer(&sim, 3).strategy(BlueGreen::new()).progress_deadline(Duration::from_secs(120)).build().unwrap();
+    let c = run(&d, &sim, true).await;
+    let outcome = c.finished.clone().unwrap();
+    match &outcome.phase {
+        Phase::RolledBack { reason } => assert!(reason.contains("DeadlineExceeded"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_midway_through_rolling_fails_closed_and_relaunches_the_old_release() {
+    let v2 = release((1, 1, 0));
+    let faults =
+        Faults { failing_launch_calls: vec![3], failing_launch_release: Some(v2.id().clone()), ..Faults::default() };
+    let sim = latencies(SimProvider::builder()).faults(faults).build().unwrap();
+    let v1 = release((1, 0, 0));
+    sim.seed(&v1, 4, true);
+    let d = deployer(&sim, 4).strategy(Rolling::new()).build().unwrap();
+    let c = run(&d, &sim, true).await;
+    let outcome = c.finished.clone().unwrap();
+    match &outcome.phase {
+        Phase::RolledBack { reason } => assert!(reason.contains("QuotaExceeded"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_is_retried_and_visible_in_events() {
+    let faults = Faults { throttle_rate: 0.3, launch_failure_rate: 0.3, ..Faults::default() };
+    let sim = latencies(SimProvider::builder()).faults(faults).seed(11).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 5, true);
+    let retry = immut_core::engine::RetryPolicy { max_retries: 20, ..Default::default() };
+    let d = deployer(&sim, 5).strategy(Rolling::new().max_surge(Count::Count(2))).retry(retry).build().unwrap();
+    let c = run(&d, &sim, true).await;
+    let outcome = c.finished.clone().unwrap();
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(c.retries > 0 && sim.calls().throttled > 0, "retries {} throttled {}", c.retries, sim.calls().throttled);
+    assert_eq!(outcome.calls.retries as usize, c.retries);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 5, 5).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_rolls_back() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 3, true);
+    let d = deployer(&sim, 3).strategy(BlueGreen::new()).build().unwrap();
+    let deployment = d.deploy(v2.clone()).with_previous(v1.clone());
+    let cancel = deployment.cancel_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cancel.cancel();
+    });
+    let outcome = deployment.run().await;
+    assert!(
+        matches!(&outcome.phase, Phase::RolledBack { reason } if reason.contains("cancelled")),
+        "{:?}",
+        outcome.phase
+    );
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_promotion_waits_for_approval() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 2, true);
+    let gate = ManualGate::new();
+    let strategy = BlueGreen::new().promotion(immut_core::strategy::Promotion::Manual);
+    let d = deployer(&sim, 2).strategy(strategy).gate(gate.clone()).build().unwrap();
+    let approver = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        gate.approve("promote");
+    });
+    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
+    approver.await.unwrap();
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(outcome.elapsed >= Duration::from_secs(200));
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 2, 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_deployment_starts_from_nothing() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    let d = deployer(&sim, 3).strategy(Rolling::new().max_surge(Count::Percent(100))).build().unwrap();
+    let outcome = d.deploy(v1.clone()).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(outcome.previous, None);
+    assert_final_fleet(&sim, &outcome, &v1, None, 3, 0).await;
+}
+
+/// A deliberately wrong strategy: it detaches every old instance at once, dropping below the
+/// floor. The engine must refuse the decision, report the violated invariant and roll back.
+#[derive(Debug)]
+struct DropsBelowFloor;
+
+impl ReplacementStrategy for DropsBelowFloor {
+    fn name(&self) -> &str {
+        "drops_below_floor"
+    }
+    fn validate(&self, _desired: usize) -> immut_core::Result<()> {
+        Ok(())
+    }
+    fn limits(&self, desired: usize) -> Limits {
+        Limits { floor: desired, ceiling: desired + 1 }
+    }
+    fn decide(&self, view: &FleetView) -> Decision {
+        if !view.old_serving_healthy.is_empty() {
+            Decision::Detach { ids: view.old_serving_healthy.clone() }
+        } else {
+            Decision::Done
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_strategy_is_caught_by_the_invariant_checker() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 4, true);
+    let d = deployer(&sim, 4).strategy(DropsBelowFloor).build().unwrap();
+    let c = run(&d, &sim, true).await;
+    assert_eq!(c.refused.len(), 1, "{:?}", c.refused);
+    assert!(c.refused[0].starts_with("healthy_floor"), "{:?}", c.refused);
+    assert!(c.violations.is_empty(), "the engine let it happen: {:?}", c.violations);
+    let outcome = c.finished.unwrap();
+    assert!(
+        matches!(&outcome.phase, Phase::RolledBack { reason } if reason.contains("InvariantViolated")),
+        "{:?}",
+        outcome.phase
+    );
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+    assert_eq!(sim.calls().detach, 0, "nothing may have been detached");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_settings_fail_in_build_naming_the_field() {
+    let sim = SimProvider::builder().build().unwrap();
+    let e = deployer(&sim, 0).strategy(Rolling::new()).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("desired"), "{e}");
+    let e = deployer(&sim, 3).strategy(Rolling::new().max_surge(Count::Count(0))).build().unwrap_err();
+    assert!(e.to_string().contains("max_surge"), "{e}");
+    let e = Deployer::builder().traffic(sim.traffic()).strategy(Rolling::new()).desired(1).build().unwrap_err();
+    assert!(e.to_string().contains("provider"), "{e}");
+    let e = SimProvider::builder().faults(Faults { throttle_rate: 1.5, ..Faults::default() }).build().unwrap_err();
+    assert!(e.to_string().contains("faults.throttle_rate"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retried_launch_adopts_by_token() {
+    // The first attempt at the wave's launch is answered with a retryable error only after the
+    // instances exist, as a lost response would be; the retry must adopt them, not duplicate.
+    use async_trait::async_trait;
+    use immut_core::{Instance, InstanceId, LaunchRequest, Provider, Query};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Debug)]
+    struct LosesFirstResponse(SimProvider, AtomicBool);
+    #[async_trait]
+    impl Provider for LosesFirstResponse {
+        fn name(&self) -> &str {
+            "lossy"
+        }
+        fn capabilities(&self) -> immut_core::Capabilities {
+            self.0.capabilities()
+        }
+        async fn launch(&self, r: &LaunchRequest) -> immut_core::Result<Vec<Instance>> {
+            let out = self.0.launch(r).await?;
+            if !self.1.swap(true, Ordering::SeqCst) {
+                return Err(immut_core::Error::new(ErrorKind::Unavailable, "connection reset"));
+            }
+            Ok(out)
+        }
+        async fn describe(&self, q: &Query) -> immut_core::Result<Vec<Instance>> {
+            self.0.describe(q).await
+        }
+        async fn terminate(&self, ids: &[InstanceId]) -> immut_core::Result<()> {
+            self.0.terminate(ids).await
+        }
+        fn next_change(&self) -> Option<tokio::time::Instant> {
+            self.0.next_change()
+        }
+    }
+
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, 3, true);
+    let d = Deployer::builder()
+        .provider_arc(Arc::new(LosesFirstResponse(sim.clone(), AtomicBool::new(false))))
+        .traffic(sim.traffic())
+        .health(sim.health())
+        .strategy(BlueGreen::new())
+        .desired(3)
+        .build()
+        .unwrap();
+    let mut adopted = None;
+    let outcome = d
+        .deploy(v2.clone())
+        .with_previous(v1.clone())
+        .run_with(|e| {
+            if let Event::Launched { adopted: a, .. } = e {
+                adopted = Some(*a)
+            }
+        })
+        .await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(adopted, Some(3), "the retry must adopt the 3 instances the lost call launched");
+    assert_eq!(sim.calls().launch, 1, "no second launch call");
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
+}
