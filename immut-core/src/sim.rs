@@ -303,6 +303,18 @@ impl SimProvider {
         self.lock().calls
     }
 
+    /// The live instances and the serving set, read directly: no latency, no faults, not
+    /// counted. For assertions about the simulated fleet.
+    pub fn inspect(&self) -> (Vec<Instance>, Vec<InstanceId>) {
+        let now = Instant::now();
+        let state = self.lock();
+        let live = (0..state.instances.len())
+            .filter(|&i| !state.instances[i].terminated)
+            .map(|i| state.snapshot(i, now))
+            .collect();
+        (live, state.serving.iter().cloned().collect())
+    }
+
     /// The configured latencies.
     pub fn latencies(&self) -> Latencies {
         self.shared.latencies

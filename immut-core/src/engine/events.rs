@@ -150,6 +150,8 @@ pub enum Event {
         release: ReleaseId,
         /// Release serving before, if any.
         previous: Option<ReleaseId>,
+        /// How many instances of the previous release served at the start: what a rollback restores.
+        previous_count: usize,
         /// Desired count.
         desired: usize,
         /// Strategy name.
@@ -232,6 +234,10 @@ pub enum Event {
     RollbackStarted {
         /// Why.
         reason: String,
+        /// Healthy floor while restoring the previous release.
+        floor: usize,
+        /// Surge ceiling while restoring: the previous release's count plus the strategy's surge.
+        ceiling: usize,
     },
     /// The deployment ended.
     Finished {

@@ -507,6 +507,7 @@ impl Deployment {
             service: self.release.service().to_owned(),
             release: self.release.id().clone(),
             previous: self.previous.clone(),
+            previous_count: self.previous_count,
             desired: self.inner.settings.desired,
             strategy: self.inner.strategy.name().to_owned(),
             floor: limits.floor,
@@ -754,8 +755,13 @@ impl Deployment {
         match std::mem::replace(&mut self.phase, Phase::Succeeded) {
             Phase::Deploying => {
                 tracing::warn!(deployment = %self.id, error = %message, "rolling back");
-                self.pending.push_back(Event::RollbackStarted { reason: message.clone() });
-                self.phase = Phase::RollingBack { reason: message };
+                self.phase = Phase::RollingBack { reason: message.clone() };
+                let limits = self.limits();
+                self.pending.push_back(Event::RollbackStarted {
+                    reason: message,
+                    floor: limits.floor,
+                    ceiling: limits.ceiling,
+                });
                 self.last_progress = Instant::now();
                 self.signature = Signature::default();
             }

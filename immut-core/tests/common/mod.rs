@@ -9,7 +9,7 @@ use immut_core::engine::{Capacity, Event, Outcome, Phase};
 use immut_core::semver::Version;
 use immut_core::sim::SimProvider;
 use immut_core::strategy::Decision;
-use immut_core::{ArtifactSpec, BaselineSpec, InstanceId, LaunchSpec, Provider, Query, Release, Traffic};
+use immut_core::{ArtifactSpec, BaselineSpec, InstanceId, LaunchSpec, Query, Release};
 
 pub fn release(version: (u64, u64, u64)) -> Release {
     let spec = LaunchSpec { machine_type: Some("m5.large".into()), ..LaunchSpec::default() };
@@ -44,21 +44,24 @@ pub struct Checker {
     pub refused: Vec<String>,
     pub retries: usize,
     pub finished: Option<Outcome>,
-    pub check_floor: bool,
+    /// Strict checks need a fleet that changes only by the engine's hand (no out-of-band kills).
+    pub strict: bool,
+    pub previous_count: usize,
     serving: HashSet<InstanceId>,
     last: Option<Capacity>,
 }
 
 impl Checker {
-    pub fn new(check_floor: bool) -> Self {
-        Checker { check_floor, ..Checker::default() }
+    pub fn new(strict: bool) -> Self {
+        Checker { strict, ..Checker::default() }
     }
 
     pub fn observe(&mut self, event: &Event) {
         // Every event must serialize; the stream is a public, typed record.
         serde_json::to_string(event).expect("event serializes");
         match event {
-            Event::Started { floor, ceiling, .. } => {
+            Event::Started { floor, ceiling, previous_count, .. } => {
+                self.previous_count = *previous_count;
                 self.floor = *floor;
                 self.ceiling = *ceiling;
             }
@@ -69,14 +72,14 @@ impl Checker {
                     self.violations
                         .push(format!("step {step}: {} live above ceiling {}", capacity.total, self.ceiling));
                 }
-                if self.check_floor && capacity.serving_healthy < self.floor.min(base) {
+                if self.strict && capacity.serving_healthy < self.floor.min(base) {
                     self.violations.push(format!(
                         "step {step}: serving-healthy {} below floor {}",
                         capacity.serving_healthy,
                         self.floor.min(base)
                     ));
                 }
-                if let Decision::Terminate { ids } = decision {
+                if let (true, Decision::Terminate { ids }) = (self.strict, decision) {
                     if let Some(id) = ids.iter().find(|id| self.serving.contains(*id)) {
                         self.violations.push(format!("step {step}: terminating {id}, which serves"));
                     }
@@ -92,6 +95,10 @@ impl Checker {
                     self.serving.remove(id);
                 });
                 self.serving.extend(attached.iter().cloned());
+            }
+            Event::RollbackStarted { floor, ceiling, .. } => {
+                self.floor = *floor;
+                self.ceiling = *ceiling;
             }
             Event::InvariantViolated { invariant, detail } => self.refused.push(format!("{invariant}: {detail}")),
             Event::Retrying { .. } => self.retries += 1,
@@ -111,8 +118,9 @@ pub async fn assert_final_fleet(
     desired: usize,
     old_count: usize,
 ) {
-    let live = sim.describe(&Query::service("web")).await.unwrap();
-    let serving: HashSet<InstanceId> = sim.traffic().serving().await.unwrap().into_iter().collect();
+    let (live, serving) = sim.inspect();
+    let live: Vec<_> = live.into_iter().filter(|i| Query::service("web").matches(i)).collect();
+    let serving: HashSet<InstanceId> = serving.into_iter().collect();
     let (want_release, want_count) = match &outcome.phase {
         Phase::Succeeded => (Some(new.id()), desired),
         Phase::RolledBack { .. } => (old.map(|r| r.id()), old_count),
