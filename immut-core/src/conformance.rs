@@ -4,7 +4,7 @@
 //! [`Failure`] saying what broke. [`conformance_tests!`](crate::conformance_tests) turns them
 //! into one `#[tokio::test]` each, so a failing case is reported by name:
 //!
-//! ```ignore
+//! ```text
 //! async fn harness() -> immut_core::conformance::Harness { /* your provider */ }
 //! immut_core::conformance_tests!(harness);
 //! ```

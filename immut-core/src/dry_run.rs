@@ -1,1 +1,206 @@
-//! placeholder
+//! Dry-run: the same engine and strategy against the simulator, seeded from the live fleet.
+//!
+//! The plan says which instance ids go in which wave, how serving-healthy and total capacity
+//! move at each step, how many provider calls the deployment makes, and how long it takes
+//! under the stated latencies. It serializes to JSON. Gates pass automatically in a dry-run.
+//! Instances the plan launches have simulator ids (`sim-…`); instances it terminates keep
+//! their real ids.
+//!
+//! ```
+//! use std::time::Duration;
+//! use immut_core::prelude::*;
+//! use immut_core::sim::{Latencies, SimProvider};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> immut_core::Result<()> {
+//! # let sim = SimProvider::builder().build()?;
+//! # let base = BaselineSpec::new("base", Version::new(1, 0, 0), LaunchSpec::default());
+//! # let v1 = Release::new("web", &ArtifactSpec::new("web", Version::new(1, 0, 0), "img-1"), &base)?;
+//! # let v2 = Release::new("web", &ArtifactSpec::new("web", Version::new(2, 0, 0), "img-2"), &base)?;
+//! # sim.seed(&v1, 4, true);
+//! // `sim` stands for any provider here: the dry-run only describes it.
+//! let deployer = Deployer::builder()
+//!     .provider(sim.clone())
+//!     .traffic(sim.traffic())
+//!     .strategy(Rolling::new().max_surge(Count::Count(2)))
+//!     .desired(4)
+//!     .build()?;
+//! let latencies = Latencies {
+//!     api: Duration::from_millis(100),
+//!     launch_to_running: Duration::from_secs(30),
+//!     boot_to_healthy: Duration::from_secs(20),
+//!     drain: Duration::from_secs(10),
+//! };
+//! let plan = deployer.dry_run(&v2, Some(&v1), latencies).await?;
+//! assert!(plan.outcome.succeeded());
+//! assert_eq!(plan.waves.len(), 2);
+//! assert!(plan.capacity.iter().all(|c| c.serving_healthy >= 4 && c.total <= 6));
+//! assert_eq!(sim.calls().launch, 0, "a dry-run changes nothing");
+//! println!("{}", serde_json::to_string_pretty(&plan).unwrap());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Deployer, Event, Outcome};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Instance, InstanceId, Release};
+use crate::provider::Query;
+use crate::sim::{Latencies, SimCalls, SimProvider};
+
+/// One launch wave and what happened in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Wave {
+    /// Wave number, from 1.
+    pub wave: u32,
+    /// Instances launched.
+    pub launched: Vec<InstanceId>,
+    /// Instances that started serving.
+    pub attached: Vec<InstanceId>,
+    /// Instances that stopped serving.
+    pub detached: Vec<InstanceId>,
+    /// Instances terminated.
+    pub terminated: Vec<InstanceId>,
+}
+
+/// Capacity at one engine step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityPoint {
+    /// Step number.
+    pub step: u64,
+    /// Time since the start, in milliseconds.
+    pub at_ms: u64,
+    /// Serving and healthy.
+    pub serving_healthy: usize,
+    /// Live instances.
+    pub total: usize,
+}
+
+/// The result of a dry-run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// How the simulated deployment ended.
+    pub outcome: Outcome,
+    /// The wave schedule.
+    pub waves: Vec<Wave>,
+    /// The capacity curve.
+    pub capacity: Vec<CapacityPoint>,
+    /// Provider and traffic calls the deployment would make.
+    pub calls: SimCalls,
+    /// Expected duration under `latencies`, in milliseconds.
+    pub expected_duration_ms: u64,
+    /// The latencies assumed.
+    pub latencies: Latencies,
+}
+
+impl Plan {
+    fn from_events(events: &[Event], calls: SimCalls, latencies: Latencies) -> Option<Plan> {
+        let mut waves: Vec<Wave> = Vec::new();
+        let mut capacity = Vec::new();
+        let mut outcome = None;
+        let current = |waves: &mut Vec<Wave>| -> usize {
+            if waves.is_empty() {
+                waves.push(Wave::default());
+            }
+            waves.len() - 1
+        };
+        for event in events {
+            match event {
+                Event::Step { step, at_ms, capacity: c, .. } => capacity.push(CapacityPoint {
+                    step: *step,
+                    at_ms: *at_ms,
+                    serving_healthy: c.serving_healthy,
+                    total: c.total,
+                }),
+                Event::Launched { wave, ids, .. } => {
+                    if waves.last().is_none_or(|w| w.wave != *wave) {
+                        waves.push(Wave { wave: *wave, ..Wave::default() });
+                    }
+                    waves.last_mut().expect("just pushed").launched.extend(ids.iter().cloned());
+                }
+                Event::Attached { ids } => {
+                    let i = current(&mut waves);
+                    waves[i].attached.extend(ids.iter().cloned())
+                }
+                Event::Detached { ids } => {
+                    let i = current(&mut waves);
+                    waves[i].detached.extend(ids.iter().cloned())
+                }
+                Event::Switched { attached, detached } => {
+                    let i = current(&mut waves);
+                    waves[i].attached.extend(attached.iter().cloned());
+                    waves[i].detached.extend(detached.iter().cloned());
+                }
+                Event::Terminated { ids } => {
+                    let i = current(&mut waves);
+                    waves[i].terminated.extend(ids.iter().cloned())
+                }
+                Event::Finished { outcome: o } => outcome = Some(o.clone()),
+                _ => {}
+            }
+        }
+        let outcome = outcome?;
+        Some(Plan {
+            expected_duration_ms: outcome.elapsed.as_millis() as u64,
+            outcome,
+            waves,
+            capacity,
+            calls,
+            latencies,
+        })
+    }
+}
+
+/// Plans a deployment of `release` over a given fleet, without touching any backend.
+/// Blocking: it runs a paused tokio runtime on its own thread.
+pub fn plan(
+    deployer: &Deployer,
+    release: &Release,
+    previous: Option<&Release>,
+    live: Vec<Instance>,
+    serving: Vec<InstanceId>,
+    latencies: Latencies,
+) -> Result<Plan> {
+    let deployer = deployer.clone();
+    let release = release.clone();
+    let previous = previous.cloned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Other, "cannot start the dry-run runtime").with_source(e))?;
+        runtime.block_on(async move {
+            let sim = SimProvider::builder().latencies(latencies).build()?;
+            sim.seed_instances(&live, &serving);
+            let simulated =
+                deployer.with_backends(Arc::new(sim.clone()), Arc::new(sim.traffic()), Arc::new(sim.health()));
+            let mut deployment = simulated.deploy(release);
+            if let Some(previous) = previous {
+                deployment = deployment.with_previous(previous);
+            }
+            let mut events = Vec::new();
+            deployment.run_with(|e| events.push(e.clone())).await;
+            Plan::from_events(&events, sim.calls(), latencies)
+                .ok_or_else(|| Error::new(ErrorKind::Other, "the dry-run ended without an outcome"))
+        })
+    })
+    .join()
+    .map_err(|_| Error::new(ErrorKind::Other, "the dry-run thread panicked"))?
+}
+
+impl Deployer {
+    /// Plans a deployment of `release` from the live fleet: one describe and one serving read
+    /// against the real backends, then the same engine on the simulator in virtual time.
+    pub async fn dry_run(&self, release: &Release, previous: Option<&Release>, latencies: Latencies) -> Result<Plan> {
+        let live = self.provider().describe(&Query::service(release.service())).await?;
+        let serving = self.traffic().serving().await?;
+        let (deployer, release, previous) = (self.clone(), release.clone(), previous.cloned());
+        tokio::task::spawn_blocking(move || plan(&deployer, &release, previous.as_ref(), live, serving, latencies))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, "the dry-run task failed").with_source(e))?
+    }
+}

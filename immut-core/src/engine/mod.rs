@@ -238,10 +238,6 @@ impl Deployer {
     pub(crate) fn traffic(&self) -> &Arc<dyn Traffic> {
         &self.inner.traffic
     }
-
-    pub(crate) fn min_ready(&self) -> Duration {
-        self.inner.settings.min_ready
-    }
 }
 
 /// Cancels a running deployment, which then rolls back.
@@ -522,12 +518,16 @@ impl Deployment {
     }
 
     async fn observe(&mut self) -> Result<Observation> {
-        let provider = self.inner.provider.clone();
+        let (provider, traffic) = (&self.inner.provider, &self.inner.traffic);
         let query = Query::service(self.release.service());
-        let instances = self.retrying("describe", || provider.describe(&query)).await?;
+        let settings = &self.inner.settings;
+        let (described, serving) = tokio::join!(
+            retry_call(settings, "describe", || provider.describe(&query)),
+            retry_call(settings, "serving", || traffic.serving()),
+        );
+        let instances = self.absorb(described)?;
+        let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
         self.calls.describe += 1;
-        let traffic = self.inner.traffic.clone();
-        let serving: HashSet<InstanceId> = self.retrying("serving", || traffic.serving()).await?.into_iter().collect();
         self.calls.serving += 1;
         let health = self.inner.health.check_many(&instances).await;
         self.calls.health += 1;
@@ -792,54 +792,67 @@ impl Deployment {
         self.outcome = Some(outcome);
     }
 
-    /// Runs `f`, retrying retryable errors with backoff and jitter, and records each retry as an
-    /// event. Each attempt is bounded by the progress deadline.
+    /// Runs `f` under the retry policy and records its retries as events.
     async fn retrying<T, F, Fut>(&mut self, operation: &'static str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let policy = self.inner.settings.retry;
-        let deadline = self.inner.settings.progress_deadline;
-        let retries = Mutex::new(Vec::new());
-        let mut f = f;
-        let attempt = || {
-            let fut = f();
-            async move {
-                tokio::time::timeout(deadline, fut).await.unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::DeadlineExceeded,
-                        format!("{operation} took longer than the progress deadline"),
-                    ))
-                })
-            }
-        };
-        let result = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(policy.min_delay)
-                    .with_max_delay(policy.max_delay)
-                    .with_max_times(policy.max_retries)
-                    .with_jitter(),
-            )
-            .when(|e: &Error| e.is_retryable())
-            .notify(|e: &Error, delay: Duration| {
-                let mut r = retries.lock().expect("retry log lock poisoned");
-                let attempt = r.len() as u32 + 1;
-                tracing::warn!(operation, attempt, error = %e, "retrying");
-                r.push(Event::Retrying {
-                    operation: operation.to_owned(),
-                    attempt,
-                    error: e.to_string(),
-                    delay_ms: delay.as_millis() as u64,
-                });
-            })
-            .await;
-        let retries = retries.into_inner().expect("retry log lock poisoned");
+        let attempt = retry_call(&self.inner.settings, operation, f).await;
+        self.absorb(attempt)
+    }
+
+    fn absorb<T>(&mut self, (result, retries): (Result<T>, Vec<Event>)) -> Result<T> {
         self.calls.retries += retries.len() as u64;
         self.pending.extend(retries);
-        result.map_err(|e| e.with_operation(operation))
+        result
     }
+}
+
+/// Runs `f`, retrying retryable errors with backoff and jitter; returns the result and one
+/// event per retry. Each attempt is bounded by the progress deadline.
+async fn retry_call<T, F, Fut>(settings: &Settings, operation: &'static str, mut f: F) -> (Result<T>, Vec<Event>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let policy = settings.retry;
+    let deadline = settings.progress_deadline;
+    let retries = Mutex::new(Vec::new());
+    let attempt = || {
+        let fut = f();
+        async move {
+            tokio::time::timeout(deadline, fut).await.unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!("{operation} took longer than the progress deadline"),
+                ))
+            })
+        }
+    };
+    let result = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(policy.min_delay)
+                .with_max_delay(policy.max_delay)
+                .with_max_times(policy.max_retries)
+                .with_jitter(),
+        )
+        .when(|e: &Error| e.is_retryable())
+        .notify(|e: &Error, delay: Duration| {
+            let mut r = retries.lock().expect("retry log lock poisoned");
+            let attempt = r.len() as u32 + 1;
+            tracing::warn!(operation, attempt, error = %e, "retrying");
+            r.push(Event::Retrying {
+                operation: operation.to_owned(),
+                attempt,
+                error: e.to_string(),
+                delay_ms: delay.as_millis() as u64,
+            });
+        })
+        .await;
+    let result = result.map_err(|e| if e.operation().is_none() { e.with_operation(operation) } else { e });
+    (result, retries.into_inner().expect("retry log lock poisoned"))
 }
 
 fn pick(obs: &Observation, ids: &[InstanceId]) -> Vec<Instance> {
