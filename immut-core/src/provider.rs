@@ -196,9 +196,10 @@ pub trait Provider: Send + Sync + Debug {
     /// Terminates instances. Idempotent: an id that is already gone, or unknown, is `Ok`.
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()>;
 
-    /// When the backend knows the earliest instant at which a describe or health answer will
-    /// change (the simulator does), it says so and the engine wakes then rather than at its poll
-    /// interval. Real clouds return `None`.
+    /// When the backend knows the earliest instant at which a describe, serving or health
+    /// answer can change (the simulator does), it says so: a promise that nothing changes
+    /// before then. The engine then sleeps until that instant instead of polling. Real clouds
+    /// return `None` and the engine polls at its interval.
     fn next_change(&self) -> Option<tokio::time::Instant> {
         None
     }

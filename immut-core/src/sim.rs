@@ -22,7 +22,9 @@
 //! assert_eq!(sim.calls().launch, 0);
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -509,10 +511,9 @@ impl Provider for SimProvider {
             state.transitions.pop_first();
         }
         let oob = state.oob.first().map(|(at, _)| *at);
-        match (state.transitions.first().copied(), oob) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // With nothing pending, nothing changes until someone calls: promise a distant instant.
+        let idle = now + Duration::from_secs(365 * 24 * 3600);
+        Some([state.transitions.first().copied(), oob].into_iter().flatten().fold(idle, Instant::min))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The engine's invariants as pure functions over a view and a decision.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::InstanceId;
@@ -56,7 +56,8 @@ pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> 
             check_floor(view, attach, detach, limits)?;
         }
         Decision::Terminate { ids } => {
-            if let Some(id) = ids.iter().find(|id| view.is_serving(id)) {
+            let serving: HashSet<&InstanceId> = serving_ids(view).collect();
+            if let Some(id) = ids.iter().find(|id| serving.contains(id)) {
                 return Err(violation(
                     names::PROVEN,
                     format!("{id} would be terminated while serving; detach and drain it first"),
@@ -67,6 +68,14 @@ pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> 
         Decision::Gate { .. } | Decision::Wait { .. } | Decision::Fail { .. } => {}
     }
     Ok(())
+}
+
+fn serving_ids(view: &FleetView) -> impl Iterator<Item = &InstanceId> {
+    view.old_serving_healthy
+        .iter()
+        .chain(&view.old_serving_unhealthy)
+        .chain(&view.new_serving_healthy)
+        .chain(&view.new_serving_unhealthy)
 }
 
 fn check_proven(view: &FleetView, attach: &[InstanceId]) -> Result<()> {
@@ -83,7 +92,8 @@ fn check_proven(view: &FleetView, attach: &[InstanceId]) -> Result<()> {
 fn check_floor(view: &FleetView, attach: &[InstanceId], detach: &[InstanceId], limits: Limits) -> Result<()> {
     let before = view.serving_healthy();
     let detach: HashSet<&InstanceId> = detach.iter().collect();
-    let lost = detach.iter().filter(|id| view.is_serving_healthy(id)).count();
+    let healthy: HashSet<&InstanceId> = view.old_serving_healthy.iter().chain(&view.new_serving_healthy).collect();
+    let lost = detach.iter().filter(|id| healthy.contains(*id)).count();
     let gained = attach.iter().filter(|id| !detach.contains(id)).count();
     let after = before + gained - lost;
     if after < limits.floor && after < before {

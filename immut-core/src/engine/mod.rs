@@ -8,7 +8,9 @@ mod events;
 mod gate;
 pub mod invariants;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -283,7 +285,7 @@ pub struct Deployment {
     started: Option<Instant>,
     step: u64,
     wave: u32,
-    healthy_since: HashMap<InstanceId, Instant>,
+    healthy_since: HashMap<InstanceId, (Instant, u64)>,
     switched_at: Option<Duration>,
     last_change_at: Option<Duration>,
     last_progress: Instant,
@@ -293,7 +295,7 @@ pub struct Deployment {
     calls: CallCounts,
     cancel: CancelHandle,
     outcome: Option<Outcome>,
-    last_serving: Vec<InstanceId>,
+    last_serving: HashSet<InstanceId>,
 }
 
 impl Deployment {
@@ -321,7 +323,7 @@ impl Deployment {
             calls: CallCounts::default(),
             cancel: CancelHandle::default(),
             outcome: None,
-            last_serving: Vec::new(),
+            last_serving: HashSet::new(),
         }
     }
 
@@ -468,7 +470,9 @@ impl Deployment {
             decision: decision.clone(),
         });
         invariants::check_decision(&view, &decision, limits).inspect_err(|e| self.record_violation(e))?;
-        self.act(decision, &view, &obs).await
+        let acted = self.act(decision, &view, &obs).await;
+        self.last_serving = obs.serving;
+        acted
     }
 
     async fn start(&mut self) -> Result<()> {
@@ -550,15 +554,15 @@ impl Deployment {
         };
         let started = self.started.unwrap_or(now);
         let target = self.target().cloned();
-        let mut seen = HashSet::with_capacity(obs.instances.len());
+        let generation = self.step;
         for (instance, health) in obs.instances.iter().zip(&obs.health) {
             let id = &instance.id;
-            seen.insert(id);
             let healthy = health.is_healthy();
             let since = if healthy {
-                Some(*self.healthy_since.entry(id.clone()).or_insert(now))
+                let entry = self.healthy_since.entry(id.clone()).or_insert((now, generation));
+                entry.1 = generation;
+                Some(entry.0)
             } else {
-                self.healthy_since.remove(id);
                 None
             };
             let serving = obs.serving.contains(id);
@@ -583,10 +587,8 @@ impl Deployment {
             };
             bucket.push(id.clone());
         }
-        self.healthy_since.retain(|id, _| seen.contains(id));
-        let mut serving: Vec<InstanceId> = obs.serving.iter().cloned().collect();
-        serving.sort();
-        self.last_serving = serving;
+        // Only instances healthy in this observation keep their healthy-since time.
+        self.healthy_since.retain(|_, (_, seen)| *seen == generation);
         view
     }
 
@@ -660,12 +662,12 @@ impl Deployment {
                     self.passed_gates.insert(name.clone());
                     self.pending.push_back(Event::GatePassed { gate: name });
                 }
-                GateVerdict::Hold(reason) => self.wait(&reason, None).await?,
+                GateVerdict::Hold(reason) => self.wait(&reason, None, true).await?,
                 GateVerdict::Fail(reason) => {
                     return Err(Error::new(ErrorKind::Other, format!("gate {name:?} failed: {reason}")));
                 }
             },
-            Decision::Wait { reason, until } => self.wait(&reason, until).await?,
+            Decision::Wait { reason, until } => self.wait(&reason, until, false).await?,
             Decision::Done => self.finish(),
             Decision::Fail { reason } => return Err(Error::new(ErrorKind::Other, reason)),
         }
@@ -711,7 +713,7 @@ impl Deployment {
         Ok(())
     }
 
-    async fn wait(&mut self, reason: &str, until: Option<Duration>) -> Result<()> {
+    async fn wait(&mut self, reason: &str, until: Option<Duration>, polling_gate: bool) -> Result<()> {
         let now = Instant::now();
         let deadline = self.last_progress + self.inner.settings.progress_deadline;
         if now >= deadline {
@@ -723,12 +725,12 @@ impl Deployment {
                 ),
             ));
         }
-        let mut wake = (now + self.inner.settings.poll_interval).min(deadline);
+        // A gate can change its mind at any time, so gates are polled; otherwise a provider
+        // that promises its next change lets the engine sleep until then.
+        let promised = if polling_gate { None } else { self.inner.provider.next_change() };
+        let mut wake = promised.unwrap_or(now + self.inner.settings.poll_interval).min(deadline);
         if let (Some(until), Some(started)) = (until, self.started) {
             wake = wake.min(started + until);
-        }
-        if let Some(change) = self.inner.provider.next_change() {
-            wake = wake.min(change);
         }
         let wake = wake.max(now + Duration::from_millis(1));
         tracing::debug!(reason, "waiting");
@@ -784,7 +786,11 @@ impl Deployment {
             elapsed: self.elapsed(),
             steps: self.step,
             waves: self.wave,
-            serving: self.last_serving.clone(),
+            serving: {
+                let mut serving: Vec<InstanceId> = self.last_serving.iter().cloned().collect();
+                serving.sort();
+                serving
+            },
             calls: self.calls,
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");

@@ -135,12 +135,12 @@ impl FleetView {
         self.serving_healthy() + self.old_serving_unhealthy.len() + self.new_serving_unhealthy.len()
     }
 
-    /// Whether `id` serves and is healthy.
+    /// Whether `id` serves and is healthy (a linear scan).
     pub fn is_serving_healthy(&self, id: &InstanceId) -> bool {
         self.old_serving_healthy.contains(id) || self.new_serving_healthy.contains(id)
     }
 
-    /// Whether `id` serves.
+    /// Whether `id` serves (a linear scan).
     pub fn is_serving(&self, id: &InstanceId) -> bool {
         self.is_serving_healthy(id)
             || self.old_serving_unhealthy.contains(id)
