@@ -159,10 +159,10 @@ impl Query {
         if !self.include_terminated && !instance.state.is_live() {
             return false;
         }
-        if let Some(ids) = &self.ids {
-            if !ids.contains(&instance.id) {
-                return false;
-            }
+        if let Some(ids) = &self.ids
+            && !ids.contains(&instance.id)
+        {
+            return false;
         }
         if self.service.is_none() && self.deployment.is_none() && self.token.is_none() && self.release.is_none() {
             return true;

@@ -487,16 +487,16 @@ impl Deployment {
             }
         }
         let previous = by_release.iter().max_by_key(|(_, n)| **n).map(|(r, n)| ((*r).clone(), *n));
-        if let (Some(given), Some((observed, _))) = (&self.previous_release, &previous) {
-            if given.id() != observed {
-                return Err(Error::invalid(
-                    "previous",
-                    format!(
-                        "the deployer was given release {} as the previous one, but {observed} is what serves",
-                        given.id()
-                    ),
-                ));
-            }
+        if let (Some(given), Some((observed, _))) = (&self.previous_release, &previous)
+            && given.id() != observed
+        {
+            return Err(Error::invalid(
+                "previous",
+                format!(
+                    "the deployer was given release {} as the previous one, but {observed} is what serves",
+                    given.id()
+                ),
+            ));
         }
         self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
         self.previous = previous.map(|(r, _)| r);

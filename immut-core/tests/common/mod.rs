@@ -79,10 +79,10 @@ impl Checker {
                         self.floor.min(base)
                     ));
                 }
-                if let (true, Decision::Terminate { ids }) = (self.strict, decision) {
-                    if let Some(id) = ids.iter().find(|id| self.serving.contains(*id)) {
-                        self.violations.push(format!("step {step}: terminating {id}, which serves"));
-                    }
+                if let (true, Decision::Terminate { ids }) = (self.strict, decision)
+                    && let Some(id) = ids.iter().find(|id| self.serving.contains(*id))
+                {
+                    self.violations.push(format!("step {step}: terminating {id}, which serves"));
                 }
                 self.last = Some(*capacity);
             }
