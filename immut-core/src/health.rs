@@ -109,6 +109,52 @@ where
     }
 }
 
+/// Healthy when `GET http://<instance address><path>` answers 2xx within the timeout.
+/// Instances without an address are unknown.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    client: reqwest::Client,
+    path: String,
+}
+
+#[cfg(feature = "http")]
+impl HttpProbe {
+    /// Probes `path` (for example `/healthz`) with a 2 s timeout.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self::with_timeout(path, std::time::Duration::from_secs(2))
+    }
+
+    /// Probes `path` with a timeout.
+    pub fn with_timeout(path: impl Into<String>, timeout: std::time::Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            // A probe must see the instance as a new client would: no pooled connection.
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("a plain HTTP client always builds");
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        HttpProbe { client, path }
+    }
+}
+
+#[cfg(feature = "http")]
+#[async_trait]
+impl HealthCheck for HttpProbe {
+    async fn check(&self, instance: &Instance) -> Health {
+        let Some(address) = &instance.address else { return Health::Unknown };
+        match self.client.get(format!("http://{address}{}", self.path)).send().await {
+            Ok(r) if r.status().is_success() => Health::Healthy,
+            Ok(r) => Health::Unhealthy(format!("GET {} answered {}", self.path, r.status())),
+            Err(e) => Health::Unhealthy(format!("GET {} failed: {e}", self.path)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,8 @@ pub mod conformance;
 
 pub use engine::{CancelHandle, Deployer, DeployerBuilder, Deployment, Event, Outcome, Phase};
 pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "http")]
+pub use health::HttpProbe;
 pub use health::{AllOf, FnCheck, Health, HealthCheck, ProviderStatus};
 pub use model::{
     Artifact, ArtifactSpec, Baseline, BaselineSpec, DeploymentId, Instance, InstanceId, InstanceState, LaunchSpec,
