@@ -6,3 +6,7 @@
 //! This facade re-exports [`immut_core`] and, per cargo feature, the providers.
 
 pub use immut_core::*;
+
+/// The embedded local provider: real processes behind a TCP balancer.
+#[cfg(feature = "local")]
+pub use immut_local as local;

@@ -44,6 +44,7 @@ async fn rolling_replaces_six_one_at_a_time() {
     let outcome = c.finished.clone().unwrap();
     assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_eq!(outcome.waves, 6);
+    assert_eq!(outcome.serving.len(), 6, "the outcome lists the final serving set");
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 6, 6).await;
     // One launch and one terminate per wave.
     assert_eq!(sim.calls().launch, 6);

@@ -445,7 +445,7 @@ impl Deployment {
             return Err(Error::new(ErrorKind::Cancelled, "the deployment was cancelled"));
         }
         self.step += 1;
-        let obs = self.observe().await?;
+        let mut obs = self.observe().await?;
         let view = self.build_view(&obs);
         self.note_progress(&view);
         let limits = self.limits();
@@ -470,9 +470,9 @@ impl Deployment {
             decision: decision.clone(),
         });
         invariants::check_decision(&view, &decision, limits).inspect_err(|e| self.record_violation(e))?;
-        let acted = self.act(decision, &view, &obs).await;
-        self.last_serving = obs.serving;
-        acted
+        // The outcome reports the serving set of the observation that decided `Done`.
+        self.last_serving = std::mem::take(&mut obs.serving);
+        self.act(decision, &view, &obs).await
     }
 
     async fn start(&mut self) -> Result<()> {

@@ -1,0 +1,300 @@
+//! What the local examples share: setting up the local provider, a load generator, readable
+//! progress lines from the engine's events, and the summary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use immut::engine::{Event, Outcome};
+use immut::health::HttpProbe;
+use immut::local::{LocalBalancer, LocalProvider, sample};
+use immut::prelude::*;
+use immut::strategy::{Decision, ReplacementStrategy};
+use immut::{BaselineSpec, InstanceId};
+use tokio::sync::Mutex;
+
+/// The local provider, its balancer and the releases of the sample service.
+pub struct Demo {
+    pub name: &'static str,
+    pub provider: LocalProvider,
+    pub balancer: LocalBalancer,
+    pub service: &'static str,
+    artifact_path: std::path::PathBuf,
+}
+
+impl Demo {
+    /// State in `.immut/<name>`; anything a previous interrupted run left is cleaned first.
+    pub async fn start(name: &'static str) -> immut::Result<Demo> {
+        let provider = LocalProvider::builder().state_dir(format!(".immut/{name}")).build()?;
+        let balancer = provider.balancer().drain_timeout(Duration::from_secs(10)).build().await?;
+        let demo = Demo {
+            name,
+            provider,
+            balancer,
+            service: "web",
+            // This very executable is the artifact: launched with the sample flag, it serves.
+            artifact_path: std::env::current_exe().expect("the example knows its own path"),
+        };
+        let leftovers = demo.live().await?;
+        if !leftovers.is_empty() {
+            println!("cleaning up {} instances left by a previous run", leftovers.len());
+            demo.cleanup().await?;
+        }
+        println!("balancer listening on http://{}", demo.balancer.addr());
+        Ok(demo)
+    }
+
+    /// A release of the sample service. `healthy: false` makes `/healthz` fail.
+    pub fn release(&self, version: Version, healthy: bool) -> immut::Result<Release> {
+        let artifact = immut::local::artifact("sample", version, &self.artifact_path)?;
+        let mut spec = LaunchSpec { args: vec![sample::SAMPLE_FLAG.into()], ..LaunchSpec::default() };
+        if !healthy {
+            spec.env.insert(sample::FAIL_HEALTH.into(), "1".into());
+        }
+        let baseline = BaselineSpec::new(if healthy { "sample" } else { "sample-broken" }, Version::new(1, 0, 0), spec);
+        Release::new(self.service, &artifact, &baseline)
+    }
+
+    /// A deployer of `desired` instances with `strategy`, probing `/healthz`.
+    pub fn deployer(&self, desired: usize, strategy: impl ReplacementStrategy + 'static) -> immut::Result<Deployer> {
+        Deployer::builder()
+            .provider(self.provider.clone())
+            .traffic(self.balancer.clone())
+            .health(HttpProbe::with_timeout("/healthz", Duration::from_millis(500)))
+            .strategy(strategy)
+            .desired(desired)
+            .min_ready(Duration::from_secs(1))
+            .poll_interval(Duration::from_millis(200))
+            .progress_deadline(Duration::from_secs(15))
+            .build()
+    }
+
+    /// Runs a deployment, printing its progress; Ctrl-C cancels it (and it rolls back).
+    pub async fn deploy(&self, deployer: &Deployer, release: Release, previous: Option<Release>) -> Outcome {
+        let mut deployment = deployer.deploy(release);
+        if let Some(previous) = previous {
+            deployment = deployment.with_previous(previous);
+        }
+        let cancel = deployment.cancel_handle();
+        let ctrl_c = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                println!("\ninterrupted: cancelling, the deployment rolls back");
+                cancel.cancel();
+            }
+        });
+        let mut printer = Printer::default();
+        let outcome = deployment.run_with(|e| printer.print(e)).await;
+        ctrl_c.abort();
+        outcome
+    }
+
+    /// Live instances of the service.
+    pub async fn live(&self) -> immut::Result<Vec<immut::Instance>> {
+        self.provider.describe(&Query::service(self.service)).await
+    }
+
+    /// Checks every live instance serves and belongs to `release`: no orphans.
+    pub async fn orphans(&self, release: &Release) -> immut::Result<Vec<InstanceId>> {
+        let serving = self.balancer.serving().await?;
+        Ok(self
+            .live()
+            .await?
+            .into_iter()
+            .filter(|i| i.release() != Some(release.id()) || !serving.contains(&i.id))
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Detaches and terminates every instance of the service.
+    pub async fn cleanup(&self) -> immut::Result<usize> {
+        let ids: Vec<InstanceId> = self.live().await?.into_iter().map(|i| i.id).collect();
+        self.balancer.detach(&ids).await?;
+        self.provider.terminate_all(&ids).await?;
+        Ok(ids.len())
+    }
+
+    /// Cleans up unless `--keep` was given, and says what was left.
+    pub async fn finish(&self) -> immut::Result<()> {
+        if std::env::args().any(|a| a == "--keep") {
+            println!("--keep: instances left running; state in .immut/{}", self.name);
+        } else {
+            let n = self.cleanup().await?;
+            println!("cleaned up {n} instances");
+        }
+        Ok(())
+    }
+}
+
+/// Turns engine events into one readable line each.
+#[derive(Default)]
+pub struct Printer {
+    start: Option<Instant>,
+    last_wait: String,
+}
+
+impl Printer {
+    pub fn print(&mut self, event: &Event) {
+        let t = self.start.get_or_insert_with(Instant::now).elapsed().as_secs_f64();
+        let short = |ids: &[InstanceId]| {
+            let mut s = ids.iter().take(4).map(|i| i.as_str()).collect::<Vec<_>>().join(", ");
+            if ids.len() > 4 {
+                s.push_str(&format!(", +{}", ids.len() - 4));
+            }
+            s
+        };
+        let line = match event {
+            Event::Started { release, previous, desired, strategy, floor, ceiling, .. } => format!(
+                "start    {} -> {release}, {desired} instances, {strategy} (healthy floor {floor}, ceiling {ceiling})",
+                previous.as_ref().map_or("nothing".to_owned(), |p| p.to_string())
+            ),
+            Event::Step { decision: Decision::Wait { reason, .. }, .. } => {
+                if *reason == self.last_wait {
+                    return;
+                }
+                self.last_wait = reason.clone();
+                format!("wait     {reason}")
+            }
+            Event::Step { .. } => return,
+            Event::Launched { wave, ids, adopted, .. } => {
+                format!(
+                    "launch   wave {wave}: {} instances [{}]{}",
+                    ids.len(),
+                    short(ids),
+                    if *adopted > 0 { format!(" ({adopted} adopted)") } else { String::new() }
+                )
+            }
+            Event::Attached { ids } => format!("attach   [{}] now receive traffic", short(ids)),
+            Event::Detached { ids } => format!("detach   [{}] drained", short(ids)),
+            Event::Switched { attached, detached } => {
+                format!("switch   traffic moved to [{}] from [{}]", short(attached), short(detached))
+            }
+            Event::Terminated { ids } => format!("stop     [{}] terminated", short(ids)),
+            Event::GatePassed { gate } => format!("gate     {gate} passed"),
+            Event::Retrying { operation, attempt, error, delay_ms } => {
+                format!("retry    {operation} attempt {attempt} in {delay_ms} ms: {error}")
+            }
+            Event::InvariantViolated { invariant, detail } => format!("REFUSED  {invariant}: {detail}"),
+            Event::RollbackStarted { reason, .. } => format!("ROLLBACK {reason}"),
+            Event::Finished { outcome } => format!("done     {}", outcome.summary()),
+        };
+        println!("[{t:6.1}s] {line}");
+    }
+}
+
+/// Requests sent through the balancer by concurrent clients, each on a new connection.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<Stats>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the load generator saw.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub sent: u64,
+    pub failed: u64,
+    pub by_version: BTreeMap<String, u64>,
+    pub first_errors: Vec<String>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("client builds");
+        let workers = (0..clients)
+            .map(|_| {
+                let (stop, stats, http) = (stop.clone(), stats.clone(), http.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let result = async {
+                            let r = http.get(format!("http://{addr}/")).send().await?.error_for_status()?;
+                            r.text().await
+                        }
+                        .await;
+                        let mut s = stats.lock().await;
+                        s.sent += 1;
+                        match result {
+                            Ok(body) => {
+                                let version = body.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                                *s.by_version.entry(version).or_default() += 1;
+                            }
+                            Err(e) => {
+                                s.failed += 1;
+                                if s.first_errors.len() < 5 {
+                                    s.first_errors.push(e.to_string());
+                                }
+                            }
+                        }
+                        drop(s);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, stats, workers }
+    }
+
+    pub async fn stop(self) -> Stats {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.stats.lock().await.clone()
+    }
+}
+
+/// Prints the summary and says whether the run met its goal.
+pub fn summary(title: &str, stats: &Stats, outcome: &Outcome, orphans: &[InstanceId]) {
+    println!();
+    println!("== {title}");
+    println!("requests sent      {}", stats.sent);
+    println!("requests failed    {}", stats.failed);
+    for (version, n) in &stats.by_version {
+        println!("served by {version:<8} {n}");
+    }
+    println!(
+        "deployment         {:?} in {:.1}s ({} waves)",
+        phase_name(outcome),
+        outcome.elapsed.as_secs_f64(),
+        outcome.waves
+    );
+    println!("orphan instances   {}", orphans.len());
+    for e in &stats.first_errors {
+        println!("  error: {e}");
+    }
+}
+
+fn phase_name(outcome: &Outcome) -> &'static str {
+    match outcome.phase {
+        immut::Phase::Succeeded => "succeeded",
+        immut::Phase::RolledBack { .. } => "rolled back",
+        immut::Phase::RollbackFailed { .. } => "ROLLBACK FAILED",
+        _ => "unfinished",
+    }
+}
+
+/// Runs an example body on a multi-threaded runtime, unless this process is an instance of
+/// the sample service.
+pub fn main(
+    body: impl std::future::Future<Output = Result<bool, Box<dyn std::error::Error>>>,
+) -> std::process::ExitCode {
+    sample::serve_if_requested();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    match runtime.block_on(body) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
