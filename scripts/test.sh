@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# The full test suite, on a fresh machine: builds and runs every test of the workspace.
-# Usage: ./scripts/test.sh [extra cargo test args]
+# The full test suite, on a fresh machine: every test of the workspace, the doctests, and the
+# local examples end to end (each must exit 0 and leave no process behind).
+# Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "cargo is missing: install Rust from rustup first" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
 
 # Always the same package selection (--workspace): a different one recompiles the dependencies.
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc "$@"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+
+for example in local_blue_green local_rolling local_rollback; do
+  echo "== cargo run --example $example"
+  cargo run --quiet --example "$example"
+  if pgrep -f -- "--immut-sample-service" >/dev/null; then
+    echo "$example left sample processes running:" >&2
+    pgrep -af -- "--immut-sample-service" >&2
+    pkill -f -- "--immut-sample-service" || true
+    exit 1
+  fi
+done
+echo "examples: 3 passed, 0 failed"
