@@ -150,25 +150,7 @@ pub(crate) fn check_executable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The process start time (clock ticks since boot) of a live, non-zombie process.
-pub(crate) fn process_start(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// Whether the process recorded as (`pid`, `start_ticks`) still runs.
-pub(crate) fn is_alive(pid: i32, start_ticks: Option<u64>) -> bool {
-    match (process_start(pid), start_ticks) {
-        (Some(now), Some(then)) => now == then,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
+pub(crate) use immut_core::process::{is_alive, process_start};
 
 /// The executable a process runs, as the kernel reports it.
 pub(crate) fn process_image(pid: i32) -> Option<String> {
@@ -298,14 +280,5 @@ mod tests {
         let e = PortPolicy::Fixed(port).reserve(1).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains(&format!("127.0.0.1:{port} is not available")), "{e}");
-    }
-
-    #[test]
-    fn this_process_is_alive_and_identified_by_its_start_time() {
-        let pid = std::process::id() as i32;
-        let start = process_start(pid);
-        assert!(start.is_some());
-        assert!(is_alive(pid, start));
-        assert!(!is_alive(pid, start.map(|s| s + 1)), "a reused pid must not pass for the recorded process");
     }
 }

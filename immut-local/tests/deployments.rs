@@ -44,11 +44,15 @@ async fn blue_green_switch_under_continuous_load_fails_no_request() {
             tokio::spawn(async move {
                 let http = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy().build().unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    let result = async { http.get(format!("http://{addr}/")).send().await?.error_for_status()?.text().await }.await;
+                    let result =
+                        async { http.get(format!("http://{addr}/")).send().await?.error_for_status()?.text().await }
+                            .await;
                     let mut s = seen.lock().await;
                     s.0 += 1;
                     match result {
-                        Ok(body) => *s.2.entry(body.split_whitespace().nth(1).unwrap_or("?").to_owned()).or_default() += 1,
+                        Ok(body) => {
+                            *s.2.entry(body.split_whitespace().nth(1).unwrap_or("?").to_owned()).or_default() += 1
+                        }
                         Err(_) => s.1 += 1,
                     }
                 }
@@ -65,7 +69,10 @@ async fn blue_green_switch_under_continuous_load_fails_no_request() {
     let (sent, failed, by_version) = seen.lock().await.clone();
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert_eq!(failed, 0, "{failed} of {sent} requests failed across the switch");
-    assert!(by_version.get("1.0.0").copied().unwrap_or(0) > 0 && by_version.get("2.0.0").copied().unwrap_or(0) > 0, "{by_version:?}");
+    assert!(
+        by_version.get("1.0.0").copied().unwrap_or(0) > 0 && by_version.get("2.0.0").copied().unwrap_or(0) > 0,
+        "{by_version:?}"
+    );
     let live = provider.describe(&Query::service("zd")).await.unwrap();
     assert_eq!(live.len(), 3);
     assert!(live.iter().all(|i| i.release() == Some(v2.id())));
@@ -104,7 +111,8 @@ async fn a_killed_deployer_leaves_instances_a_new_deployer_can_describe() {
         assert_eq!(i.state, immut_core::InstanceState::Running);
         assert_eq!(i.provenance.as_ref().unwrap().deployment.as_str(), "d-killed");
     }
-    let by_token = provider.describe(&Query::token(described[0].provenance.as_ref().unwrap().token.clone())).await.unwrap();
+    let by_token =
+        provider.describe(&Query::token(described[0].provenance.as_ref().unwrap().token.clone())).await.unwrap();
     assert_eq!(by_token.len(), 3, "they can be adopted by their launch token");
     provider.terminate_all(&ids).await.unwrap();
     assert!(provider.describe(&Query::service("killed")).await.unwrap().is_empty());
@@ -137,7 +145,11 @@ async fn describe_reflects_reality_for_dead_and_hand_started_processes() {
     assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let live = provider.describe(&Query::service("real")).await.unwrap();
-    assert_eq!(live.iter().map(|i| &i.id).collect::<Vec<_>>(), vec![&survivor.id], "the killed process must not be live");
+    assert_eq!(
+        live.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&survivor.id],
+        "the killed process must not be live"
+    );
     let gone = provider.describe(&Query::ids([victim.id.clone()]).with_terminated()).await.unwrap();
     assert_eq!(gone[0].state, immut_core::InstanceState::Terminated);
 

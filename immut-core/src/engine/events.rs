@@ -27,6 +27,12 @@ pub enum Phase {
         /// Why the deployment was abandoned.
         reason: String,
     },
+    /// Terminal: the deployment never began (a bad request, or another deployment of the service
+    /// holds the lock); nothing was changed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
     /// Terminal: the rollback itself failed; the fleet needs attention.
     RollbackFailed {
         /// Why the deployment was abandoned.
@@ -39,7 +45,10 @@ pub enum Phase {
 impl Phase {
     /// Whether no further step will happen.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::RolledBack { .. } | Phase::RollbackFailed { .. })
+        matches!(
+            self,
+            Phase::Succeeded | Phase::RolledBack { .. } | Phase::RollbackFailed { .. } | Phase::Refused { .. }
+        )
     }
 }
 
@@ -103,6 +112,7 @@ impl Outcome {
         let how = match &self.phase {
             Phase::Succeeded => "succeeded".to_owned(),
             Phase::RolledBack { reason } => format!("rolled back ({reason})"),
+            Phase::Refused { reason } => format!("refused ({reason})"),
             Phase::RollbackFailed { reason, rollback_error } => {
                 format!("ROLLBACK FAILED ({reason}; then: {rollback_error})")
             }
@@ -238,6 +248,17 @@ pub enum Event {
         floor: usize,
         /// Surge ceiling while restoring: the previous release's count plus the strategy's surge.
         ceiling: usize,
+    },
+    /// A deployment interrupted by a crash was picked up from the journal.
+    Resumed {
+        /// Deployment id.
+        deployment: DeploymentId,
+        /// Whether it was rolling back.
+        rolling_back: bool,
+        /// Whether a launch was in flight (it is completed by token, adopting what exists).
+        pending_launch: bool,
+        /// Journal lines that did not parse (a torn last line marks a crash mid-write).
+        torn_lines: usize,
     },
     /// The deployment ended.
     Finished {

@@ -27,6 +27,7 @@ pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthCheck, ProviderStatus};
+use crate::journal::{self, Journal, JournalEntry, JournalRecord, LaunchIntent, LockGuard};
 use crate::model::{DeploymentId, Instance, InstanceId, LaunchToken, Release, ReleaseId};
 use crate::provider::{LaunchRequest, Provider, ProviderExt, Query};
 use crate::strategy::{Decision, FleetView, Limits, ReplacementStrategy, Rollback};
@@ -72,9 +73,21 @@ pub struct DeployerBuilder {
     progress_deadline: Option<Duration>,
     poll_interval: Option<Duration>,
     retry: Option<RetryPolicy>,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl DeployerBuilder {
+    /// Writes ahead to this journal and takes its per-service lock; enables
+    /// [`Deployer::resume`].
+    pub fn journal(mut self, journal: impl Journal + 'static) -> Self {
+        self.journal = Some(Arc::new(journal));
+        self
+    }
+    /// The journal, shared.
+    pub fn journal_arc(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
     /// The compute backend (required).
     pub fn provider(mut self, provider: impl Provider + 'static) -> Self {
         self.provider = Some(Arc::new(provider));
@@ -171,6 +184,7 @@ impl DeployerBuilder {
                 health: self.health.unwrap_or_else(|| Arc::new(ProviderStatus)),
                 strategy,
                 gate: self.gate.unwrap_or_else(|| Arc::new(AutoApprove)),
+                journal: self.journal,
                 settings: Settings { desired, min_ready: self.min_ready, progress_deadline, poll_interval, retry },
             }),
         })
@@ -184,6 +198,7 @@ struct Inner {
     health: Arc<dyn HealthCheck>,
     strategy: Arc<dyn ReplacementStrategy>,
     gate: Arc<dyn Gate>,
+    journal: Option<Arc<dyn Journal>>,
     settings: Settings,
 }
 
@@ -203,6 +218,47 @@ impl Deployer {
     /// [`Deployment::events`] or [`Deployment::step`].
     pub fn deploy(&self, release: Release) -> Deployment {
         Deployment::new(self.inner.clone(), release)
+    }
+
+    /// Picks up the deployment of `service` that the journal shows began and never ended (its
+    /// process died), or `None` when there is none. The deployment keeps its id, release and
+    /// phase: it continues, or goes on rolling back; cancel it before running to roll it back
+    /// instead. A launch that was in flight is completed under its token, adopting whatever the
+    /// dead process already launched, so nothing is launched twice.
+    pub fn resume(&self, service: &str) -> Result<Option<Deployment>> {
+        let journal = self
+            .inner
+            .journal
+            .as_ref()
+            .ok_or_else(|| Error::invalid("journal", "resume needs a journal; call .journal(..) on the builder"))?;
+        let read = journal.read(service)?;
+        let Some(found) = journal::interrupted(&read) else { return Ok(None) };
+        let JournalEntry::Begin {
+            release, previous_release, previous, previous_count, initial_total, replacing, ..
+        } = found.begin
+        else {
+            unreachable!("interrupted() starts at a Begin record")
+        };
+        let mut d = Deployment::new(self.inner.clone(), *release).with_id(found.deployment.clone());
+        d.previous_release = previous_release.map(|r| Arc::new(*r));
+        d.previous = previous;
+        d.previous_count = previous_count;
+        d.initial_total = initial_total;
+        d.wave = found.waves;
+        d.passed_gates = found.passed_gates;
+        d.replacing = replacing.into_iter().collect();
+        d.resumed = true;
+        d.pending_launch = found.pending_launch;
+        if let Some(reason) = &found.rolling_back {
+            d.phase = Phase::RollingBack { reason: reason.clone() };
+        }
+        d.pending.push_back(Event::Resumed {
+            deployment: found.deployment,
+            rolling_back: found.rolling_back.is_some(),
+            pending_launch: d.pending_launch.is_some(),
+            torn_lines: read.torn.len(),
+        });
+        Ok(Some(d))
     }
 
     /// The desired count.
@@ -228,6 +284,7 @@ impl Deployer {
                 health,
                 strategy: self.inner.strategy.clone(),
                 gate: Arc::new(AutoApprove),
+                journal: None,
                 settings: self.inner.settings.clone(),
             }),
         }
@@ -296,6 +353,11 @@ pub struct Deployment {
     cancel: CancelHandle,
     outcome: Option<Outcome>,
     last_serving: HashSet<InstanceId>,
+    begun: bool,
+    resumed: bool,
+    lock: Option<LockGuard>,
+    replacing: HashSet<InstanceId>,
+    pending_launch: Option<LaunchIntent>,
 }
 
 impl Deployment {
@@ -324,6 +386,11 @@ impl Deployment {
             cancel: CancelHandle::default(),
             outcome: None,
             last_serving: HashSet::new(),
+            begun: false,
+            resumed: false,
+            lock: None,
+            replacing: HashSet::new(),
+            pending_launch: None,
         }
     }
 
@@ -337,6 +404,15 @@ impl Deployment {
     /// to surviving instances, but cannot relaunch ones a rolling deployment already replaced.
     pub fn with_previous(mut self, previous: Release) -> Self {
         self.previous_release = Some(Arc::new(previous));
+        self
+    }
+
+    /// Replaces these instances whatever release they claim (the reconcile path of the audit):
+    /// the engine treats them as old, so the strategy launches their replacements and removes
+    /// them within the usual limits. They are described by id, so instances without provenance
+    /// can be replaced too.
+    pub fn replacing(mut self, ids: impl IntoIterator<Item = InstanceId>) -> Self {
+        self.replacing = ids.into_iter().collect();
         self
     }
 
@@ -406,8 +482,10 @@ impl Deployment {
         let span =
             tracing::info_span!("deployment", id = %self.id, service = %self.release.service(), step = self.step + 1);
         let result = self.advance().instrument(span).await;
-        if let Err(error) = result {
-            self.failed(error);
+        match result {
+            Err(error) if !self.begun => self.refuse(error),
+            Err(error) => self.failed(error),
+            Ok(()) => {}
         }
         self.outcome.clone()
     }
@@ -445,6 +523,9 @@ impl Deployment {
             return Err(Error::new(ErrorKind::Cancelled, "the deployment was cancelled"));
         }
         self.step += 1;
+        if let Some(intent) = self.pending_launch.take() {
+            self.finish_launch(intent).await?;
+        }
         let mut obs = self.observe().await?;
         let view = self.build_view(&obs);
         self.note_progress(&view);
@@ -479,6 +560,13 @@ impl Deployment {
         let started = Instant::now();
         self.started = Some(started);
         self.last_progress = started;
+        if let Some(journal) = &self.inner.journal {
+            self.lock = Some(journal.lock(self.release.service(), &self.id)?);
+        }
+        if self.resumed {
+            self.begun = true;
+            return Ok(());
+        }
         let Observation { instances, serving, .. } = self.observe().await?;
         let mut by_release: BTreeMap<&ReleaseId, usize> = BTreeMap::new();
         for i in instances.iter().filter(|i| serving.contains(&i.id)) {
@@ -501,6 +589,17 @@ impl Deployment {
         self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
         self.previous = previous.map(|(r, _)| r);
         self.initial_total = instances.len();
+        self.write_ahead(JournalEntry::Begin {
+            release: Box::new((*self.release).clone()),
+            previous_release: self.previous_release.as_ref().map(|r| Box::new((**r).clone())),
+            previous: self.previous.clone(),
+            previous_count: self.previous_count,
+            initial_total: self.initial_total,
+            desired: self.inner.settings.desired,
+            strategy: self.inner.strategy.name().to_owned(),
+            replacing: self.replacing.iter().cloned().collect(),
+        })?;
+        self.begun = true;
         let limits = self.limits();
         self.pending.push_back(Event::Started {
             deployment: self.id.clone(),
@@ -529,7 +628,14 @@ impl Deployment {
             retry_call(settings, "describe", || provider.describe(&query)),
             retry_call(settings, "serving", || traffic.serving()),
         );
-        let instances = self.absorb(described)?;
+        let mut instances = self.absorb(described)?;
+        if !self.replacing.is_empty() {
+            let query = Query::ids(self.replacing.iter().cloned());
+            let provider = self.inner.provider.clone();
+            let extra = self.retrying("describe", || provider.describe(&query)).await?;
+            let known: HashSet<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
+            instances.extend(extra.into_iter().filter(|i| !known.contains(&i.id)));
+        }
         let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
         self.calls.describe += 1;
         self.calls.serving += 1;
@@ -566,7 +672,7 @@ impl Deployment {
                 None
             };
             let serving = obs.serving.contains(id);
-            let is_target = target.is_some() && instance.release() == target.as_ref();
+            let is_target = target.is_some() && instance.release() == target.as_ref() && !self.replacing.contains(id);
             let bucket = match (is_target, serving, healthy) {
                 (true, true, true) => &mut view.new_serving_healthy,
                 (true, true, false) => &mut view.new_serving_unhealthy,
@@ -624,6 +730,40 @@ impl Deployment {
     async fn act(&mut self, decision: Decision, view: &FleetView, obs: &Observation) -> Result<()> {
         match decision {
             Decision::Launch { count } => self.launch(count).await?,
+            Decision::Attach { .. }
+            | Decision::Detach { .. }
+            | Decision::Switch { .. }
+            | Decision::Terminate { .. } => {
+                let step = self.step;
+                self.write_ahead(JournalEntry::Intent { step, decision: decision.clone(), launch: None })?;
+                let result = self.mutate(decision, obs).await;
+                self.write_ahead(match &result {
+                    Ok(()) => JournalEntry::Applied { step, token: None, ids: Vec::new() },
+                    Err(e) => JournalEntry::Failed { step, token: None, error: e.to_string() },
+                })?;
+                result?;
+            }
+            Decision::Gate { name } => match self.inner.gate.evaluate(&name, view).await {
+                GateVerdict::Pass => {
+                    self.write_ahead(JournalEntry::GatePassed { gate: name.clone() })?;
+                    self.passed_gates.insert(name.clone());
+                    self.pending.push_back(Event::GatePassed { gate: name });
+                }
+                GateVerdict::Hold(reason) => self.wait(&reason, None, true).await?,
+                GateVerdict::Fail(reason) => {
+                    return Err(Error::new(ErrorKind::Other, format!("gate {name:?} failed: {reason}")));
+                }
+            },
+            Decision::Wait { reason, until } => self.wait(&reason, until, false).await?,
+            Decision::Done => self.finish(),
+            Decision::Fail { reason } => return Err(Error::new(ErrorKind::Other, reason)),
+        }
+        Ok(())
+    }
+
+    /// Carries out a traffic change or a termination.
+    async fn mutate(&mut self, decision: Decision, obs: &Observation) -> Result<()> {
+        match decision {
             Decision::Attach { ids } => {
                 let instances = pick(obs, &ids);
                 let traffic = self.inner.traffic.clone();
@@ -657,59 +797,79 @@ impl Deployment {
                 self.changed();
                 self.pending.push_back(Event::Terminated { ids });
             }
-            Decision::Gate { name } => match self.inner.gate.evaluate(&name, view).await {
-                GateVerdict::Pass => {
-                    self.passed_gates.insert(name.clone());
-                    self.pending.push_back(Event::GatePassed { gate: name });
-                }
-                GateVerdict::Hold(reason) => self.wait(&reason, None, true).await?,
-                GateVerdict::Fail(reason) => {
-                    return Err(Error::new(ErrorKind::Other, format!("gate {name:?} failed: {reason}")));
-                }
-            },
-            Decision::Wait { reason, until } => self.wait(&reason, until, false).await?,
-            Decision::Done => self.finish(),
-            Decision::Fail { reason } => return Err(Error::new(ErrorKind::Other, reason)),
+            other => unreachable!("mutate() is called with traffic changes and terminations only, not {other:?}"),
         }
         Ok(())
     }
 
+    /// Appends to the journal, if there is one. A record that cannot be written stops the
+    /// action it announces: nothing is changed without its intent on disk.
+    fn write_ahead(&mut self, entry: JournalEntry) -> Result<()> {
+        let Some(journal) = &self.inner.journal else { return Ok(()) };
+        let record = JournalRecord { deployment: self.id.clone(), at_ms: journal::now_ms(), entry };
+        journal.append(self.release.service(), &record)
+    }
+
+    /// Completes a launch a dead process journaled but did not finish, adopting by token.
+    async fn finish_launch(&mut self, intent: LaunchIntent) -> Result<()> {
+        let release = if intent.rollback { self.rollback_release_or_err()? } else { self.release.clone() };
+        self.launch_chunk(release, intent).await
+    }
+
+    fn rollback_release_or_err(&self) -> Result<Arc<Release>> {
+        self.rollback_release().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "the previous release is unknown; pass it with Deployment::with_previous",
+            )
+        })
+    }
+
     async fn launch(&mut self, count: usize) -> Result<()> {
-        let release = match &self.phase {
-            Phase::RollingBack { .. } => self.rollback_release().cloned().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    "the previous release is unknown; pass it with Deployment::with_previous",
-                )
-            })?,
-            _ => self.release.clone(),
-        };
+        let rollback = matches!(self.phase, Phase::RollingBack { .. });
+        let release = if rollback { self.rollback_release_or_err()? } else { self.release.clone() };
         self.wave += 1;
         let wave = self.wave;
-        let prefix = if matches!(self.phase, Phase::RollingBack { .. }) { "rb" } else { "w" };
+        let prefix = if rollback { "rb" } else { "w" };
         let batch = self.inner.provider.capabilities().max_launch_batch.max(1);
-        let span = tracing::info_span!("wave", wave, count);
         let mut remaining = count;
         let mut index = 0;
         while remaining > 0 {
             let n = remaining.min(batch);
             let token = LaunchToken::new(format!("{}-{prefix}{wave}-{index}", self.id));
-            let request = LaunchRequest::new(release.clone(), n, &self.id, token.clone());
-            let provider = self.inner.provider.clone();
-            let (instances, adopted) =
-                self.retrying("launch", || provider.ensure_launched(&request)).instrument(span.clone()).await?;
-            self.calls.launch += 1;
-            self.calls.describe += 1;
-            self.changed();
-            self.pending.push_back(Event::Launched {
-                wave,
-                token,
-                ids: instances.into_iter().map(|i| i.id).collect(),
-                adopted,
-            });
+            self.launch_chunk(release.clone(), LaunchIntent { wave, token, count: n, rollback }).await?;
             remaining -= n;
             index += 1;
         }
+        Ok(())
+    }
+
+    /// One launch call's worth, written ahead, adopting what already exists under its token.
+    async fn launch_chunk(&mut self, release: Arc<Release>, intent: LaunchIntent) -> Result<()> {
+        let step = self.step;
+        let span = tracing::info_span!("wave", wave = intent.wave, count = intent.count);
+        self.write_ahead(JournalEntry::Intent {
+            step,
+            decision: Decision::Launch { count: intent.count },
+            launch: Some(intent.clone()),
+        })?;
+        let request = LaunchRequest::new(release, intent.count, &self.id, intent.token.clone());
+        let provider = self.inner.provider.clone();
+        let result = self.retrying("launch", || provider.ensure_launched(&request)).instrument(span).await;
+        self.calls.launch += 1;
+        self.calls.describe += 1;
+        let token = Some(intent.token.clone());
+        let (instances, adopted) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.write_ahead(JournalEntry::Failed { step, token, error: e.to_string() })?;
+                return Err(e);
+            }
+        };
+        let ids: Vec<InstanceId> = instances.into_iter().map(|i| i.id).collect();
+        self.write_ahead(JournalEntry::Applied { step, token, ids: ids.clone() })?;
+        self.changed();
+        self.pending.push_back(Event::Launched { wave: intent.wave, token: intent.token, ids, adopted });
         Ok(())
     }
 
@@ -758,6 +918,9 @@ impl Deployment {
             Phase::Deploying => {
                 tracing::warn!(deployment = %self.id, error = %message, "rolling back");
                 self.phase = Phase::RollingBack { reason: message.clone() };
+                if let Err(e) = self.write_ahead(JournalEntry::RollingBack { reason: message.clone() }) {
+                    tracing::error!(error = %e, "cannot journal the rollback; continuing it");
+                }
                 let limits = self.limits();
                 self.pending.push_back(Event::RollbackStarted {
                     reason: message,
@@ -774,6 +937,12 @@ impl Deployment {
             }
             terminal => self.phase = terminal,
         }
+    }
+
+    fn refuse(&mut self, error: Error) {
+        tracing::warn!(deployment = %self.id, error = %error, "deployment refused");
+        self.phase = Phase::Refused { reason: error.to_string() };
+        self.conclude();
     }
 
     fn conclude(&mut self) {
@@ -794,6 +963,12 @@ impl Deployment {
             calls: self.calls,
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");
+        if self.begun {
+            if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }) {
+                tracing::error!(error = %e, "cannot journal the end of the deployment");
+            }
+        }
+        self.lock = None;
         self.pending.push_back(Event::Finished { outcome: outcome.clone() });
         self.outcome = Some(outcome);
     }

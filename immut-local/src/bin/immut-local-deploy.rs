@@ -63,7 +63,8 @@ async fn run(args: HashMap<String, String>) -> Result<bool, Box<dyn std::error::
         args.get(key).map(|v| Version::parse(v).map_err(|e| format!("--{key} {v:?}: {e}"))).transpose()
     };
     let service = args.get("service").map_or("web", String::as_str);
-    let desired: usize = args.get("desired").map_or(Ok(3), |d| d.parse().map_err(|_| format!("--desired {d:?} is not a count")))?;
+    let desired: usize =
+        args.get("desired").map_or(Ok(3), |d| d.parse().map_err(|_| format!("--desired {d:?} is not a count")))?;
     let provider = LocalProvider::builder().state_dir(&args["state-dir"]).build()?;
     let balancer = provider.balancer().build().await?;
     let release = |version: Version, healthy: bool| -> immut_core::Result<Release> {
@@ -96,8 +97,7 @@ async fn run(args: HashMap<String, String>) -> Result<bool, Box<dyn std::error::
     if let Some(id) = args.get("deployment-id") {
         deployment = deployment.with_id(DeploymentId::new(id));
     }
-    let outcome = deployment
-        .run_with(|event| println!("{}", serde_json::to_string(event).expect("events serialize")))
-        .await;
+    let outcome =
+        deployment.run_with(|event| println!("{}", serde_json::to_string(event).expect("events serialize"))).await;
     Ok(outcome.succeeded())
 }

@@ -1,0 +1,240 @@
+//! The write-ahead journal, the service lock, and resuming after a crash at every journal
+//! record, on the simulator in virtual time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{assert_final_fleet, latencies, release};
+use immut_core::engine::{Event, Phase};
+use immut_core::journal::{FileJournal, Journal, JournalEntry, JournalRead, JournalRecord, LockGuard, MemoryJournal};
+use immut_core::sim::SimProvider;
+use immut_core::strategy::ReplacementStrategy;
+use immut_core::{BlueGreen, Canary, Count, Deployer, DeploymentId, ErrorKind, Provider, Query, Rolling};
+
+fn deployer(sim: &SimProvider, journal: Arc<dyn Journal>, strategy: Arc<dyn ReplacementStrategy>) -> Deployer {
+    Deployer::builder()
+        .provider(sim.clone())
+        .traffic(sim.traffic())
+        .health(sim.health())
+        .strategy_arc(strategy)
+        .desired(4)
+        .min_ready(Duration::from_secs(5))
+        .journal_arc(journal)
+        .build()
+        .unwrap()
+}
+
+/// Dies (panics, which drops the deployment mid-step) on its `crash_at`-th append, before
+/// writing it: the process is gone between two journal records.
+#[derive(Debug)]
+struct CrashingJournal {
+    inner: MemoryJournal,
+    crash_at: usize,
+    appended: AtomicUsize,
+}
+
+impl Journal for CrashingJournal {
+    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
+        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
+            panic!("simulated crash before journal record {}", self.crash_at);
+        }
+        self.inner.append(service, record)
+    }
+    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
+        self.inner.read(service)
+    }
+    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
+        self.inner.lock(service, deployment)
+    }
+}
+
+fn strategies() -> Vec<Arc<dyn ReplacementStrategy>> {
+    vec![
+        Arc::new(BlueGreen::new().bake(Duration::from_secs(10))),
+        Arc::new(Rolling::new()),
+        Arc::new(Canary::new([Count::Count(1)])),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_mutation_is_journaled_before_and_after() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let journal = MemoryJournal::new();
+    let outcome =
+        deployer(&sim, Arc::new(journal.clone()), Arc::new(Rolling::new())).deploy(v2).with_previous(v1).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    let records = journal.read("web").unwrap().records;
+    assert!(matches!(records.first().unwrap().entry, JournalEntry::Begin { .. }));
+    assert!(matches!(records.last().unwrap().entry, JournalEntry::End { .. }));
+    let intents = records.iter().filter(|r| matches!(r.entry, JournalEntry::Intent { .. })).count();
+    let applied = records.iter().filter(|r| matches!(r.entry, JournalEntry::Applied { .. })).count();
+    // 4 waves of launch, attach, detach, terminate.
+    assert_eq!((intents, applied), (16, 16));
+    for pair in records.windows(2) {
+        if let JournalEntry::Intent { step, .. } = &pair[0].entry {
+            assert!(matches!(&pair[1].entry, JournalEntry::Applied { step: s, .. } if s == step), "{pair:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_journal_record_resumes_to_a_clean_end() {
+    let mut kill_points = 0;
+    for strategy in strategies() {
+        // An uninterrupted run counts the records, so every one of them is a kill point.
+        let total = {
+            let sim = latencies(SimProvider::builder()).build().unwrap();
+            sim.seed(&release((1, 0, 0)), 4, true);
+            let journal = MemoryJournal::new();
+            let d = deployer(&sim, Arc::new(journal.clone()), strategy.clone());
+            assert!(d.deploy(release((2, 0, 0))).with_previous(release((1, 0, 0))).run().await.succeeded());
+            journal.read("web").unwrap().records.len()
+        };
+        for crash_at in 0..total {
+            let sim = latencies(SimProvider::builder()).build().unwrap();
+            let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+            sim.seed(&v1, 4, true);
+            let journal = MemoryJournal::new();
+            let crashing =
+                Arc::new(CrashingJournal { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) });
+            let d = deployer(&sim, crashing, strategy.clone());
+            let run = tokio::spawn(d.deploy(v2.clone()).with_previous(v1.clone()).run());
+            assert!(
+                run.await.unwrap_err().is_panic(),
+                "{} crash {crash_at}: the run should have died",
+                strategy.name()
+            );
+            kill_points += 1;
+
+            let d = deployer(&sim, Arc::new(journal.clone()), strategy.clone());
+            let outcome = match d.resume("web").unwrap() {
+                Some(resumed) => resumed.run().await,
+                None => {
+                    // Died before its Begin record: nothing changed, v1 serves untouched.
+                    assert_eq!(crash_at, 0);
+                    let live = sim.describe(&Query::service("web")).await.unwrap();
+                    assert!(live.len() == 4 && live.iter().all(|i| i.release() == Some(v1.id())));
+                    continue;
+                }
+            };
+            assert!(outcome.succeeded(), "{} crash {crash_at}: {}", strategy.name(), outcome.summary());
+            // Exactly 4 instances of v2, all serving: nothing launched twice, nothing left over.
+            assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+        }
+    }
+    println!("kill points exercised on the simulator: {kill_points}");
+    assert!(kill_points > 40, "{kill_points}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_deployment_can_be_rolled_back_instead() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let journal = MemoryJournal::new();
+    let crashing = Arc::new(CrashingJournal { inner: journal.clone(), crash_at: 6, appended: AtomicUsize::new(0) });
+    let run = tokio::spawn(
+        deployer(&sim, crashing, Arc::new(Rolling::new())).deploy(v2.clone()).with_previous(v1.clone()).run(),
+    );
+    assert!(run.await.unwrap_err().is_panic());
+    let resumed = deployer(&sim, Arc::new(journal), Arc::new(Rolling::new())).resume("web").unwrap().unwrap();
+    resumed.cancel_handle().cancel();
+    let mut events = Vec::new();
+    let outcome = resumed.run_with(|e| events.push(e.clone())).await;
+    assert!(matches!(events[0], Event::Resumed { pending_launch: false, .. }), "{:?}", events[0]);
+    assert!(matches!(outcome.phase, Phase::RolledBack { .. }), "{}", outcome.summary());
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_deployment_of_the_service_is_refused_naming_the_first() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let first = deployer(&sim, journal.clone(), Arc::new(Rolling::new()))
+        .deploy(v2.clone())
+        .with_id(DeploymentId::new("d-first"));
+    let first = tokio::spawn(first.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = deployer(&sim, journal.clone(), Arc::new(Rolling::new())).deploy(v2.clone()).run().await;
+    match &second.phase {
+        Phase::Refused { reason } => assert!(reason.contains("d-first") && reason.contains("Conflict"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(first.await.unwrap().succeeded());
+    // Once the first ended, the lock is free again.
+    let third = deployer(&sim, journal, Arc::new(Rolling::new())).deploy(v1.clone()).with_previous(v2).run().await;
+    assert!(!matches!(third.phase, Phase::Refused { .. }), "{}", third.summary());
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("immut-journal-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_torn_last_line_is_reported_and_skipped_never_fatal() {
+    let dir = temp_dir("torn");
+    let journal = FileJournal::open(&dir).unwrap();
+    let record = |gate: &str| JournalRecord {
+        deployment: DeploymentId::new("d1"),
+        at_ms: 1,
+        entry: JournalEntry::GatePassed { gate: gate.into() },
+    };
+    journal.append("web", &record("a")).unwrap();
+    // A crash mid-write leaves half a record and no newline.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(journal.path("web")).unwrap();
+    f.write_all(br#"{"deployment":"d1","at_ms":2,"kind":"gate_pa"#).unwrap();
+    drop(f);
+    let read = journal.read("web").unwrap();
+    assert_eq!(read.records, vec![record("a")]);
+    assert_eq!(read.torn.len(), 1);
+    assert_eq!(read.torn[0].0, 2);
+    // The next record lands on a line of its own and reads back.
+    journal.append("web", &record("b")).unwrap();
+    let read = journal.read("web").unwrap();
+    assert_eq!(read.records, vec![record("a"), record("b")]);
+    assert_eq!(read.torn.len(), 1);
+}
+
+#[test]
+fn the_file_lock_names_its_holder_and_a_stale_one_is_taken_over() {
+    let dir = temp_dir("lock");
+    let journal = FileJournal::open(&dir).unwrap();
+    let held = journal.lock("web", &DeploymentId::new("d-live")).unwrap();
+    let e = journal.lock("web", &DeploymentId::new("d-two")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("d-live") && e.to_string().contains(&std::process::id().to_string()), "{e}");
+    drop(held);
+    let again = journal.lock("web", &DeploymentId::new("d-two")).unwrap();
+    drop(again);
+
+    // A lock left by a process that is gone: a child that exited.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    std::fs::write(
+        dir.join("web.lock"),
+        format!(r#"{{"deployment":"d-dead","pid":{pid},"start_ticks":1,"acquired_at_ms":1}}"#),
+    )
+    .unwrap();
+    let taken = journal.lock("web", &DeploymentId::new("d-three")).unwrap();
+    let holder = std::fs::read_to_string(dir.join("web.lock")).unwrap();
+    assert!(holder.contains("d-three"), "{holder}");
+    drop(taken);
+    assert!(!dir.join("web.lock").exists(), "the lock is released on drop");
+}
+
+#[test]
+fn an_unwritable_journal_dir_is_named() {
+    let e = FileJournal::open("/proc/immut-no-journal-here").unwrap_err();
+    assert!(e.to_string().contains("journal_dir"), "{e}");
+}
