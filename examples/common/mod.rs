@@ -178,6 +178,9 @@ impl Printer {
             }
             Event::InvariantViolated { invariant, detail } => format!("REFUSED  {invariant}: {detail}"),
             Event::RollbackStarted { reason, .. } => format!("ROLLBACK {reason}"),
+            Event::Resumed { deployment, rolling_back, pending_launch, torn_lines } => format!(
+                "resume   {deployment} from the journal (rolling back: {rolling_back}, launch in flight: {pending_launch}, torn lines: {torn_lines})"
+            ),
             Event::Finished { outcome } => format!("done     {}", outcome.summary()),
         };
         println!("[{t:6.1}s] {line}");
@@ -278,6 +281,7 @@ fn phase_name(outcome: &Outcome) -> &'static str {
         immut::Phase::Succeeded => "succeeded",
         immut::Phase::RolledBack { .. } => "rolled back",
         immut::Phase::RollbackFailed { .. } => "ROLLBACK FAILED",
+        immut::Phase::Refused { .. } => "refused",
         _ => "unfinished",
     }
 }
