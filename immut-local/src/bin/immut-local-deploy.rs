@@ -4,21 +4,50 @@
 //! immut-local-deploy --state-dir DIR --artifact PATH --version 2.0.0
 //!     [--service web] [--desired 3] [--strategy blue-green|rolling]
 //!     [--previous-version 1.0.0] [--deployment-id ID] [--fail-health]
+//! immut-local-deploy --state-dir DIR --resume [--service web] [--desired 3] [--strategy ...]
 //! ```
 //!
-//! Instances are real processes recorded in DIR; the balancer's serving set is persisted
-//! there too, so a later run (or `describe`) picks up where a killed one stopped. Exits 0 when
-//! the deployment succeeds, 1 when it rolls back or fails, 2 on bad arguments.
+//! Instances are real processes recorded in DIR; the balancer's serving set and the journal
+//! (`DIR/journal`) live there too, so `--resume` continues a deployment whose process died.
+//! `--kill-at-record N` is fault injection for crash tests: the process SIGKILLs itself just
+//! before writing its Nth journal record (from 0). Exits 0 when the deployment succeeds (or
+//! there is nothing to resume), 1 when it rolls back or fails, 2 on bad arguments.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use immut_core::health::HttpProbe;
+use immut_core::journal::{FileJournal, Journal, JournalRead, JournalRecord, LockGuard};
 use immut_core::semver::Version;
 use immut_core::{BaselineSpec, BlueGreen, Deployer, DeploymentId, LaunchSpec, Release, Rolling};
 use immut_local::{LocalProvider, sample};
 
-const USAGE: &str = "usage: immut-local-deploy --state-dir DIR --artifact PATH --version VERSION [--service NAME] [--desired N] [--strategy blue-green|rolling] [--previous-version VERSION] [--deployment-id ID] [--fail-health]";
+const USAGE: &str = "usage: immut-local-deploy --state-dir DIR (--artifact PATH --version VERSION | --resume) [--service NAME] [--desired N] [--strategy blue-green|rolling] [--previous-version VERSION] [--deployment-id ID] [--fail-health] [--kill-at-record N]";
+
+/// Fault injection: SIGKILLs this process just before the Nth record.
+#[derive(Debug)]
+struct KillAtRecord {
+    inner: FileJournal,
+    at: usize,
+    seen: AtomicUsize,
+}
+
+impl Journal for KillAtRecord {
+    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) == self.at {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        self.inner.append(service, record)
+    }
+    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
+        self.inner.read(service)
+    }
+    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
+        self.inner.lock(service, deployment)
+    }
+}
 
 fn main() -> std::process::ExitCode {
     let args = match parse(std::env::args().skip(1)) {
@@ -43,15 +72,17 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<HashMap<String, String>
     let mut out = HashMap::new();
     while let Some(flag) = it.next() {
         let key = flag.strip_prefix("--").ok_or_else(|| format!("unexpected argument {flag:?}"))?;
-        if key == "fail-health" {
+        if key == "fail-health" || key == "resume" {
             out.insert(key.to_owned(), "1".to_owned());
             continue;
         }
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         out.insert(key.to_owned(), value);
     }
-    for required in ["state-dir", "artifact", "version"] {
-        if !out.contains_key(required) {
+    let required: &[&str] =
+        if out.contains_key("resume") { &["state-dir"] } else { &["state-dir", "artifact", "version"] };
+    for required in required {
+        if !out.contains_key(*required) {
             return Err(format!("--{required} is required"));
         }
     }
@@ -75,7 +106,11 @@ async fn run(args: HashMap<String, String>) -> Result<bool, Box<dyn std::error::
         }
         Release::new(service, &artifact, &BaselineSpec::new("sample", Version::new(1, 0, 0), spec))
     };
-    let target = release(version("version")?.expect("required"), !args.contains_key("fail-health"))?;
+    let journal = FileJournal::open(std::path::Path::new(&args["state-dir"]).join("journal"))?;
+    let journal: Arc<dyn Journal> = match args.get("kill-at-record") {
+        Some(n) => Arc::new(KillAtRecord { inner: journal, at: n.parse()?, seen: AtomicUsize::new(0) }),
+        None => Arc::new(journal),
+    };
     let builder = Deployer::builder()
         .provider(provider)
         .traffic(balancer)
@@ -83,20 +118,33 @@ async fn run(args: HashMap<String, String>) -> Result<bool, Box<dyn std::error::
         .desired(desired)
         .min_ready(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(100))
-        .progress_deadline(Duration::from_secs(20));
+        .progress_deadline(Duration::from_secs(20))
+        .journal_arc(journal);
     let deployer = match args.get("strategy").map_or("blue-green", String::as_str) {
         "blue-green" => builder.strategy(BlueGreen::new()),
         "rolling" => builder.strategy(Rolling::new()),
         other => return Err(format!("--strategy {other:?}: use blue-green or rolling").into()),
     }
     .build()?;
-    let mut deployment = deployer.deploy(target);
-    if let Some(previous) = version("previous-version")? {
-        deployment = deployment.with_previous(release(previous, true)?);
-    }
-    if let Some(id) = args.get("deployment-id") {
-        deployment = deployment.with_id(DeploymentId::new(id));
-    }
+    let deployment = if args.contains_key("resume") {
+        match deployer.resume(service)? {
+            Some(d) => d,
+            None => {
+                eprintln!("nothing to resume for service {service}");
+                return Ok(true);
+            }
+        }
+    } else {
+        let target = release(version("version")?.expect("required"), !args.contains_key("fail-health"))?;
+        let mut deployment = deployer.deploy(target);
+        if let Some(previous) = version("previous-version")? {
+            deployment = deployment.with_previous(release(previous, true)?);
+        }
+        if let Some(id) = args.get("deployment-id") {
+            deployment = deployment.with_id(DeploymentId::new(id));
+        }
+        deployment
+    };
     let outcome =
         deployment.run_with(|event| println!("{}", serde_json::to_string(event).expect("events serialize"))).await;
     Ok(outcome.succeeded())
