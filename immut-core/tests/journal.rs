@@ -169,7 +169,12 @@ async fn a_second_deployment_of_the_service_is_refused_naming_the_first() {
     }
     assert!(first.await.unwrap().succeeded());
     // Once the first ended, the lock is free again.
-    let third = deployer(&sim, journal, Arc::new(Rolling::new())).deploy(v1.clone()).with_previous(v2).run().await;
+    let third = deployer(&sim, journal, Arc::new(Rolling::new()))
+        .deploy(v1.clone())
+        .with_previous(v2)
+        .as_rollback()
+        .run()
+        .await;
     assert!(!matches!(third.phase, Phase::Refused { .. }), "{}", third.summary());
 }
 

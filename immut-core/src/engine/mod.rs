@@ -28,7 +28,9 @@ pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthCheck, ProviderStatus};
 use crate::journal::{self, Journal, JournalEntry, JournalRecord, LaunchIntent, LockGuard};
+use crate::ledger::Ledger;
 use crate::model::{DeploymentId, Instance, InstanceId, LaunchToken, Release, ReleaseId};
+use crate::policy::{Change, ChangePolicy};
 use crate::provider::{LaunchRequest, Provider, ProviderExt, Query};
 use crate::strategy::{Decision, FleetView, Limits, ReplacementStrategy, Rollback};
 use crate::traffic::Traffic;
@@ -74,9 +76,29 @@ pub struct DeployerBuilder {
     poll_interval: Option<Duration>,
     retry: Option<RetryPolicy>,
     journal: Option<Arc<dyn Journal>>,
+    ledger: Option<Arc<Ledger>>,
+    change_policy: Option<ChangePolicy>,
+    allow_downgrade: bool,
 }
 
 impl DeployerBuilder {
+    /// Records every finished deployment in this ledger; enables
+    /// [`Deployer::rollback_to_previous`].
+    pub fn ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+    /// Picks the strategy from the artifact version change, instead of one fixed strategy.
+    pub fn strategy_by_change(mut self, policy: ChangePolicy) -> Self {
+        self.change_policy = Some(policy);
+        self
+    }
+    /// Lets deployments go to an older artifact version without being explicit rollbacks
+    /// (default: refused).
+    pub fn allow_downgrade(mut self, allow: bool) -> Self {
+        self.allow_downgrade = allow;
+        self
+    }
     /// Writes ahead to this journal and takes its per-service lock; enables
     /// [`Deployer::resume`].
     pub fn journal(mut self, journal: impl Journal + 'static) -> Self {
@@ -158,13 +180,24 @@ impl DeployerBuilder {
     pub fn build(self) -> Result<Deployer> {
         let provider = self.provider.ok_or_else(|| Error::invalid("provider", "is required; call .provider(..)"))?;
         let traffic = self.traffic.ok_or_else(|| Error::invalid("traffic", "is required; call .traffic(..)"))?;
-        let strategy = self.strategy.ok_or_else(|| Error::invalid("strategy", "is required; call .strategy(..)"))?;
+        let strategy = match (self.strategy, &self.change_policy) {
+            (Some(s), _) => s,
+            (None, Some(policy)) => policy.major.clone(),
+            (None, None) => {
+                return Err(Error::invalid("strategy", "is required; call .strategy(..) or .strategy_by_change(..)"));
+            }
+        };
         let desired =
             self.desired.ok_or_else(|| Error::invalid("desired", "is required; call .desired(n) with n >= 1"))?;
         if desired == 0 {
             return Err(Error::invalid("desired", "must be at least 1"));
         }
         strategy.validate(desired)?;
+        if let Some(policy) = &self.change_policy {
+            for (field, s) in [("patch", &policy.patch), ("minor", &policy.minor), ("major", &policy.major)] {
+                s.validate(desired).map_err(|e| Error::invalid(&format!("strategy_by_change.{field}"), e.message()))?;
+            }
+        }
         let poll_interval = self.poll_interval.unwrap_or(Duration::from_secs(2));
         if poll_interval.is_zero() {
             return Err(Error::invalid("poll_interval", "must be above zero"));
@@ -185,6 +218,9 @@ impl DeployerBuilder {
                 strategy,
                 gate: self.gate.unwrap_or_else(|| Arc::new(AutoApprove)),
                 journal: self.journal,
+                ledger: self.ledger,
+                change_policy: self.change_policy,
+                allow_downgrade: self.allow_downgrade,
                 settings: Settings { desired, min_ready: self.min_ready, progress_deadline, poll_interval, retry },
             }),
         })
@@ -199,6 +235,9 @@ struct Inner {
     strategy: Arc<dyn ReplacementStrategy>,
     gate: Arc<dyn Gate>,
     journal: Option<Arc<dyn Journal>>,
+    ledger: Option<Arc<Ledger>>,
+    change_policy: Option<ChangePolicy>,
+    allow_downgrade: bool,
     settings: Settings,
 }
 
@@ -234,7 +273,14 @@ impl Deployer {
         let read = journal.read(service)?;
         let Some(found) = journal::interrupted(&read) else { return Ok(None) };
         let JournalEntry::Begin {
-            release, previous_release, previous, previous_count, initial_total, replacing, ..
+            release,
+            previous_release,
+            previous,
+            previous_count,
+            initial_total,
+            replacing,
+            strategy,
+            ..
         } = found.begin
         else {
             unreachable!("interrupted() starts at a Begin record")
@@ -248,6 +294,13 @@ impl Deployer {
         d.passed_gates = found.passed_gates;
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
+        if let Some(policy) = &self.inner.change_policy {
+            if let Some(picked) =
+                [&policy.patch, &policy.minor, &policy.major].into_iter().find(|s| s.name() == strategy)
+            {
+                d.strategy = picked.clone();
+            }
+        }
         d.pending_launch = found.pending_launch;
         if let Some(reason) = &found.rolling_back {
             d.phase = Phase::RollingBack { reason: reason.clone() };
@@ -259,6 +312,26 @@ impl Deployer {
             torn_lines: read.torn.len(),
         });
         Ok(Some(d))
+    }
+
+    /// Redeploys the previous successful release of `service`, as the ledger records it, as an
+    /// explicit rollback (so the downgrade is allowed).
+    pub fn rollback_to_previous(&self, service: &str) -> Result<Deployment> {
+        let ledger = self.inner.ledger.as_ref().ok_or_else(|| {
+            Error::invalid("ledger", "rolling back to the previous release needs a ledger; call .ledger(..)")
+        })?;
+        let current = ledger.current(service)?;
+        let previous = ledger.previous(service)?.ok_or_else(|| {
+            Error::invalid(
+                "ledger",
+                format!("the ledger holds no earlier successful release of {service} to roll back to"),
+            )
+        })?;
+        let mut d = self.deploy(previous.release).as_rollback();
+        if let Some(current) = current {
+            d = d.with_previous(current.release);
+        }
+        Ok(d)
     }
 
     /// The desired count.
@@ -285,6 +358,9 @@ impl Deployer {
                 strategy: self.inner.strategy.clone(),
                 gate: Arc::new(AutoApprove),
                 journal: None,
+                ledger: None,
+                change_policy: self.inner.change_policy.clone(),
+                allow_downgrade: self.inner.allow_downgrade,
                 settings: self.inner.settings.clone(),
             }),
         }
@@ -358,13 +434,15 @@ pub struct Deployment {
     lock: Option<LockGuard>,
     replacing: HashSet<InstanceId>,
     pending_launch: Option<LaunchIntent>,
+    strategy: Arc<dyn ReplacementStrategy>,
+    explicit_rollback: bool,
+    started_wall_ms: u64,
 }
 
 impl Deployment {
     fn new(inner: Arc<Inner>, release: Release) -> Self {
         let id = DeploymentId::new(default_deployment_id(&release));
         Deployment {
-            inner,
             id,
             release: Arc::new(release),
             previous_release: None,
@@ -391,6 +469,10 @@ impl Deployment {
             lock: None,
             replacing: HashSet::new(),
             pending_launch: None,
+            strategy: inner.strategy.clone(),
+            explicit_rollback: false,
+            started_wall_ms: 0,
+            inner,
         }
     }
 
@@ -413,6 +495,12 @@ impl Deployment {
     /// can be replaced too.
     pub fn replacing(mut self, ids: impl IntoIterator<Item = InstanceId>) -> Self {
         self.replacing = ids.into_iter().collect();
+        self
+    }
+
+    /// Marks this deployment an explicit rollback: it may go to an older artifact version.
+    pub fn as_rollback(mut self) -> Self {
+        self.explicit_rollback = true;
         self
     }
 
@@ -497,14 +585,14 @@ impl Deployment {
     fn limits(&self) -> Limits {
         match &self.phase {
             Phase::RollingBack { .. } => {
-                let l = self.inner.strategy.limits(self.inner.settings.desired);
+                let l = self.strategy.limits(self.inner.settings.desired);
                 let surge = l.ceiling - self.inner.settings.desired;
                 Limits {
                     floor: l.floor.min(self.previous_count),
                     ceiling: self.previous_count.max(self.inner.settings.desired) + surge,
                 }
             }
-            _ => self.inner.strategy.limits(self.inner.settings.desired),
+            _ => self.strategy.limits(self.inner.settings.desired),
         }
     }
 
@@ -535,7 +623,7 @@ impl Deployment {
             Phase::RollingBack { .. } => {
                 Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
             }
-            _ => self.inner.strategy.decide(&view),
+            _ => self.strategy.decide(&view),
         };
         self.pending.push_back(Event::Step {
             step: self.step,
@@ -559,6 +647,7 @@ impl Deployment {
     async fn start(&mut self) -> Result<()> {
         let started = Instant::now();
         self.started = Some(started);
+        self.started_wall_ms = journal::now_ms();
         self.last_progress = started;
         if let Some(journal) = &self.inner.journal {
             self.lock = Some(journal.lock(self.release.service(), &self.id)?);
@@ -586,6 +675,14 @@ impl Deployment {
                 ),
             ));
         }
+        let previous_version = previous.as_ref().and_then(|(id, _)| {
+            instances
+                .iter()
+                .find(|i| i.release() == Some(id))
+                .and_then(|i| i.provenance.as_ref())
+                .map(|p| p.artifact_version.clone())
+        });
+        self.apply_version_policy(previous_version.as_ref())?;
         self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
         self.previous = previous.map(|(r, _)| r);
         self.initial_total = instances.len();
@@ -596,7 +693,7 @@ impl Deployment {
             previous_count: self.previous_count,
             initial_total: self.initial_total,
             desired: self.inner.settings.desired,
-            strategy: self.inner.strategy.name().to_owned(),
+            strategy: self.strategy.name().to_owned(),
             replacing: self.replacing.iter().cloned().collect(),
         })?;
         self.begun = true;
@@ -608,11 +705,31 @@ impl Deployment {
             previous: self.previous.clone(),
             previous_count: self.previous_count,
             desired: self.inner.settings.desired,
-            strategy: self.inner.strategy.name().to_owned(),
+            strategy: self.strategy.name().to_owned(),
             floor: limits.floor,
             ceiling: limits.ceiling,
         });
         tracing::info!(deployment = %self.id, release = %self.release, previous = ?self.previous, "deployment started");
+        Ok(())
+    }
+
+    /// Refuses an unintended downgrade and picks the strategy by version change when asked to.
+    fn apply_version_policy(&mut self, previous: Option<&semver::Version>) -> Result<()> {
+        let target = &self.release.artifact().version;
+        if let Some(previous) = previous {
+            let downgrade = Change::between(previous, target) == Change::Downgrade;
+            if downgrade && !self.explicit_rollback && !self.inner.allow_downgrade {
+                return Err(Error::invalid(
+                    "artifact.version",
+                    format!(
+                        "{target} is older than {previous}, which serves now; a downgrade must be an explicit rollback (Deployment::as_rollback or Deployer::rollback_to_previous)"
+                    ),
+                ));
+            }
+        }
+        if let Some(policy) = &self.inner.change_policy {
+            self.strategy = policy.pick(previous, target);
+        }
         Ok(())
     }
 
@@ -964,6 +1081,11 @@ impl Deployment {
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");
         if self.begun {
+            if let Some(ledger) = &self.inner.ledger {
+                if let Err(e) = ledger.record(&outcome, &self.release, self.strategy.name(), self.started_wall_ms) {
+                    tracing::error!(error = %e, "cannot record the deployment in the ledger");
+                }
+            }
             if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }) {
                 tracing::error!(error = %e, "cannot journal the end of the deployment");
             }

@@ -33,12 +33,12 @@ impl Canary {
         format!("canary-step-{step}")
     }
 
-    /// The new-instance target of each step, ending at `desired`.
+    /// The new-instance target of each step, ending at `desired`. Steps that resolve to the
+    /// same count (a small fleet) merge into one.
     pub fn targets(&self, desired: usize) -> Vec<usize> {
         let mut targets: Vec<usize> = self.steps.iter().map(|s| s.resolve(desired).min(desired)).collect();
-        if targets.last() != Some(&desired) {
-            targets.push(desired);
-        }
+        targets.push(desired);
+        targets.dedup();
         targets
     }
 }
@@ -61,7 +61,7 @@ impl ReplacementStrategy for Canary {
                 return Err(Error::invalid(
                     &format!("steps[{i}]"),
                     format!(
-                        "steps resolve to {targets:?} instances for {desired} desired; each step must add at least one instance, so use fewer or larger steps"
+                        "steps resolve to {targets:?} instances for {desired} desired; each step must be larger than the one before and above 0"
                     ),
                 ));
             }
@@ -103,6 +103,7 @@ mod tests {
     fn steps_resolve_and_validate() {
         let c = Canary::new([Count::Count(1), Count::Percent(50)]);
         assert_eq!(c.targets(10), vec![1, 5, 10]);
+        assert_eq!(Canary::new([Count::Count(1), Count::Percent(25), Count::Percent(50)]).targets(4), vec![1, 2, 4]);
         assert_eq!(c.limits(10), Limits { floor: 10, ceiling: 15 });
         assert!(c.validate(10).is_ok());
         let e = Canary::new([Count::Percent(50), Count::Percent(10)]).validate(10).unwrap_err();
