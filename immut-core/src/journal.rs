@@ -151,6 +151,11 @@ pub trait Journal: Send + Sync + Debug {
     /// Takes the service's deployment lock, or fails with [`ErrorKind::Conflict`] naming the
     /// deployment that holds it.
     fn lock(&self, service: &str, deployment: &DeploymentId) -> Result<LockGuard>;
+    /// The deployment that holds the service's lock and is still running, if any.
+    fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
+        let _ = service;
+        Ok(None)
+    }
 }
 
 /// What [`interrupted`] finds of a deployment that began and never ended.
@@ -427,6 +432,10 @@ impl Journal for MemoryJournal {
         }
         locks.insert(service.to_owned(), deployment.clone());
         Ok(LockGuard::new(MemoryLock { locks: self.locks.clone(), service: service.to_owned() }))
+    }
+
+    fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
+        Ok(self.locks.lock().expect("poisoned").get(service).cloned())
     }
 }
 

@@ -52,6 +52,7 @@
 //! ceiling; only proven instances receive traffic and nothing serving is terminated; and at the
 //! end nothing is left over. A violation is refused and rolls the deployment back.
 
+pub mod audit;
 pub mod dry_run;
 pub mod engine;
 pub mod error;
@@ -76,9 +77,9 @@ pub use health::HttpProbe;
 pub use health::{AllOf, FnCheck, Health, HealthCheck, ProviderStatus};
 pub use model::{
     Artifact, ArtifactSpec, Baseline, BaselineSpec, DeploymentId, Instance, InstanceId, InstanceState, LaunchSpec,
-    LaunchToken, Provenance, Release, ReleaseId,
+    LaunchToken, Provenance, Release, ReleaseId, SigningKey,
 };
-pub use provider::{Capabilities, LaunchRequest, Provider, ProviderExt, Query};
+pub use provider::{Adopt, Capabilities, LaunchRequest, Provider, ProviderExt, Query};
 pub use strategy::{BlueGreen, Canary, Count, Decision, FleetView, ReplacementStrategy, Rolling};
 pub use traffic::Traffic;
 

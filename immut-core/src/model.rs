@@ -422,6 +422,64 @@ pub mod label_keys {
     pub const DEPLOYMENT: &str = "immut-deployment";
     /// Launch token.
     pub const TOKEN: &str = "immut-token";
+    /// HMAC-SHA256 of the provenance under the deployment key (hex).
+    pub const SIGNATURE: &str = "immut-signature";
+}
+
+/// The secret that signs provenance labels, so that hand-edited labels are detected.
+///
+/// Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct SigningKey(Arc<[u8]>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+impl SigningKey {
+    /// A key from bytes; fails with `InvalidInput` when shorter than 16 bytes.
+    pub fn new(key: impl AsRef<[u8]>) -> Result<Self> {
+        let key = key.as_ref();
+        if key.len() < 16 {
+            return Err(Error::invalid("signing_key", "is shorter than 16 bytes; use a long random secret"));
+        }
+        Ok(SigningKey(Arc::from(key)))
+    }
+
+    /// The key in an environment variable; the error names the variable, never its value.
+    pub fn from_env(var: &str) -> Result<Self> {
+        let value = std::env::var(var)
+            .map_err(|_| Error::invalid("signing_key", format!("set {var} to a long random secret")))?;
+        SigningKey::new(value.as_bytes())
+            .map_err(|_| Error::invalid("signing_key", format!("{var} is shorter than 16 bytes")))
+    }
+
+    /// The hex HMAC-SHA256 of a provenance's canonical form.
+    pub fn sign(&self, provenance: &Provenance) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(&serde_json::to_vec(provenance).expect("provenance serializes"));
+        hex_prefix(&mac.finalize().into_bytes(), 64)
+    }
+
+    /// Whether `labels` carry a valid signature of the provenance they hold.
+    pub fn verify(&self, provenance: &Provenance, labels: &BTreeMap<String, String>, charset: LabelCharset) -> bool {
+        use hmac::{Hmac, Mac};
+        let Some(signature) = labels.get(label_keys::SIGNATURE).and_then(|s| charset.decode(s)) else { return false };
+        let Some(bytes) = decode_hex(&signature) else { return false };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(&serde_json::to_vec(provenance).expect("provenance serializes"));
+        mac.verify_slice(&bytes).is_ok()
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Which characters label values may hold on a backend.
@@ -493,6 +551,20 @@ impl Provenance {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), charset.encode(&v)))
         .collect()
+    }
+
+    /// Release zero of a service: what instances launched outside immut are imported as, so the
+    /// first deployment replaces them.
+    pub fn adopted(service: &str, deployment: &DeploymentId) -> Provenance {
+        Provenance {
+            service: service.to_owned(),
+            release: ReleaseId::new("r0"),
+            artifact: "adopted".to_owned(),
+            artifact_version: Version::new(0, 0, 0),
+            baseline_fingerprint: "unknown".to_owned(),
+            deployment: deployment.clone(),
+            token: LaunchToken::new(format!("{deployment}-adopted")),
+        }
     }
 
     /// Reads provenance back from labels; `None` when any key is missing or malformed
@@ -597,6 +669,25 @@ mod tests {
         assert!(e.to_string().contains("artifact.digest"), "{e}");
         let e = Release::new("Web Server", &ArtifactSpec::new("web", Version::new(1, 0, 0), "img"), &base).unwrap_err();
         assert!(e.to_string().contains("service:"), "{e}");
+    }
+
+    #[test]
+    fn signatures_catch_edited_labels_and_keys_stay_secret() {
+        let key = SigningKey::new("a-very-secret-signing-key").unwrap();
+        let p = release("1.0.0", "m5").provenance(&DeploymentId::new("d"), &LaunchToken::new("t"));
+        for cs in [LabelCharset::Any, LabelCharset::LowerAlnumDashUnderscore] {
+            let mut labels = p.to_labels(cs);
+            labels.insert(label_keys::SIGNATURE.into(), cs.encode(&key.sign(&p)));
+            assert!(key.verify(&p, &labels, cs));
+            let mut forged = labels.clone();
+            forged.insert(label_keys::VERSION.into(), cs.encode("9.9.9"));
+            let read = Provenance::from_labels(&forged, cs).unwrap();
+            assert!(!key.verify(&read, &forged, cs), "an edited label must not verify");
+            let other = SigningKey::new("another-secret-signing-key").unwrap();
+            assert!(!other.verify(&p, &labels, cs));
+        }
+        assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
+        assert!(SigningKey::new("short").is_err());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The provider contract: launch, describe, terminate. There is no update or patch method:
 //! immutability is enforced by the shape of the API.
 
-use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -50,13 +49,15 @@ pub struct LaunchRequest {
     pub token: LaunchToken,
     /// The provenance every launched instance carries as labels.
     pub provenance: Provenance,
+    /// The provenance's signature under the deployment key, carried as a label too.
+    pub signature: Option<String>,
 }
 
 impl LaunchRequest {
     /// A request for `count` instances of `release`, launched by `deployment` under `token`.
     pub fn new(release: Arc<Release>, count: usize, deployment: &DeploymentId, token: LaunchToken) -> Self {
         let provenance = release.provenance(deployment, &token);
-        LaunchRequest { release, count, token, provenance }
+        LaunchRequest { release, count, token, provenance, signature: None }
     }
 
     /// The checks every provider runs before any backend call: the count against the batch
@@ -87,11 +88,20 @@ impl LaunchRequest {
         Ok(())
     }
 
+    /// Signs the provenance with `key`.
+    pub fn signed(mut self, key: &crate::model::SigningKey) -> Self {
+        self.signature = Some(key.sign(&self.provenance));
+        self
+    }
+
     /// All labels an instance of this request carries: the baseline's extra labels, then the
-    /// provenance labels (which win on a clash).
+    /// provenance labels and the signature (which win on a clash).
     pub fn labels(&self, charset: LabelCharset) -> std::collections::BTreeMap<String, String> {
         let mut labels = self.release.baseline().spec.labels.clone();
         labels.extend(self.provenance.to_labels(charset));
+        if let Some(signature) = &self.signature {
+            labels.insert(crate::model::label_keys::SIGNATURE.to_owned(), charset.encode(signature));
+        }
         labels
     }
 }
@@ -111,6 +121,9 @@ pub struct Query {
     pub ids: Option<Vec<InstanceId>>,
     /// Include terminated instances the backend still remembers.
     pub include_terminated: bool,
+    /// Also return instances without provenance that the backend can see (launched outside
+    /// immut), whatever the other filters say.
+    pub include_unmanaged: bool,
 }
 
 impl Query {
@@ -153,8 +166,15 @@ impl Query {
         self
     }
 
+    /// Also returns instances without provenance.
+    pub fn with_unmanaged(mut self) -> Self {
+        self.include_unmanaged = true;
+        self
+    }
+
     /// Whether an instance matches; providers that filter in memory use this.
-    /// Filters other than `ids` match only instances with provenance.
+    /// Filters other than `ids` match only instances with provenance, unless
+    /// `include_unmanaged` is set.
     pub fn matches(&self, instance: &Instance) -> bool {
         if !self.include_terminated && !instance.state.is_live() {
             return false;
@@ -167,7 +187,7 @@ impl Query {
         if self.service.is_none() && self.deployment.is_none() && self.token.is_none() && self.release.is_none() {
             return true;
         }
-        let Some(p) = &instance.provenance else { return false };
+        let Some(p) = &instance.provenance else { return self.include_unmanaged };
         self.service.as_ref().is_none_or(|s| *s == p.service)
             && self.deployment.as_ref().is_none_or(|d| *d == p.deployment)
             && self.token.as_ref().is_none_or(|t| *t == p.token)
@@ -240,7 +260,16 @@ pub trait ProviderExt: Provider {
 
 impl<P: Provider + ?Sized> ProviderExt for P {}
 
-/// Splits ids into known and unknown against a set of live instances.
-pub fn unknown_ids<'a>(ids: &'a [InstanceId], known: &HashSet<&InstanceId>) -> Vec<&'a InstanceId> {
-    ids.iter().filter(|id| !known.contains(id)).collect()
+/// Backends that can import instances launched outside immut: they label them with a
+/// provenance (release zero, see [`Provenance::adopted`]) so the next deployment replaces them.
+/// Labelling is the only change made to them.
+#[async_trait]
+pub trait Adopt: Provider {
+    /// Labels the instances `ids` with `provenance` (and `signature`); returns them described.
+    async fn adopt(
+        &self,
+        ids: &[InstanceId],
+        provenance: &Provenance,
+        signature: Option<&str>,
+    ) -> Result<Vec<Instance>>;
 }

@@ -35,9 +35,10 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthCheck};
 use crate::model::{
-    DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Observed, Release, ReleaseId,
+    DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Observed, Provenance, Release,
+    ReleaseId,
 };
-use crate::provider::{Capabilities, LaunchRequest, Provider, Query};
+use crate::provider::{Adopt, Capabilities, LaunchRequest, Provider, Query};
 use crate::traffic::Traffic;
 
 /// Simulated latencies.
@@ -337,6 +338,61 @@ impl SimProvider {
         launched
     }
 
+    /// Starts `count` running, healthy instances without provenance, as if launched by hand
+    /// outside immut, and attaches them when `serving`. No call is counted.
+    pub fn launch_unmanaged(&self, count: usize, image: &str, serving: bool) -> Vec<Instance> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let idx = state.instances.len();
+            let instance = Instance {
+                id: InstanceId::new(format!("hand-{idx:07}")),
+                state: InstanceState::Running,
+                provenance: None,
+                labels: Arc::default(),
+                observed: Arc::new(Observed { image: Some(image.to_owned()), machine_type: None }),
+                address: None,
+            };
+            state.index.insert(instance.id.clone(), idx);
+            if serving {
+                state.serving.insert(instance.id.clone());
+            }
+            state.instances.push(SimInstance {
+                instance: instance.clone(),
+                running_at: now,
+                healthy_at: Some(now),
+                terminated: false,
+            });
+            out.push(instance);
+        }
+        out
+    }
+
+    /// Edits one label of an instance in place, as someone with console access could; the
+    /// provenance is read again from the labels. Returns false for an unknown id.
+    pub fn edit_label(&self, id: &InstanceId, key: &str, value: &str) -> bool {
+        let mut state = self.lock();
+        let Some(&idx) = state.index.get(id) else { return false };
+        let instance = &mut state.instances[idx].instance;
+        let mut labels = (*instance.labels).clone();
+        labels.insert(key.to_owned(), value.to_owned());
+        instance.provenance = Provenance::from_labels(&labels, LabelCharset::Any).map(Arc::new);
+        instance.labels = Arc::new(labels);
+        true
+    }
+
+    /// Changes what the provider observes of an instance's machine type, as an in-place resize
+    /// would. Returns false for an unknown id.
+    pub fn resize(&self, id: &InstanceId, machine_type: &str) -> bool {
+        let mut state = self.lock();
+        let Some(&idx) = state.index.get(id) else { return false };
+        let instance = &mut state.instances[idx].instance;
+        instance.observed =
+            Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
+        true
+    }
+
     /// Puts existing instances in place, keeping their ids and provenance (the dry-run seeds
     /// the simulator from a live fleet this way). Live ones are running and healthy.
     pub fn seed_instances(&self, instances: &[Instance], serving: &[InstanceId]) {
@@ -514,6 +570,34 @@ impl Provider for SimProvider {
         // With nothing pending, nothing changes until someone calls: promise a distant instant.
         let idle = now + Duration::from_secs(365 * 24 * 3600);
         Some([state.transitions.first().copied(), oob].into_iter().flatten().fold(idle, Instant::min))
+    }
+}
+
+#[async_trait]
+impl Adopt for SimProvider {
+    async fn adopt(
+        &self,
+        ids: &[InstanceId],
+        provenance: &Provenance,
+        signature: Option<&str>,
+    ) -> Result<Vec<Instance>> {
+        let mut state = self.call(|_| {}).await?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(&idx) = state.index.get(id) else {
+                return Err(Error::new(ErrorKind::NotFound, "cannot adopt an unknown instance").with_ids([id.clone()]));
+            };
+            let mut labels = provenance.to_labels(LabelCharset::Any);
+            if let Some(sig) = signature {
+                labels.insert(crate::model::label_keys::SIGNATURE.to_owned(), sig.to_owned());
+            }
+            let instance = &mut state.instances[idx].instance;
+            instance.provenance = Some(Arc::new(provenance.clone()));
+            instance.labels = Arc::new(labels);
+            out.push(state.snapshot(idx, now));
+        }
+        Ok(out)
     }
 }
 

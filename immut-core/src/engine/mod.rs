@@ -79,9 +79,16 @@ pub struct DeployerBuilder {
     ledger: Option<Arc<Ledger>>,
     change_policy: Option<ChangePolicy>,
     allow_downgrade: bool,
+    signing_key: Option<crate::model::SigningKey>,
 }
 
 impl DeployerBuilder {
+    /// Signs every instance's provenance labels with this key, so the audit can tell
+    /// hand-edited labels from real ones.
+    pub fn signing_key(mut self, key: crate::model::SigningKey) -> Self {
+        self.signing_key = Some(key);
+        self
+    }
     /// Records every finished deployment in this ledger; enables
     /// [`Deployer::rollback_to_previous`].
     pub fn ledger(mut self, ledger: Arc<Ledger>) -> Self {
@@ -221,6 +228,7 @@ impl DeployerBuilder {
                 ledger: self.ledger,
                 change_policy: self.change_policy,
                 allow_downgrade: self.allow_downgrade,
+                signing_key: self.signing_key,
                 settings: Settings { desired, min_ready: self.min_ready, progress_deadline, poll_interval, retry },
             }),
         })
@@ -238,6 +246,7 @@ struct Inner {
     ledger: Option<Arc<Ledger>>,
     change_policy: Option<ChangePolicy>,
     allow_downgrade: bool,
+    signing_key: Option<crate::model::SigningKey>,
     settings: Settings,
 }
 
@@ -361,6 +370,7 @@ impl Deployer {
                 ledger: None,
                 change_policy: self.inner.change_policy.clone(),
                 allow_downgrade: self.inner.allow_downgrade,
+                signing_key: self.inner.signing_key.clone(),
                 settings: self.inner.settings.clone(),
             }),
         }
@@ -747,7 +757,7 @@ impl Deployment {
         );
         let mut instances = self.absorb(described)?;
         if !self.replacing.is_empty() {
-            let query = Query::ids(self.replacing.iter().cloned());
+            let query = Query::ids(self.replacing.iter().cloned()).with_unmanaged();
             let provider = self.inner.provider.clone();
             let extra = self.retrying("describe", || provider.describe(&query)).await?;
             let known: HashSet<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
@@ -970,7 +980,10 @@ impl Deployment {
             decision: Decision::Launch { count: intent.count },
             launch: Some(intent.clone()),
         })?;
-        let request = LaunchRequest::new(release, intent.count, &self.id, intent.token.clone());
+        let mut request = LaunchRequest::new(release, intent.count, &self.id, intent.token.clone());
+        if let Some(key) = &self.inner.signing_key {
+            request = request.signed(key);
+        }
         let provider = self.inner.provider.clone();
         let result = self.retrying("launch", || provider.ensure_launched(&request)).instrument(span).await;
         self.calls.launch += 1;

@@ -1,0 +1,328 @@
+//! Drift audit, orphan reaping and reconciliation.
+//!
+//! The audit gives every instance of a service one [`Verdict`], from its provenance labels,
+//! their signature, what the provider observed (image, machine type), the serving set, health
+//! and the running deployment. The report is JSON (serde) and a readable table.
+//! [`Deployer::reconcile`](crate::Deployer::reconcile) then replaces the offenders through the
+//! deployer's strategy: new instances are launched and proven, the offenders are drained and
+//! terminated. Nothing is modified in place.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Deployer, Deployment};
+use crate::error::Result;
+use crate::health::{Health, HealthCheck};
+use crate::journal::Journal;
+use crate::model::{Instance, InstanceId, LabelCharset, Release, ReleaseId, SigningKey};
+use crate::provider::{Provider, ProviderExt, Query};
+use crate::traffic::Traffic;
+
+/// One instance's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Traces back to the expected release, serves, and is healthy.
+    Ok,
+    /// Runs, or claims, another artifact than the expected release's.
+    WrongArtifact {
+        /// What differs.
+        detail: String,
+    },
+    /// Was launched from, or runs with, another baseline than the expected release's.
+    WrongBaseline {
+        /// What differs.
+        detail: String,
+    },
+    /// Carries no provenance: launched outside the pipeline.
+    Unmanaged,
+    /// Its provenance labels do not match their signature: edited by hand.
+    Tampered {
+        /// What failed.
+        detail: String,
+    },
+    /// Fails its health check.
+    Unhealthy {
+        /// Why.
+        reason: String,
+    },
+    /// Carries immut provenance, is not part of the expected release, does not serve, and no
+    /// running deployment owns it.
+    Orphaned {
+        /// The deployment that launched it.
+        deployment: String,
+    },
+}
+
+impl Verdict {
+    /// A short name for tables and counts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::WrongArtifact { .. } => "wrong_artifact",
+            Verdict::WrongBaseline { .. } => "wrong_baseline",
+            Verdict::Unmanaged => "unmanaged",
+            Verdict::Tampered { .. } => "tampered",
+            Verdict::Unhealthy { .. } => "unhealthy",
+            Verdict::Orphaned { .. } => "orphaned",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Verdict::WrongArtifact { detail } | Verdict::WrongBaseline { detail } | Verdict::Tampered { detail } => {
+                detail
+            }
+            Verdict::Unhealthy { reason } => reason,
+            Verdict::Orphaned { deployment } => deployment,
+            Verdict::Ok | Verdict::Unmanaged => "",
+        }
+    }
+}
+
+/// The verdict on one instance, with what it was judged on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Instance id.
+    pub id: InstanceId,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The release its labels claim.
+    pub release: Option<ReleaseId>,
+    /// The artifact version its labels claim.
+    pub version: Option<String>,
+    /// Whether it receives traffic.
+    pub serving: bool,
+    /// Its address.
+    pub address: Option<String>,
+}
+
+/// An audit of one service against its expected release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// Service.
+    pub service: String,
+    /// The release everything should trace back to.
+    pub expected: ReleaseId,
+    /// Its artifact version.
+    pub expected_version: String,
+    /// One finding per instance.
+    pub findings: Vec<Finding>,
+    /// How many instances got each verdict.
+    pub counts: BTreeMap<String, usize>,
+}
+
+impl AuditReport {
+    /// Whether every instance is ok.
+    pub fn is_clean(&self) -> bool {
+        self.findings.iter().all(|f| f.verdict == Verdict::Ok)
+    }
+
+    /// Instances whose verdict is not ok: what reconcile replaces.
+    pub fn offenders(&self) -> Vec<InstanceId> {
+        self.findings.iter().filter(|f| f.verdict != Verdict::Ok).map(|f| f.id.clone()).collect()
+    }
+
+    /// The findings as a table for people.
+    pub fn table(&self) -> String {
+        let mut out = format!("audit of {} against {} ({})\n", self.service, self.expected, self.expected_version);
+        let _ = writeln!(
+            out,
+            "{:<22} {:<15} {:<20} {:<10} {:<8} DETAIL",
+            "INSTANCE", "VERDICT", "RELEASE", "VERSION", "SERVING"
+        );
+        for f in &self.findings {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<15} {:<20} {:<10} {:<8} {}",
+                f.id.as_str(),
+                f.verdict.name(),
+                f.release.as_ref().map_or("-", |r| r.as_str()),
+                f.version.as_deref().unwrap_or("-"),
+                if f.serving { "yes" } else { "no" },
+                f.verdict.detail()
+            );
+        }
+        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = write!(out, "{}", counts.join(", "));
+        out
+    }
+}
+
+/// Audits a service. Set the health check, the signing key and the journal (to know the
+/// running deployment) as you have them; each makes the verdicts sharper.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit<'a> {
+    provider: &'a dyn Provider,
+    traffic: &'a dyn Traffic,
+    health: Option<&'a dyn HealthCheck>,
+    key: Option<&'a SigningKey>,
+    journal: Option<&'a dyn Journal>,
+}
+
+impl<'a> Audit<'a> {
+    /// An audit over a provider and its traffic.
+    pub fn new(provider: &'a dyn Provider, traffic: &'a dyn Traffic) -> Self {
+        Audit { provider, traffic, health: None, key: None, journal: None }
+    }
+
+    /// Judges health with this check.
+    pub fn health(mut self, health: &'a dyn HealthCheck) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Verifies provenance signatures with this key; without it, signatures are not checked.
+    pub fn signing_key(mut self, key: &'a SigningKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Reads the running deployment from this journal's lock.
+    pub fn journal(mut self, journal: &'a dyn Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Audits every instance of `expected`'s service, including instances without provenance
+    /// that the provider can see or that receive the service's traffic.
+    pub async fn run(&self, expected: &Release) -> Result<AuditReport> {
+        let service = expected.service();
+        let mut instances = self.provider.describe(&Query::service(service).with_unmanaged()).await?;
+        let serving: HashSet<InstanceId> = self.traffic.serving().await?.into_iter().collect();
+        let known: HashSet<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
+        let strays: Vec<InstanceId> = serving.iter().filter(|id| !known.contains(*id)).cloned().collect();
+        if !strays.is_empty() {
+            instances.extend(self.provider.describe(&Query::ids(strays.clone()).with_unmanaged()).await?);
+        }
+        let health = match self.health {
+            Some(h) => h.check_many(&instances).await,
+            None => vec![Health::Healthy; instances.len()],
+        };
+        let running = match self.journal {
+            Some(j) => j.holder(service)?,
+            None => None,
+        };
+        let charset = self.provider.capabilities().label_charset;
+        let mut findings: Vec<Finding> = instances
+            .iter()
+            .zip(health)
+            .map(|(i, h)| {
+                let serving = serving.contains(&i.id);
+                Finding {
+                    id: i.id.clone(),
+                    verdict: self.judge(i, serving, h, expected, running.as_ref().map(|d| d.as_str()), charset),
+                    release: i.release().cloned(),
+                    version: i.provenance.as_ref().map(|p| p.artifact_version.to_string()),
+                    serving,
+                    address: i.address.clone(),
+                }
+            })
+            .collect();
+        // Serving targets the provider cannot describe at all.
+        let described: HashSet<InstanceId> = findings.iter().map(|f| f.id.clone()).collect();
+        for id in strays.into_iter().filter(|id| !described.contains(id)) {
+            findings.push(Finding {
+                id,
+                verdict: Verdict::Unmanaged,
+                release: None,
+                version: None,
+                serving: true,
+                address: None,
+            });
+        }
+        findings.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut counts = BTreeMap::new();
+        for f in &findings {
+            *counts.entry(f.verdict.name().to_owned()).or_default() += 1;
+        }
+        Ok(AuditReport {
+            service: service.to_owned(),
+            expected: expected.id().clone(),
+            expected_version: expected.artifact().version.to_string(),
+            findings,
+            counts,
+        })
+    }
+
+    fn judge(
+        &self,
+        i: &Instance,
+        serving: bool,
+        health: Health,
+        expected: &Release,
+        running: Option<&str>,
+        charset: LabelCharset,
+    ) -> Verdict {
+        let Some(p) = &i.provenance else { return Verdict::Unmanaged };
+        if let Some(key) = self.key {
+            if !key.verify(p, &i.labels, charset) {
+                let detail = if i.labels.contains_key(crate::model::label_keys::SIGNATURE) {
+                    "the provenance labels do not match their signature"
+                } else {
+                    "the provenance labels carry no signature"
+                };
+                return Verdict::Tampered { detail: detail.to_owned() };
+            }
+        }
+        let artifact = expected.artifact();
+        if &p.release != expected.id() && !serving && running != Some(p.deployment.as_str()) {
+            return Verdict::Orphaned { deployment: p.deployment.to_string() };
+        }
+        if p.artifact != artifact.name || p.artifact_version != artifact.version {
+            return Verdict::WrongArtifact {
+                detail: format!(
+                    "labels say {}@{}, expected {}@{}",
+                    p.artifact, p.artifact_version, artifact.name, artifact.version
+                ),
+            };
+        }
+        if p.baseline_fingerprint != expected.fingerprint() || &p.release != expected.id() {
+            return Verdict::WrongBaseline {
+                detail: format!("labels say baseline {}, expected {}", p.baseline_fingerprint, expected.fingerprint()),
+            };
+        }
+        if let Some(image) = i.observed.image.as_deref().filter(|img| *img != artifact.image) {
+            return Verdict::WrongArtifact { detail: format!("runs {image}, expected {}", artifact.image) };
+        }
+        let spec = &expected.baseline().spec;
+        if let (Some(seen), Some(want)) = (i.observed.machine_type.as_deref(), spec.machine_type.as_deref()) {
+            if seen != want {
+                return Verdict::WrongBaseline { detail: format!("runs on {seen}, the baseline says {want}") };
+            }
+        }
+        match health {
+            Health::Healthy => Verdict::Ok,
+            Health::Unhealthy(reason) => Verdict::Unhealthy { reason },
+            Health::Unknown => Verdict::Unhealthy { reason: "health unknown".to_owned() },
+        }
+    }
+
+    /// Finds the orphans of `expected`'s service and, when `terminate` is set, terminates them.
+    pub async fn reap(&self, expected: &Release, terminate: bool) -> Result<Vec<Finding>> {
+        let orphans: Vec<Finding> = self
+            .run(expected)
+            .await?
+            .findings
+            .into_iter()
+            .filter(|f| matches!(f.verdict, Verdict::Orphaned { .. }))
+            .collect();
+        if terminate && !orphans.is_empty() {
+            let ids: Vec<InstanceId> = orphans.iter().map(|f| f.id.clone()).collect();
+            self.provider.terminate_all(&ids).await?;
+        }
+        Ok(orphans)
+    }
+}
+
+impl Deployer {
+    /// Replaces every offender of an audit with new instances of `release`, through this
+    /// deployer's strategy and within its limits. Offenders are never modified: they are
+    /// drained and terminated once their replacements are proven.
+    pub fn reconcile(&self, report: &AuditReport, release: Release) -> Deployment {
+        self.deploy(release).replacing(report.offenders())
+    }
+}
