@@ -11,7 +11,7 @@ command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustu
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
-for example in local_blue_green local_rolling local_rollback; do
+for example in local_blue_green local_rolling local_rollback local_audit; do
   echo "== cargo run --example $example"
   cargo run --quiet --example "$example"
   if pgrep -f -- "--immut-sample-service" >/dev/null; then
@@ -21,4 +21,4 @@ for example in local_blue_green local_rolling local_rollback; do
     exit 1
   fi
 done
-echo "examples: 3 passed, 0 failed"
+echo "examples: 4 passed, 0 failed"

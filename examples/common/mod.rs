@@ -60,6 +60,11 @@ impl Demo {
 
     /// A deployer of `desired` instances with `strategy`, probing `/healthz`.
     pub fn deployer(&self, desired: usize, strategy: impl ReplacementStrategy + 'static) -> immut::Result<Deployer> {
+        self.builder(desired, strategy).build()
+    }
+
+    /// The builder behind [`Demo::deployer`], for examples that add to it.
+    pub fn builder(&self, desired: usize, strategy: impl ReplacementStrategy + 'static) -> immut::DeployerBuilder {
         Deployer::builder()
             .provider(self.provider.clone())
             .traffic(self.balancer.clone())
@@ -69,7 +74,6 @@ impl Demo {
             .min_ready(Duration::from_secs(1))
             .poll_interval(Duration::from_millis(200))
             .progress_deadline(Duration::from_secs(15))
-            .build()
     }
 
     /// Runs a deployment, printing its progress; Ctrl-C cancels it (and it rolls back).

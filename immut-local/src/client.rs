@@ -177,6 +177,47 @@ pub(crate) async fn stop(pid: i32, start_ticks: Option<u64>, timeout: Duration) 
     }
 }
 
+/// Processes (other than this one) that run one of `images`, have `PORT` in their environment
+/// and no `IMMUT_RELEASE`: what an instance started by hand from a managed artifact looks like.
+/// Instances of any local provider (another state directory too) carry `IMMUT_RELEASE`.
+pub(crate) fn processes_running(images: &std::collections::HashSet<PathBuf>) -> Vec<(i32, PathBuf, Option<u16>)> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if pid == me || process_start(pid).is_none() {
+            continue;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { continue };
+        if !images.contains(&exe) {
+            continue;
+        }
+        let env = process_env(pid);
+        let port = env.iter().find_map(|(k, v)| (k == "PORT").then(|| v.parse().ok()).flatten());
+        let launched_by_immut = env.iter().any(|(k, _)| k == crate::provider::env::RELEASE);
+        if port.is_some() && !launched_by_immut {
+            found.push((pid, exe, port));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The environment a process was started with.
+fn process_env(pid: i32) -> Vec<(String, String)> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|var| std::str::from_utf8(var).ok()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// The `PORT` a process was started with.
+pub(crate) fn process_port(pid: i32) -> Option<u16> {
+    process_env(pid).into_iter().find_map(|(k, v)| (k == "PORT").then(|| v.parse().ok()).flatten())
+}
+
 /// How instances get their ports, from the baseline's `port` parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PortPolicy {

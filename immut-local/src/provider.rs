@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use immut_core::model::{LabelCharset, Observed};
 use immut_core::{
-    Capabilities, Error, Instance, InstanceId, InstanceState, LaunchRequest, Provenance, Provider, Query, Result,
+    Adopt, Capabilities, Error, Instance, InstanceId, InstanceState, LaunchRequest, Provenance, Provider, Query, Result,
 };
 
 use crate::balancer::LocalBalancer;
@@ -146,6 +146,82 @@ impl LocalProvider {
     }
 }
 
+/// The id the local provider gives a process it did not launch.
+const UNMANAGED_PREFIX: &str = "pid-";
+
+impl LocalProvider {
+    /// Processes started by hand from an executable that a managed instance of `service` (any
+    /// service when `None`) runs, and that have a `PORT`: instances launched outside immut.
+    fn unmanaged(&self, records: &[Record], service: Option<&str>) -> Vec<Instance> {
+        let in_service = |r: &&Record| {
+            service.is_none_or(|s| r.labels.get(immut_core::model::label_keys::SERVICE).is_some_and(|v| v == s))
+        };
+        let images: std::collections::HashSet<PathBuf> =
+            records.iter().filter(in_service).map(|r| r.image.clone()).collect();
+        let managed: std::collections::HashSet<i32> =
+            records.iter().filter(|r| !r.terminated && client::is_alive(r.pid, r.start_ticks)).map(|r| r.pid).collect();
+        client::processes_running(&images)
+            .into_iter()
+            .filter(|(pid, _, _)| !managed.contains(pid))
+            .map(|(pid, exe, port)| Instance {
+                id: InstanceId::new(format!("{UNMANAGED_PREFIX}{pid}")),
+                state: InstanceState::Running,
+                provenance: None,
+                labels: Arc::default(),
+                observed: Arc::new(Observed { image: Some(exe.display().to_string()), machine_type: None }),
+                address: port.map(|p| format!("127.0.0.1:{p}")),
+            })
+            .collect()
+    }
+
+    fn unmanaged_pid(id: &InstanceId) -> Option<i32> {
+        id.as_str().strip_prefix(UNMANAGED_PREFIX)?.parse().ok()
+    }
+}
+
+#[async_trait]
+impl Adopt for LocalProvider {
+    async fn adopt(
+        &self,
+        ids: &[InstanceId],
+        provenance: &Provenance,
+        signature: Option<&str>,
+    ) -> Result<Vec<Instance>> {
+        let records = client::read_records(&self.config.state_dir)?;
+        let visible = self.unmanaged(&records, None);
+        let mut adopted = Vec::new();
+        for id in ids {
+            let found = visible.iter().find(|i| &i.id == id);
+            let (Some(instance), Some(pid)) = (found, Self::unmanaged_pid(id)) else {
+                return Err(Error::new(
+                    immut_core::ErrorKind::NotFound,
+                    "not a process started by hand from a managed executable",
+                )
+                .with_provider("local")
+                .with_operation("adopt")
+                .with_ids([id.clone()]));
+            };
+            let mut labels = provenance.to_labels(LabelCharset::Any);
+            if let Some(sig) = signature {
+                labels.insert(immut_core::model::label_keys::SIGNATURE.to_owned(), sig.to_owned());
+            }
+            let record = Record {
+                id: format!("{}-{pid}", provenance.service),
+                pid,
+                start_ticks: client::process_start(pid),
+                port: client::process_port(pid).unwrap_or(0),
+                image: PathBuf::from(instance.observed.image.clone().unwrap_or_default()),
+                labels,
+                launched_at_ms: client::now_ms(),
+                terminated: false,
+            };
+            client::write_record(&self.config.state_dir, &record)?;
+            adopted.push(self.instance(&record));
+        }
+        Ok(adopted)
+    }
+}
+
 #[async_trait]
 impl Provider for LocalProvider {
     fn name(&self) -> &str {
@@ -190,14 +266,30 @@ impl Provider for LocalProvider {
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
         let records = client::read_records(&self.config.state_dir)?;
-        Ok(records.iter().map(|r| self.instance(r)).filter(|i| query.matches(i)).collect())
+        let mut found: Vec<Instance> = records.iter().map(|r| self.instance(r)).filter(|i| query.matches(i)).collect();
+        if query.include_unmanaged {
+            found.extend(self.unmanaged(&records, query.service.as_deref()).into_iter().filter(|i| query.matches(i)));
+        }
+        Ok(found)
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()> {
         let records = client::read_records(&self.config.state_dir)?;
         let wanted: Vec<&Record> = records.iter().filter(|r| ids.iter().any(|id| id.as_str() == r.id)).collect();
         let timeout = self.config.term_timeout;
-        let stops = wanted.iter().map(|r| client::stop(r.pid, r.start_ticks, timeout));
+        // Processes started by hand are stopped too when named, if they still run a managed
+        // executable (so a stale pid never hits an unrelated process).
+        let unmanaged: Vec<Instance> = self.unmanaged(&records, None);
+        let strays = ids
+            .iter()
+            .filter(|id| unmanaged.iter().any(|u| &u.id == *id))
+            .filter_map(Self::unmanaged_pid)
+            .map(|pid| (pid, client::process_start(pid)));
+        let stops = wanted
+            .iter()
+            .map(|r| (r.pid, r.start_ticks))
+            .chain(strays)
+            .map(|(pid, start)| client::stop(pid, start, timeout));
         futures_util::future::join_all(stops).await;
         for r in wanted {
             if !r.terminated {

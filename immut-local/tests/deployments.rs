@@ -166,3 +166,61 @@ async fn describe_reflects_reality_for_dead_and_hand_started_processes() {
     let _ = by_hand.wait();
     provider.terminate_all(&[survivor.id.clone()]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_by_hand_is_adopted_as_release_zero_and_replaced() {
+    use immut_core::{Adopt, DeploymentId, Provenance};
+    let (provider, balancer) = support::local("adopt").await;
+    // An executable of its own, so that no other test's processes look like this service's.
+    let exe = provider.state_dir().join("legacy-server");
+    std::fs::copy(support::sample_path(), &exe).unwrap();
+    let artifact = immut_local::artifact("sample", Version::new(1, 0, 0), &exe).unwrap();
+    let v1 = immut_core::Release::new(
+        "legacy",
+        &artifact,
+        &immut_core::BaselineSpec::new("sample-base", Version::new(1, 0, 0), LaunchSpec::default()),
+    )
+    .unwrap();
+    // One managed instance tells the provider which executable belongs to the service.
+    let seed = immut_core::LaunchRequest::new(
+        Arc::new(v1.clone()),
+        1,
+        &DeploymentId::new("d-seed"),
+        immut_core::LaunchToken::new("t-seed"),
+    );
+    let seeded = provider.launch(&seed).await.unwrap();
+    provider.terminate_all(&[seeded[0].id.clone()]).await.unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut by_hand = Command::new(&exe).env("PORT", port.to_string()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let unmanaged = provider.describe(&Query::service("legacy").with_unmanaged()).await.unwrap();
+    assert_eq!(unmanaged.len(), 1, "{unmanaged:?}");
+    assert!(unmanaged[0].provenance.is_none());
+    assert_eq!(unmanaged[0].address.as_deref(), Some(format!("127.0.0.1:{port}").as_str()));
+
+    let provenance = Provenance::adopted("legacy", &DeploymentId::new("adoption"));
+    let adopted = provider.adopt(&[unmanaged[0].id.clone()], &provenance, None).await.unwrap();
+    balancer.attach(&adopted).await.unwrap();
+    let deployer = Deployer::builder()
+        .provider(provider.clone())
+        .traffic(balancer.clone())
+        .health(HttpProbe::new("/healthz"))
+        .strategy(BlueGreen::new())
+        .desired(2)
+        .min_ready(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let outcome = deployer.deploy(v1.clone()).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(outcome.previous.as_ref().map(|r| r.as_str()), Some("r0"));
+    let status = by_hand.wait().unwrap();
+    assert!(status.success(), "the adopted server was stopped gracefully: {status}");
+    let live = provider.describe(&Query::service("legacy").with_unmanaged()).await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|i| i.release() == Some(v1.id())));
+    let ids: Vec<_> = live.into_iter().map(|i| i.id).collect();
+    balancer.detach(&ids).await.unwrap();
+    provider.terminate_all(&ids).await.unwrap();
+}
