@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
 
 # Always the same package selection (--workspace): a different one recompiles the dependencies.
-cargo test --workspace --all-targets
+# The crash tests print how many kill points they exercised, so they run with their output shown.
+cargo test --workspace --all-targets -- --skip survives_a_kill --skip a_crash_at_every
+cargo test --workspace --test crash --test journal -- --show-output survives_a_kill a_crash_at_every
 cargo test --workspace --doc
 
 for example in local_blue_green local_rolling local_rollback local_audit; do
