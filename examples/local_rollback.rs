@@ -15,9 +15,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Demo, Load, summary};
+use common::Demo;
 use immut::Phase;
 use immut::prelude::*;
 
@@ -27,27 +25,12 @@ fn main() -> std::process::ExitCode {
         let v1 = demo.release(Version::new(1, 0, 0), true)?;
         let broken = demo.release(Version::new(2, 0, 0), false)?;
         let deployer = demo.deployer(3, BlueGreen::new())?;
-
-        println!("\n== deploying {v1}");
-        let first = demo.deploy(&deployer, v1.clone(), None).await;
-        if !first.succeeded() {
-            demo.finish().await?;
-            return Err(format!("the first deployment failed: {}", first.summary()).into());
-        }
-
-        println!("\n== trying {broken}, whose health check fails, under load");
-        let load = Load::start(demo.balancer.addr(), 4);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let outcome = demo.deploy(&deployer, broken, Some(v1.clone())).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let stats = load.stop().await;
-        let orphans = demo.orphans(&v1).await?;
-
-        summary("local rollback", &stats, &outcome, &orphans);
-        let rolled_back = matches!(outcome.phase, Phase::RolledBack { .. });
-        let only_v1 = stats.by_version.keys().all(|v| v == "1.0.0");
+        let upgrade =
+            demo.upgrade_under_load(&deployer, &v1, &broken, "trying a release whose health check fails").await?;
+        let rolled_back = matches!(upgrade.outcome.phase, Phase::RolledBack { .. });
+        let only_v1 = upgrade.stats.by_version.keys().all(|v| v == "1.0.0");
         println!("only 1.0.0 served   {only_v1}");
         demo.finish().await?;
-        Ok(rolled_back && only_v1 && stats.failed == 0 && stats.sent > 0 && orphans.is_empty())
+        Ok(rolled_back && only_v1 && upgrade.stats.failed == 0 && upgrade.stats.sent > 0 && upgrade.orphans.is_empty())
     })
 }

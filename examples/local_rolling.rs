@@ -15,9 +15,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Demo, Load, summary};
+use common::Demo;
 use immut::prelude::*;
 
 fn main() -> std::process::ExitCode {
@@ -26,24 +24,8 @@ fn main() -> std::process::ExitCode {
         let (v1, v2) = (demo.release(Version::new(1, 0, 0), true)?, demo.release(Version::new(2, 0, 0), true)?);
         let strategy = Rolling::new().max_surge(Count::Count(1)).max_unavailable(Count::Count(0));
         let deployer = demo.deployer(6, strategy)?;
-
-        println!("\n== deploying {v1}");
-        let first = demo.deploy(&deployer, v1.clone(), None).await;
-        if !first.succeeded() {
-            demo.finish().await?;
-            return Err(format!("the first deployment failed: {}", first.summary()).into());
-        }
-
-        println!("\n== rolling to {v2}, under load");
-        let load = Load::start(demo.balancer.addr(), 4);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let outcome = demo.deploy(&deployer, v2.clone(), Some(v1.clone())).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let stats = load.stop().await;
-        let orphans = demo.orphans(if outcome.succeeded() { &v2 } else { &v1 }).await?;
-
-        summary("local rolling", &stats, &outcome, &orphans);
+        let upgrade = demo.upgrade_under_load(&deployer, &v1, &v2, "rolling").await?;
         demo.finish().await?;
-        Ok(outcome.succeeded() && stats.failed == 0 && stats.sent > 0 && orphans.is_empty())
+        Ok(upgrade.clean_success())
     })
 }

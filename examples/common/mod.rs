@@ -259,6 +259,48 @@ impl Load {
     }
 }
 
+/// What an upgrade under load saw.
+pub struct Upgrade {
+    pub outcome: Outcome,
+    pub stats: Stats,
+    pub orphans: Vec<InstanceId>,
+}
+
+impl Demo {
+    /// Deploys `from` (a first deployment), then `to` over it while 4 clients send requests
+    /// through the balancer; prints both deployments and the summary.
+    pub async fn upgrade_under_load(
+        &self,
+        deployer: &Deployer,
+        from: &Release,
+        to: &Release,
+        title: &str,
+    ) -> Result<Upgrade, Box<dyn std::error::Error>> {
+        println!("\n== deploying {from}");
+        let first = self.deploy(deployer, from.clone(), None).await;
+        if !first.succeeded() {
+            self.finish().await?;
+            return Err(format!("the first deployment failed: {}", first.summary()).into());
+        }
+        println!("\n== {title}: {to}, under load");
+        let load = Load::start(self.balancer.addr(), 4);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let outcome = self.deploy(deployer, to.clone(), Some(from.clone())).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stats = load.stop().await;
+        let orphans = self.orphans(if outcome.succeeded() { to } else { from }).await?;
+        summary(title, &stats, &outcome, &orphans);
+        Ok(Upgrade { outcome, stats, orphans })
+    }
+}
+
+impl Upgrade {
+    /// The deployment succeeded, requests flowed, none failed, nothing was left over.
+    pub fn clean_success(&self) -> bool {
+        self.outcome.succeeded() && self.stats.failed == 0 && self.stats.sent > 0 && self.orphans.is_empty()
+    }
+}
+
 /// Prints the summary and says whether the run met its goal.
 pub fn summary(title: &str, stats: &Stats, outcome: &Outcome, orphans: &[InstanceId]) {
     println!();

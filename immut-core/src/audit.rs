@@ -258,15 +258,15 @@ impl<'a> Audit<'a> {
         charset: LabelCharset,
     ) -> Verdict {
         let Some(p) = &i.provenance else { return Verdict::Unmanaged };
-        if let Some(key) = self.key {
-            if !key.verify(p, &i.labels, charset) {
-                let detail = if i.labels.contains_key(crate::model::label_keys::SIGNATURE) {
-                    "the provenance labels do not match their signature"
-                } else {
-                    "the provenance labels carry no signature"
-                };
-                return Verdict::Tampered { detail: detail.to_owned() };
-            }
+        if let Some(key) = self.key
+            && !key.verify(p, &i.labels, charset)
+        {
+            let detail = if i.labels.contains_key(crate::model::label_keys::SIGNATURE) {
+                "the provenance labels do not match their signature"
+            } else {
+                "the provenance labels carry no signature"
+            };
+            return Verdict::Tampered { detail: detail.to_owned() };
         }
         let artifact = expected.artifact();
         if &p.release != expected.id() && !serving && running != Some(p.deployment.as_str()) {
@@ -289,10 +289,10 @@ impl<'a> Audit<'a> {
             return Verdict::WrongArtifact { detail: format!("runs {image}, expected {}", artifact.image) };
         }
         let spec = &expected.baseline().spec;
-        if let (Some(seen), Some(want)) = (i.observed.machine_type.as_deref(), spec.machine_type.as_deref()) {
-            if seen != want {
-                return Verdict::WrongBaseline { detail: format!("runs on {seen}, the baseline says {want}") };
-            }
+        if let (Some(seen), Some(want)) = (i.observed.machine_type.as_deref(), spec.machine_type.as_deref())
+            && seen != want
+        {
+            return Verdict::WrongBaseline { detail: format!("runs on {seen}, the baseline says {want}") };
         }
         match health {
             Health::Healthy => Verdict::Ok,

@@ -476,7 +476,7 @@ impl SigningKey {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -565,6 +565,15 @@ impl Provenance {
             deployment: deployment.clone(),
             token: LaunchToken::new(format!("{deployment}-adopted")),
         }
+    }
+
+    /// The provenance labels plus, when given, the signature label, encoded for `charset`.
+    pub fn signed_labels(&self, charset: LabelCharset, signature: Option<&str>) -> BTreeMap<String, String> {
+        let mut labels = self.to_labels(charset);
+        if let Some(signature) = signature {
+            labels.insert(label_keys::SIGNATURE.to_owned(), charset.encode(signature));
+        }
+        labels
     }
 
     /// Reads provenance back from labels; `None` when any key is missing or malformed

@@ -98,10 +98,7 @@ impl LaunchRequest {
     /// provenance labels and the signature (which win on a clash).
     pub fn labels(&self, charset: LabelCharset) -> std::collections::BTreeMap<String, String> {
         let mut labels = self.release.baseline().spec.labels.clone();
-        labels.extend(self.provenance.to_labels(charset));
-        if let Some(signature) = &self.signature {
-            labels.insert(crate::model::label_keys::SIGNATURE.to_owned(), charset.encode(signature));
-        }
+        labels.extend(self.provenance.signed_labels(charset, self.signature.as_deref()));
         labels
     }
 }

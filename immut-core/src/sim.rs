@@ -588,10 +588,7 @@ impl Adopt for SimProvider {
             let Some(&idx) = state.index.get(id) else {
                 return Err(Error::new(ErrorKind::NotFound, "cannot adopt an unknown instance").with_ids([id.clone()]));
             };
-            let mut labels = provenance.to_labels(LabelCharset::Any);
-            if let Some(sig) = signature {
-                labels.insert(crate::model::label_keys::SIGNATURE.to_owned(), sig.to_owned());
-            }
+            let labels = provenance.signed_labels(LabelCharset::Any, signature);
             let instance = &mut state.instances[idx].instance;
             instance.provenance = Some(Arc::new(provenance.clone()));
             instance.labels = Arc::new(labels);

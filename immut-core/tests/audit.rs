@@ -28,10 +28,6 @@ fn deployer(sim: &SimProvider) -> Deployer {
         .unwrap()
 }
 
-fn verdicts(report: &immut_core::audit::AuditReport) -> Vec<&'static str> {
-    report.findings.iter().map(|f| f.verdict.name()).collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_clean_fleet_audits_ok_and_drift_is_named() {
     let sim = latencies(SimProvider::builder()).build().unwrap();

@@ -73,8 +73,7 @@ async fn an_edited_entry_with_a_recomputed_hash_still_breaks_the_chain() {
     let (_, ledger) = three_releases("rehashed").await;
     // Forge entry 1 completely: new contents, and a hash that matches them.
     let mut entry: immut_core::ledger::LedgerEntry =
-        serde_json::from_str(&std::fs::read_to_string(ledger.path()).unwrap().lines().nth(1).unwrap().to_owned())
-            .unwrap();
+        serde_json::from_str(std::fs::read_to_string(ledger.path()).unwrap().lines().nth(1).unwrap()).unwrap();
     entry.strategy = "rolling".into();
     // Recompute the hash the way the ledger does.
     entry.hash = String::new();

@@ -201,10 +201,7 @@ impl Adopt for LocalProvider {
                 .with_operation("adopt")
                 .with_ids([id.clone()]));
             };
-            let mut labels = provenance.to_labels(LabelCharset::Any);
-            if let Some(sig) = signature {
-                labels.insert(immut_core::model::label_keys::SIGNATURE.to_owned(), sig.to_owned());
-            }
+            let labels = provenance.signed_labels(LabelCharset::Any, signature);
             let record = Record {
                 id: format!("{}-{pid}", provenance.service),
                 pid,

@@ -36,7 +36,8 @@ async fn blue_green_switch_under_continuous_load_fails_no_request() {
     assert!(deployer.deploy(v1.clone()).run().await.succeeded());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<(u64, u64, BTreeMap<String, u64>)>> = Arc::default();
+    type Seen = (u64, u64, BTreeMap<String, u64>); // sent, failed, served by version
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let addr = balancer.addr();
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -164,7 +165,7 @@ async fn describe_reflects_reality_for_dead_and_hand_started_processes() {
     assert_eq!(live.iter().map(|i| &i.id).collect::<Vec<_>>(), vec![&survivor.id], "{live:?}");
     let _ = by_hand.kill();
     let _ = by_hand.wait();
-    provider.terminate_all(&[survivor.id.clone()]).await.unwrap();
+    provider.terminate_all(std::slice::from_ref(&survivor.id)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,12 +303,11 @@ impl Deployer {
         d.passed_gates = found.passed_gates;
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
-        if let Some(policy) = &self.inner.change_policy {
-            if let Some(picked) =
+        if let Some(policy) = &self.inner.change_policy
+            && let Some(picked) =
                 [&policy.patch, &policy.minor, &policy.major].into_iter().find(|s| s.name() == strategy)
-            {
-                d.strategy = picked.clone();
-            }
+        {
+            d.strategy = picked.clone();
         }
         d.pending_launch = found.pending_launch;
         if let Some(reason) = &found.rolling_back {
@@ -1094,10 +1093,10 @@ impl Deployment {
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");
         if self.begun {
-            if let Some(ledger) = &self.inner.ledger {
-                if let Err(e) = ledger.record(&outcome, &self.release, self.strategy.name(), self.started_wall_ms) {
-                    tracing::error!(error = %e, "cannot record the deployment in the ledger");
-                }
+            if let Some(ledger) = &self.inner.ledger
+                && let Err(e) = ledger.record(&outcome, &self.release, self.strategy.name(), self.started_wall_ms)
+            {
+                tracing::error!(error = %e, "cannot record the deployment in the ledger");
             }
             if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }) {
                 tracing::error!(error = %e, "cannot journal the end of the deployment");
