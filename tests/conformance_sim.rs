@@ -32,6 +32,7 @@ async fn harness() -> Harness {
         release,
         bad_releases: Vec::new(),
         settle: Duration::from_secs(5),
+        keep_alive: Vec::new(),
     }
 }
 

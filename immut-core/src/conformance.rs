@@ -22,7 +22,7 @@ use crate::provider::{LaunchRequest, Provider, ProviderExt, Query};
 use crate::traffic::Traffic;
 
 /// What a provider gives the suite.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Harness {
     /// The provider under test.
     pub provider: Arc<dyn Provider>,
@@ -36,6 +36,19 @@ pub struct Harness {
     pub bad_releases: Vec<(String, Release)>,
     /// How long the backend may take to show a change (launch visible, termination visible).
     pub settle: Duration,
+    /// Held for the duration of the case: a lock on a shared emulator, a server to keep up.
+    pub keep_alive: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Harness")
+            .field("provider", &self.provider)
+            .field("release", &self.release)
+            .field("bad_releases", &self.bad_releases.len())
+            .field("settle", &self.settle)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a case failed.

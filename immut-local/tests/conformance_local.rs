@@ -47,6 +47,7 @@ async fn harness() -> Harness {
             bad("a port in use", &good, &pinned),
         ],
         settle: Duration::from_secs(10),
+        keep_alive: Vec::new(),
     }
 }
 

@@ -1,0 +1,82 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Client-side rate limits, mirroring EC2's token buckets: a burst and a refill per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Tokens available at once.
+    pub burst: u32,
+    /// Tokens added per second.
+    pub per_second: u32,
+}
+
+/// The pacing of every call, by EC2's documented buckets (configurable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pacing {
+    /// RunInstances calls: 5 burst, 2 per second.
+    pub run_instances: Bucket,
+    /// Instances launched: 1000 burst, 2 per second.
+    pub instances: Bucket,
+    /// Describe calls (EC2 and ELBv2): 100 burst, 20 per second.
+    pub describe: Bucket,
+    /// Mutating calls (terminate, register, deregister, modify listener): 100 burst, 5 per second.
+    pub mutate: Bucket,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            run_instances: Bucket { burst: 5, per_second: 2 },
+            instances: Bucket { burst: 1000, per_second: 2 },
+            describe: Bucket { burst: 100, per_second: 20 },
+            mutate: Bucket { burst: 100, per_second: 5 },
+        }
+    }
+}
+
+/// Static credentials, for emulators and tests. Prefer the default credential chain.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticCredentials(<redacted>)")
+    }
+}
+
+/// Settings of the AWS provider. [`AwsConfig::from_env`] reads them from `IMMUT_AWS_*`
+/// variables; credentials come from the default chain unless given explicitly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsConfig {
+    /// Region (default: the SDK's region chain).
+    pub region: Option<String>,
+    /// Endpoint override for emulators such as moto (`http://127.0.0.1:5000`).
+    pub endpoint_url: Option<String>,
+    /// Static credentials, instead of the default chain.
+    pub credentials: Option<StaticCredentials>,
+    /// Subnet to launch into when the baseline names none.
+    pub subnet_id: Option<String>,
+    /// Instance type when the baseline names none (default `t3.micro`).
+    pub default_instance_type: Option<String>,
+    /// Client-side pacing.
+    pub pacing: Pacing,
+}
+
+impl AwsConfig {
+    /// Reads `IMMUT_AWS_REGION`, `IMMUT_AWS_ENDPOINT` and `IMMUT_AWS_SUBNET`; credentials
+    /// come from the SDK's default chain (environment, profile, instance role).
+    pub fn from_env() -> Self {
+        AwsConfig {
+            region: std::env::var("IMMUT_AWS_REGION").ok(),
+            endpoint_url: std::env::var("IMMUT_AWS_ENDPOINT").ok(),
+            subnet_id: std::env::var("IMMUT_AWS_SUBNET").ok(),
+            ..AwsConfig::default()
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! moto for the AWS tests: one server per test process on 127.0.0.1, started here (never
+//! assumed to be running), reset before each test, and stopped by its pid when the test
+//! process exits. Tests take turns on it. A small proxy in front injects throttling, 5xx
+//! answers and lost responses.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use immut_aws::{AwsProvider, Pacing};
+use immut_core::semver::Version;
+use immut_core::{ArtifactSpec, BaselineSpec, LaunchSpec, Release};
+
+/// A default AMI that ships with moto (Ubuntu 14.04).
+pub const AMI: &str = "ami-1e749f67";
+/// Another moto default AMI, for a second release.
+pub const AMI_2: &str = "ami-03cf127a";
+
+pub struct Moto {
+    pub endpoint: String,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn start() -> Moto {
+    let installed = std::process::Command::new("python3").args(["-c", "import moto.server"]).output();
+    if !installed.is_ok_and(|o| o.status.success()) {
+        panic!(
+            "moto is not installed: run `pip install 'moto[server]'` (./scripts/test.sh, the README's test command, installs it for you)"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The shell watches this process and stops moto, by its pid, once this process is gone.
+    let script = format!(
+        "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+         trap 'kill $m 2>/dev/null' EXIT; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done",
+        parent = std::process::id()
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not start on {endpoint} within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto { endpoint }
+}
+
+/// A turn on moto: exclusive use of a freshly reset server until dropped.
+pub struct Turn {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    pub endpoint: String,
+}
+
+pub async fn turn() -> Turn {
+    let guard = TURN.lock().await;
+    let endpoint = tokio::task::spawn_blocking(|| MOTO.get_or_init(start).endpoint.clone()).await.unwrap();
+    let reset = reqwest::Client::new().post(format!("{endpoint}/moto-api/reset")).send().await.unwrap();
+    assert!(reset.status().is_success(), "moto reset: {}", reset.status());
+    Turn { _turn: guard, endpoint }
+}
+
+/// A provider against `endpoint` with static test credentials and generous pacing.
+pub async fn provider(endpoint: &str) -> AwsProvider {
+    provider_with(endpoint, Pacing::default()).await
+}
+
+pub async fn provider_with(endpoint: &str, pacing: Pacing) -> AwsProvider {
+    AwsProvider::builder()
+        .region("us-east-1")
+        .endpoint_url(endpoint)
+        .credentials("testing", "testing")
+        .pacing(pacing)
+        .build()
+        .await
+        .unwrap()
+}
+
+pub fn release(service: &str, version: (u64, u64, u64), ami: &str) -> Release {
+    let artifact = ArtifactSpec::new("web", Version::new(version.0, version.1, version.2), ami);
+    let spec = LaunchSpec { machine_type: Some("t3.micro".into()), ..LaunchSpec::default() };
+    Release::new(service, &artifact, &BaselineSpec::new("base", Version::new(1, 0, 0), spec)).unwrap()
+}
+
+/// What the proxy does to requests for an action (`RunInstances`, `DescribeInstances`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct FaultPlan {
+    /// Answer this many requests with a throttling error.
+    pub throttle: usize,
+    /// Then answer this many with HTTP 500.
+    pub server_errors: usize,
+    /// Forward this many, but answer 503 instead of the real response (a lost response).
+    pub lose_responses: usize,
+    /// Answer this many with InsufficientInstanceCapacity.
+    pub no_capacity: usize,
+}
+
+/// A fault-injecting HTTP proxy in front of moto.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub endpoint: String,
+    plans: Arc<Mutex<BTreeMap<String, FaultPlan>>>,
+    injected: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let proxy = FaultProxy { endpoint: format!("http://{addr}"), plans: Arc::default(), injected: Arc::default() };
+        let (state, upstream) = (proxy.clone(), upstream.to_owned());
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (state, upstream, client) = (state.clone(), upstream.clone(), client.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (state, upstream, client) = (state.clone(), upstream.clone(), client.clone());
+                        async move { Ok::<_, Infallible>(state.handle(req, &upstream, &client).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Sets the plan for an action.
+    pub fn plan(&self, action: &str, plan: FaultPlan) {
+        self.plans.lock().unwrap().insert(action.to_owned(), plan);
+    }
+
+    /// How many faults were injected, by kind.
+    pub fn injected(&self) -> BTreeMap<String, usize> {
+        self.injected.lock().unwrap().clone()
+    }
+
+    async fn handle(&self, req: Request<Incoming>, upstream: &str, client: &reqwest::Client) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let form = String::from_utf8_lossy(&body).to_string();
+        let action = form.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_owned();
+        let is_ec2 = form.contains("Version=2016-11-15");
+        let fault = {
+            let mut plans = self.plans.lock().unwrap();
+            plans.get_mut(&action).and_then(|p| {
+                let pick = |n: &mut usize, kind: &'static str| {
+                    (*n > 0).then(|| {
+                        *n -= 1;
+                        kind
+                    })
+                };
+                pick(&mut p.throttle, "throttle")
+                    .or_else(|| pick(&mut p.server_errors, "server_error"))
+                    .or_else(|| pick(&mut p.no_capacity, "no_capacity"))
+                    .or_else(|| pick(&mut p.lose_responses, "lost_response"))
+            })
+        };
+        if let Some(kind) = fault {
+            *self.injected.lock().unwrap().entry(format!("{action}:{kind}")).or_default() += 1;
+            if kind == "lost_response" {
+                let _ = forward(client, upstream, &parts, body.clone()).await;
+            }
+            let (status, code, message) = match kind {
+                "throttle" if is_ec2 => (503, "RequestLimitExceeded", "Request limit exceeded."),
+                "throttle" => (400, "Throttling", "Rate exceeded"),
+                "no_capacity" => (500, "InsufficientInstanceCapacity", "We currently do not have sufficient capacity."),
+                _ => (500, "InternalError", "An internal error has occurred"),
+            };
+            let xml = if is_ec2 {
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+                )
+            } else {
+                format!(
+                    "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
+                )
+            };
+            let mut response = Response::new(Full::new(Bytes::from(xml)));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            response.headers_mut().insert("content-type", "text/xml".parse().unwrap());
+            return response;
+        }
+        forward(client, upstream, &parts, body).await
+    }
+}
+
+async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let url = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut request = client.request(parts.method.as_str().parse().unwrap(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    match request.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut response = Response::new(Full::new(bytes));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            for (name, value) in &headers {
+                if name != "content-length" && name != "transfer-encoding" {
+                    if let (Ok(n), Ok(v)) = (
+                        name.as_str().parse::<hyper::header::HeaderName>(),
+                        hyper::header::HeaderValue::from_bytes(value.as_bytes()),
+                    ) {
+                        response.headers_mut().insert(n, v);
+                    }
+                }
+            }
+            response
+        }
+        Err(e) => {
+            let mut response = Response::new(Full::new(Bytes::from(format!("proxy: {e}"))));
+            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            response
+        }
+    }
+}
