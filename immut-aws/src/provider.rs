@@ -352,6 +352,10 @@ impl Traffic for AwsTraffic {
             self.attach(attach).await?;
             return self.detach(detach).await;
         };
+        if detach.is_empty() {
+            // Nothing to move away from (a first deployment): serve from the active group.
+            return self.attach(attach).await;
+        }
         let active = self.clients.listener_target(listener).await?;
         let idle = groups.iter().find(|g| **g != active).unwrap_or(&groups[0]).clone();
         let ids = self.live_ids(attach).await?;

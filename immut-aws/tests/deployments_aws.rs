@@ -1,0 +1,264 @@
+//! End-to-end deployments of 6 EC2 instances through the Deployer, against moto: blue/green
+//! with a listener switch, rolling through a target group, rollbacks, throttling and 5xx
+//! through a fault-injecting proxy, and a lost launch response that must not duplicate.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use immut_aws::{AwsProvider, AwsTraffic, stack};
+use immut_core::engine::{Event, RetryPolicy};
+use immut_core::{
+    AllOf, BlueGreen, Count, Deployer, DeployerBuilder, FnCheck, Health, Instance, Phase, Provider, Query, Release,
+    Rolling, Traffic,
+};
+use support::{AMI, AMI_2, FaultPlan, FaultProxy};
+
+const N: usize = 6;
+
+fn deployer(
+    provider: &AwsProvider,
+    traffic: &AwsTraffic,
+    strategy: impl immut_core::ReplacementStrategy + 'static,
+) -> DeployerBuilder {
+    Deployer::builder()
+        .provider(provider.clone())
+        .traffic(traffic.clone())
+        .health(AllOf::default().and(provider.status_checks()).and(traffic.clone()))
+        .strategy(strategy)
+        .desired(N)
+        .poll_interval(Duration::from_millis(200))
+        .progress_deadline(Duration::from_secs(20))
+        .retry(RetryPolicy {
+            max_retries: 10,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+        })
+}
+
+async fn live(provider: &AwsProvider, release: &Release) -> usize {
+    provider.describe(&Query::service("web").with_release(release.id().clone())).await.unwrap().len()
+}
+
+async fn serving_release(provider: &AwsProvider, traffic: &AwsTraffic, release: &Release) -> bool {
+    let serving = traffic.serving().await.unwrap();
+    let instances = provider.describe(&Query::ids(serving.clone())).await.unwrap();
+    serving.len() == N && instances.len() == N && instances.iter().all(|i| i.release() == Some(release.id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_the_listener_and_a_rollback_switches_back() {
+    let turn = support::turn().await;
+    let provider = support::provider(&turn.endpoint).await;
+    let stack = stack::create(&provider, "bg").await.unwrap();
+    let traffic = provider
+        .listener_switch(
+            &stack.listener_arn,
+            &stack.blue_target_group_arn,
+            &stack.green_target_group_arn,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
+    let d = deployer(&provider, &traffic, BlueGreen::new()).build().unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    assert!(serving_release(&provider, &traffic, &v1).await);
+
+    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(provider.calls()["ModifyListener"], 1, "one listener switch");
+    assert!(serving_release(&provider, &traffic, &v2).await);
+    let listener = provider.elb().describe_listeners().listener_arns(&stack.listener_arn).send().await.unwrap();
+    let forward = listener.listeners()[0].default_actions()[0].target_group_arn().unwrap().to_owned();
+    assert_eq!(forward, stack.green_target_group_arn, "traffic now goes to green");
+    assert_eq!(live(&provider, &v1).await, 0, "blue terminated after the switch");
+
+    // A release whose instances never pass health: launched into the idle group, never
+    // switched to; the rollback terminates them and the listener never moves.
+    let v3 = support::release("web", (3, 0, 0), AMI);
+    let failing = deployer(&provider, &traffic, BlueGreen::new())
+        .health(FnCheck({
+            let v3 = v3.id().clone();
+            move |i: &Instance| {
+                if i.release() == Some(&v3) {
+                    Health::Unhealthy("the new release never answers".into())
+                } else {
+                    Health::Healthy
+                }
+            }
+        }))
+        .progress_deadline(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let outcome = failing.deploy(v3.clone()).with_previous(v2.clone()).run().await;
+    assert!(matches!(outcome.phase, Phase::RolledBack { .. }), "{}", outcome.summary());
+    assert!(serving_release(&provider, &traffic, &v2).await, "v2 kept its traffic");
+    assert_eq!(live(&provider, &v3).await, 0, "no orphan of v3");
+    assert_eq!(provider.calls()["ModifyListener"], 1, "the listener never moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_rolls_back_by_switching_back_when_the_bake_fails() {
+    let turn = support::turn().await;
+    let provider = support::provider(&turn.endpoint).await;
+    let stack = stack::create(&provider, "bake").await.unwrap();
+    let traffic = provider
+        .listener_switch(
+            &stack.listener_arn,
+            &stack.blue_target_group_arn,
+            &stack.green_target_group_arn,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
+    assert!(
+        deployer(&provider, &traffic, BlueGreen::new()).build().unwrap().deploy(v1.clone()).run().await.succeeded()
+    );
+    // v2 looks healthy until it takes traffic, then fails during the bake.
+    let switched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = switched.clone();
+    let sick_after_switch = FnCheck(move |i: &Instance| {
+        let v2_instance = i.observed.image.as_deref() == Some(AMI_2);
+        if v2_instance && flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Health::Unhealthy("500s".into())
+        } else {
+            Health::Healthy
+        }
+    });
+    let d = deployer(&provider, &traffic, BlueGreen::new().bake(Duration::from_secs(5)))
+        .health(AllOf::default().and(provider.status_checks()).and(sick_after_switch))
+        .build()
+        .unwrap();
+    let outcome = d
+        .deploy(v2.clone())
+        .with_previous(v1.clone())
+        .run_with(|e| {
+            if matches!(e, Event::Switched { .. }) {
+                switched.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .await;
+    assert!(matches!(outcome.phase, Phase::RolledBack { .. }), "{}", outcome.summary());
+    assert_eq!(provider.calls()["ModifyListener"], 2, "one switch forward, one switch back");
+    assert!(serving_release(&provider, &traffic, &v1).await, "blue serves again");
+    assert_eq!(live(&provider, &v2).await, 0, "green terminated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_through_a_target_group_and_quota_fails_closed() {
+    let turn = support::turn().await;
+    let proxy = FaultProxy::start(&turn.endpoint).await;
+    let provider = support::provider(&proxy.endpoint).await;
+    let stack = stack::create(&provider, "rolling").await.unwrap();
+    let traffic = provider.target_group(&stack.blue_target_group_arn, Duration::from_secs(5)).unwrap();
+    let (v1, v2, v3) = (
+        support::release("web", (1, 0, 0), AMI),
+        support::release("web", (2, 0, 0), AMI_2),
+        support::release("web", (3, 0, 0), AMI),
+    );
+    let strategy = Rolling::new().max_surge(Count::Count(2));
+    let d = deployer(&provider, &traffic, strategy.clone()).build().unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(outcome.waves, 3);
+    assert!(serving_release(&provider, &traffic, &v2).await);
+    assert_eq!(live(&provider, &v1).await, 0);
+
+    // Capacity runs out on the second wave of v3: no retry, the deployment fails closed and
+    // the rollback relaunches v2 where v3 replaced it.
+    let outcome_events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let events = outcome_events.clone();
+    let mut first_wave_done = false;
+    let outcome = d
+        .deploy(v3.clone())
+        .with_previous(v2.clone())
+        .run_with(|e| {
+            if let Event::Launched { .. } = e {
+                if !first_wave_done {
+                    first_wave_done = true;
+                    proxy.plan("RunInstances", FaultPlan { no_capacity: 1, ..FaultPlan::default() });
+                }
+            }
+            events.lock().unwrap().push(e.clone());
+        })
+        .await;
+    match &outcome.phase {
+        Phase::RolledBack { reason } => assert!(reason.contains("QuotaExceeded"), "{reason}"),
+        other => panic!("{other:?}: {}", outcome.summary()),
+    }
+    assert!(
+        !outcome_events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Retrying { operation, .. } if operation == "launch")),
+        "quota is not retried"
+    );
+    assert!(serving_release(&provider, &traffic, &v2).await, "v2 serves again, {N} strong");
+    assert_eq!(live(&provider, &v3).await, 0, "no orphan of v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_retried_and_the_deployment_completes() {
+    let turn = support::turn().await;
+    let proxy = FaultProxy::start(&turn.endpoint).await;
+    let provider = support::provider(&proxy.endpoint).await;
+    let stack = stack::create(&provider, "throttle").await.unwrap();
+    let traffic = provider.target_group(&stack.blue_target_group_arn, Duration::from_secs(5)).unwrap();
+    let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
+    let d = deployer(&provider, &traffic, Rolling::new().max_surge(Count::Count(3))).build().unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    proxy.plan("RunInstances", FaultPlan { throttle: 2, server_errors: 1, ..FaultPlan::default() });
+    proxy.plan("DescribeInstances", FaultPlan { throttle: 3, ..FaultPlan::default() });
+    proxy.plan("TerminateInstances", FaultPlan { server_errors: 1, ..FaultPlan::default() });
+    proxy.plan("RegisterTargets", FaultPlan { throttle: 1, ..FaultPlan::default() });
+    let mut retries = Vec::new();
+    let outcome = d
+        .deploy(v2.clone())
+        .with_previous(v1.clone())
+        .run_with(|e| {
+            if let Event::Retrying { operation, error, .. } = e {
+                retries.push(format!("{operation}: {error}"));
+            }
+        })
+        .await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    let injected = proxy.injected();
+    assert_eq!(injected.values().sum::<usize>(), 8, "{injected:?}");
+    assert!(retries.iter().any(|r| r.contains("RateLimited") && r.contains("RequestLimitExceeded")), "{retries:?}");
+    assert!(retries.iter().any(|r| r.contains("Unavailable") && r.contains("InternalError")), "{retries:?}");
+    assert!(retries.iter().any(|r| r.contains("Throttling")), "{retries:?}");
+    assert_eq!(outcome.calls.retries as usize, retries.len());
+    assert!(serving_release(&provider, &traffic, &v2).await);
+    assert_eq!(live(&provider, &v1).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_launch_response_is_adopted_not_launched_twice() {
+    let turn = support::turn().await;
+    let proxy = FaultProxy::start(&turn.endpoint).await;
+    let provider = support::provider(&proxy.endpoint).await;
+    let stack = stack::create(&provider, "dup").await.unwrap();
+    let traffic = provider.target_group(&stack.blue_target_group_arn, Duration::from_secs(5)).unwrap();
+    let v1 = support::release("web", (1, 0, 0), AMI);
+    // moto ignores ClientToken: only the engine's adopt-before-launch prevents a duplicate.
+    proxy.plan("RunInstances", FaultPlan { lose_responses: 1, ..FaultPlan::default() });
+    let mut adopted = Vec::new();
+    let outcome = deployer(&provider, &traffic, BlueGreen::new())
+        .build()
+        .unwrap()
+        .deploy(v1.clone())
+        .run_with(|e| {
+            if let Event::Launched { adopted: a, .. } = e {
+                adopted.push(*a);
+            }
+        })
+        .await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(proxy.injected().get("RunInstances:lost_response"), Some(&1));
+    assert_eq!(adopted, vec![N], "the retry adopted the {N} instances the lost call launched");
+    let all = provider.describe(&Query::service("web").with_terminated()).await.unwrap();
+    assert_eq!(all.len(), N, "exactly {N} instances were ever launched: {all:?}");
+}
