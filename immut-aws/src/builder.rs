@@ -106,3 +106,26 @@ impl AwsBuilder {
         Ok(Clients::new(&sdk, &c.pacing))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let builder = AwsBuilder::new().credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI") && !shown.contains("AKIAIOSFODNN7EXAMPLE"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[tokio::test]
+    async fn bad_settings_fail_in_build_naming_the_field() {
+        let e = AwsBuilder::new().region("us-east-1").endpoint_url("127.0.0.1:5000").build().await.unwrap_err();
+        assert!(e.to_string().contains("endpoint_url"), "{e}");
+        let mut pacing = Pacing::default();
+        pacing.describe.per_second = 0;
+        let e = AwsBuilder::new().region("us-east-1").pacing(pacing).build().await.unwrap_err();
+        assert!(e.to_string().contains("pacing.describe"), "{e}");
+    }
+}

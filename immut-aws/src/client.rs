@@ -326,3 +326,42 @@ impl Clients {
             .map_err(|e| map_error(e, "ModifyListener"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::config::http::HttpResponse;
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service_error(code: &str, status: u16) -> SdkError<RunInstancesError> {
+        let meta = ErrorMetadata::builder().code(code).message("from the service").build();
+        SdkError::service_error(
+            RunInstancesError::generic(meta),
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn codes_map_to_kinds() {
+        for (code, status, kind) in [
+            ("RequestLimitExceeded", 503, ErrorKind::RateLimited),
+            ("Throttling", 400, ErrorKind::RateLimited),
+            ("InsufficientInstanceCapacity", 500, ErrorKind::QuotaExceeded),
+            ("InstanceLimitExceeded", 400, ErrorKind::QuotaExceeded),
+            ("InvalidInstanceID.NotFound", 400, ErrorKind::NotFound),
+            ("InvalidAMIID.NotFound", 400, ErrorKind::InvalidInput),
+            ("UnauthorizedOperation", 403, ErrorKind::PermissionDenied),
+            ("InternalError", 500, ErrorKind::Unavailable),
+            ("SomethingNew", 502, ErrorKind::Unavailable),
+            ("SomethingNew", 400, ErrorKind::Other),
+        ] {
+            let e = map_error(service_error(code, status), "RunInstances");
+            assert_eq!(e.kind(), kind, "{code}");
+            assert!(e.to_string().contains(code) && e.to_string().contains("[aws RunInstances]"), "{e}");
+        }
+        assert!(map_error(service_error("RequestLimitExceeded", 503), "RunInstances").is_retryable());
+        assert!(!map_error(service_error("InsufficientInstanceCapacity", 500), "RunInstances").is_retryable());
+    }
+}
