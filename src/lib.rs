@@ -10,3 +10,7 @@ pub use immut_core::*;
 /// The embedded local provider: real processes behind a TCP balancer.
 #[cfg(feature = "local")]
 pub use immut_local as local;
+
+/// EC2 instances and ELBv2 traffic.
+#[cfg(feature = "aws")]
+pub use immut_aws as aws;
