@@ -65,10 +65,10 @@ impl AwsBuilder {
 
     async fn clients(&self) -> Result<Clients> {
         let c = &self.config;
-        if let Some(url) = &c.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Error::invalid("endpoint_url", format!("{url:?} is not an http(s) URL")));
-            }
+        if let Some(url) = &c.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::invalid("endpoint_url", format!("{url:?} is not an http(s) URL")));
         }
         for (field, b) in [
             ("pacing.run_instances", c.pacing.run_instances),

@@ -175,11 +175,11 @@ async fn rolling_through_a_target_group_and_quota_fails_closed() {
         .deploy(v3.clone())
         .with_previous(v2.clone())
         .run_with(|e| {
-            if let Event::Launched { .. } = e {
-                if !first_wave_done {
-                    first_wave_done = true;
-                    proxy.plan("RunInstances", FaultPlan { no_capacity: 1, ..FaultPlan::default() });
-                }
+            if let Event::Launched { .. } = e
+                && !first_wave_done
+            {
+                first_wave_done = true;
+                proxy.plan("RunInstances", FaultPlan { no_capacity: 1, ..FaultPlan::default() });
             }
             events.lock().unwrap().push(e.clone());
         })

@@ -24,6 +24,8 @@ pub const AMI_2: &str = "ami-03cf127a";
 
 pub struct Moto {
     pub endpoint: String,
+    /// The shell that runs moto and stops it when this process ends.
+    _watchdog: Mutex<std::process::Child>,
 }
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
@@ -44,7 +46,7 @@ fn start() -> Moto {
          while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done",
         parent = std::process::id()
     );
-    std::process::Command::new("sh")
+    let watchdog = std::process::Command::new("sh")
         .args(["-c", &script])
         .env("MOTO_ENABLE_AMI_VALIDATION", "true")
         .stdin(std::process::Stdio::null())
@@ -56,7 +58,7 @@ fn start() -> Moto {
         assert!(std::time::Instant::now() < deadline, "moto did not start on {endpoint} within 60 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Moto { endpoint }
+    Moto { endpoint, _watchdog: Mutex::new(watchdog) }
 }
 
 /// A turn on moto: exclusive use of a freshly reset server until dropped.
@@ -222,13 +224,14 @@ async fn forward(
             let mut response = Response::new(Full::new(bytes));
             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
             for (name, value) in &headers {
-                if name != "content-length" && name != "transfer-encoding" {
-                    if let (Ok(n), Ok(v)) = (
+                if name != "content-length"
+                    && name != "transfer-encoding"
+                    && let (Ok(n), Ok(v)) = (
                         name.as_str().parse::<hyper::header::HeaderName>(),
                         hyper::header::HeaderValue::from_bytes(value.as_bytes()),
-                    ) {
-                        response.headers_mut().insert(n, v);
-                    }
+                    )
+                {
+                    response.headers_mut().insert(n, v);
                 }
             }
             response
