@@ -37,6 +37,22 @@ fn deployer(
         })
 }
 
+/// A turn on moto, a provider, and a blue/green stack with listener-switch traffic.
+async fn listener_stack(name: &str) -> (support::Turn, AwsProvider, stack::Stack, AwsTraffic) {
+    let turn = support::turn().await;
+    let provider = support::provider(&turn.endpoint).await;
+    let stack = stack::create(&provider, name).await.unwrap();
+    let traffic = provider
+        .listener_switch(
+            &stack.listener_arn,
+            &stack.blue_target_group_arn,
+            &stack.green_target_group_arn,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    (turn, provider, stack, traffic)
+}
+
 async fn live(provider: &AwsProvider, release: &Release) -> usize {
     provider.describe(&Query::service("web").with_release(release.id().clone())).await.unwrap().len()
 }
@@ -49,17 +65,7 @@ async fn serving_release(provider: &AwsProvider, traffic: &AwsTraffic, release: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_switches_the_listener_and_a_rollback_switches_back() {
-    let turn = support::turn().await;
-    let provider = support::provider(&turn.endpoint).await;
-    let stack = stack::create(&provider, "bg").await.unwrap();
-    let traffic = provider
-        .listener_switch(
-            &stack.listener_arn,
-            &stack.blue_target_group_arn,
-            &stack.green_target_group_arn,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let (_turn, provider, stack, traffic) = listener_stack("bg").await;
     let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
     let d = deployer(&provider, &traffic, BlueGreen::new()).build().unwrap();
     assert!(d.deploy(v1.clone()).run().await.succeeded());
@@ -100,17 +106,7 @@ async fn blue_green_switches_the_listener_and_a_rollback_switches_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_rolls_back_by_switching_back_when_the_bake_fails() {
-    let turn = support::turn().await;
-    let provider = support::provider(&turn.endpoint).await;
-    let stack = stack::create(&provider, "bake").await.unwrap();
-    let traffic = provider
-        .listener_switch(
-            &stack.listener_arn,
-            &stack.blue_target_group_arn,
-            &stack.green_target_group_arn,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let (_turn, provider, _stack, traffic) = listener_stack("bake").await;
     let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
     assert!(
         deployer(&provider, &traffic, BlueGreen::new()).build().unwrap().deploy(v1.clone()).run().await.succeeded()
