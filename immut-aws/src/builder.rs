@@ -58,6 +58,12 @@ impl AwsBuilder {
         self
     }
 
+    /// DescribeInstances page size, 5 to 1000 (default 200).
+    pub fn describe_page_size(mut self, size: i32) -> Self {
+        self.config.describe_page_size = Some(size);
+        self
+    }
+
     /// Checks the settings, loads the SDK configuration and builds the provider.
     pub async fn build(self) -> Result<AwsProvider> {
         Ok(AwsProvider::new(Arc::new(self.clients().await?), &self.config))
@@ -79,6 +85,10 @@ impl AwsBuilder {
             if b.burst == 0 || b.per_second == 0 {
                 return Err(Error::invalid(field, "burst and per_second must both be at least 1"));
             }
+        }
+        let page_size = c.describe_page_size.unwrap_or(200);
+        if !(5..=1000).contains(&page_size) {
+            return Err(Error::invalid("describe_page_size", format!("{page_size} is outside 5 to 1000")));
         }
         // The engine owns retries (with backoff and jitter); the SDK's are turned off so that
         // one throttled call is not retried by two layers.
@@ -103,7 +113,7 @@ impl AwsBuilder {
         if sdk.region().is_none() {
             return Err(Error::invalid("region", "is not set; pass .region(..) or set AWS_REGION"));
         }
-        Ok(Clients::new(&sdk, &c.pacing))
+        Ok(Clients::new(&sdk, &c.pacing, page_size))
     }
 }
 

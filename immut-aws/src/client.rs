@@ -88,7 +88,9 @@ where
             _ => format!("HTTP {} without an error code", status.map_or("?".to_owned(), |s| s.to_string())),
         },
     };
-    Error::new(kind, message).with_provider("aws").with_operation(operation)
+    let error = Error::new(kind, message).with_provider("aws").with_operation(operation);
+    // Shortly after a launch EC2 may not know the new id yet: eventual consistency, not gone.
+    if code.as_deref() == Some("InvalidInstanceID.NotFound") { error.with_retryable(true) } else { error }
 }
 
 fn limiter(bucket: Bucket) -> DefaultDirectRateLimiter {
@@ -105,6 +107,8 @@ pub(crate) struct Clients {
     describe: DefaultDirectRateLimiter,
     mutate: DefaultDirectRateLimiter,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    paced: std::sync::atomic::AtomicU64,
+    page_size: i32,
 }
 
 impl std::fmt::Debug for Clients {
@@ -121,7 +125,7 @@ pub(crate) enum Pace {
 }
 
 impl Clients {
-    pub fn new(sdk: &aws_config::SdkConfig, pacing: &Pacing) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, pacing: &Pacing, page_size: i32) -> Self {
         Clients {
             ec2: aws_sdk_ec2::Client::new(sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
@@ -130,16 +134,33 @@ impl Clients {
             describe: limiter(pacing.describe),
             mutate: limiter(pacing.mutate),
             calls: Mutex::default(),
+            paced: Default::default(),
+            page_size,
         }
     }
 
     /// Waits for the bucket, then counts the call.
     pub async fn pace(&self, pace: Pace, operation: &'static str) {
-        match pace {
-            Pace::Describe => self.describe.until_ready().await,
-            Pace::Mutate => self.mutate.until_ready().await,
-        }
+        let bucket = match pace {
+            Pace::Describe => &self.describe,
+            Pace::Mutate => &self.mutate,
+        };
+        self.wait(bucket, operation).await;
         *self.calls.lock().expect("poisoned").entry(operation).or_default() += 1;
+    }
+
+    /// Takes a token, waiting (and counting the wait) when the bucket is empty.
+    async fn wait(&self, bucket: &DefaultDirectRateLimiter, operation: &'static str) {
+        if bucket.check().is_err() {
+            self.paced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(operation, "client-side rate limit: waiting for the bucket");
+            bucket.until_ready().await;
+        }
+    }
+
+    /// How many calls waited for a client-side rate limit.
+    pub fn paced(&self) -> u64 {
+        self.paced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn calls(&self) -> BTreeMap<String, u64> {
@@ -168,7 +189,7 @@ impl Clients {
         client_token: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<Ec2Instance>> {
-        self.run_instances.until_ready().await;
+        self.wait(&self.run_instances, "RunInstances").await;
         let n = NonZeroU32::new(count as u32).ok_or_else(|| Error::invalid("count", "must be at least 1"))?;
         self.instances.until_n_ready(n).await.map_err(|_| {
             Error::invalid(
@@ -212,7 +233,7 @@ impl Clients {
                 .describe_instances()
                 .set_filters(Some(filters.clone()))
                 .set_next_token(token)
-                .max_results(200)
+                .max_results(self.page_size)
                 .send()
                 .await
                 .map_err(|e| map_error(e, "DescribeInstances"))?;
@@ -237,10 +258,11 @@ impl Clients {
 
     pub async fn instance_status(&self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
         self.pace(Pace::Describe, "DescribeInstanceStatus").await;
+        // A filter, not InstanceIds: an id EC2 does not know yet is absent, not an error.
         let out = self
             .ec2
             .describe_instance_status()
-            .set_instance_ids(Some(ids.to_vec()))
+            .filters(Filter::builder().name("instance-id").set_values(Some(ids.to_vec())).build())
             .include_all_instances(true)
             .send()
             .await

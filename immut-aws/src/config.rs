@@ -66,6 +66,8 @@ pub struct AwsConfig {
     pub default_instance_type: Option<String>,
     /// Client-side pacing.
     pub pacing: Pacing,
+    /// DescribeInstances page size, 5 to 1000 (default 200).
+    pub describe_page_size: Option<i32>,
 }
 
 impl AwsConfig {

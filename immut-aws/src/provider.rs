@@ -42,6 +42,11 @@ impl AwsProvider {
         self.clients.calls()
     }
 
+    /// How many calls waited for a client-side rate limit (pacing at work).
+    pub fn paced(&self) -> u64 {
+        self.clients.paced()
+    }
+
     /// The EC2 client, for setup the provider does not cover.
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.clients.ec2
@@ -400,9 +405,21 @@ impl HealthCheck for Ec2StatusChecks {
             return Vec::new();
         }
         let ids: Vec<String> = instances.iter().map(|i| i.id.to_string()).collect();
-        let statuses = match self.clients.instance_status(&ids).await {
-            Ok(s) => s,
-            Err(e) => return vec![Health::Unhealthy(format!("status checks unavailable: {e}")); instances.len()],
+        // A throttled or failed read says nothing about the instances: try again a little
+        // before answering Unknown, so one bad call cannot fail a bake.
+        let mut attempt = 0;
+        let statuses = loop {
+            match self.clients.instance_status(&ids).await {
+                Ok(s) => break s,
+                Err(e) if e.is_retryable() && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "status checks unavailable");
+                    return vec![Health::Unknown; instances.len()];
+                }
+            }
         };
         instances
             .iter()

@@ -258,3 +258,28 @@ async fn a_lost_launch_response_is_adopted_not_launched_twice() {
     let all = provider.describe(&Query::service("web").with_terminated()).await.unwrap();
     assert_eq!(all.len(), N, "exactly {N} instances were ever launched: {all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_follows_every_page_and_pacing_holds_calls_back() {
+    let turn = support::turn().await;
+    let tight =
+        immut_aws::Pacing { describe: immut_aws::Bucket { burst: 2, per_second: 10 }, ..immut_aws::Pacing::default() };
+    let provider = support::builder(&turn.endpoint).describe_page_size(5).pacing(tight).build().await.unwrap();
+    let release = support::release("paged", (1, 0, 0), AMI);
+    // Seven launch calls make seven reservations; moto pages by reservation.
+    for wave in 0..7 {
+        let request = immut_core::LaunchRequest::new(
+            Arc::new(release.clone()),
+            1,
+            &immut_core::DeploymentId::new("d-paged"),
+            immut_core::LaunchToken::new(format!("t-{wave}")),
+        );
+        provider.launch(&request).await.unwrap();
+    }
+    let before = provider.calls().get("DescribeInstances").copied().unwrap_or(0);
+    let found = provider.describe(&Query::service("paged")).await.unwrap();
+    assert_eq!(found.len(), 7);
+    let pages = provider.calls()["DescribeInstances"] - before;
+    assert!(pages >= 2, "expected several pages, made {pages} calls");
+    assert!(provider.paced() > 0, "a burst of 2 describes must make later calls wait");
+}

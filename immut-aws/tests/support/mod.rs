@@ -81,14 +81,11 @@ pub async fn provider(endpoint: &str) -> AwsProvider {
 }
 
 pub async fn provider_with(endpoint: &str, pacing: Pacing) -> AwsProvider {
-    AwsProvider::builder()
-        .region("us-east-1")
-        .endpoint_url(endpoint)
-        .credentials("testing", "testing")
-        .pacing(pacing)
-        .build()
-        .await
-        .unwrap()
+    builder(endpoint).pacing(pacing).build().await.unwrap()
+}
+
+pub fn builder(endpoint: &str) -> immut_aws::AwsBuilder {
+    AwsProvider::builder().region("us-east-1").endpoint_url(endpoint).credentials("testing", "testing")
 }
 
 pub fn release(service: &str, version: (u64, u64, u64), ami: &str) -> Release {
