@@ -18,7 +18,9 @@ fi
 # Always the same package selection (--workspace): a different one recompiles the dependencies.
 # The crash tests print how many kill points they exercised, and the AWS figures test prints
 # its call counts, so those run with their output shown.
-cargo test --workspace --all-targets -- --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
+cargo test --workspace --lib --bins --tests --examples -- --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
+# Criterion benches in test mode run each benchmark once: a smoke test, not a measurement.
+cargo test --workspace --benches
 cargo test --workspace --test crash --test journal --test figures_aws -- --show-output \
   survives_a_kill a_crash_at_every calls_of_a_rolling
 cargo test --workspace --doc
