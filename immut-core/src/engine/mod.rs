@@ -798,7 +798,8 @@ impl Deployment {
                 None
             };
             let serving = obs.serving.contains(id);
-            let is_target = target.is_some() && instance.release() == target.as_ref() && !self.replacing.contains(id);
+            let replaced = !self.replacing.is_empty() && self.replacing.contains(id);
+            let is_target = target.is_some() && instance.release() == target.as_ref() && !replaced;
             let bucket = match (is_target, serving, healthy) {
                 (true, true, true) => &mut view.new_serving_healthy,
                 (true, true, false) => &mut view.new_serving_unhealthy,
