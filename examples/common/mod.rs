@@ -180,6 +180,9 @@ impl Printer {
             Event::Retrying { operation, attempt, error, delay_ms } => {
                 format!("retry    {operation} attempt {attempt} in {delay_ms} ms: {error}")
             }
+            Event::Paced { waits, waited_ms } => {
+                format!("pace     {waits} calls waited {waited_ms} ms for client-side rate limits")
+            }
             Event::InvariantViolated { invariant, detail } => format!("REFUSED  {invariant}: {detail}"),
             Event::RollbackStarted { reason, .. } => format!("ROLLBACK {reason}"),
             Event::Resumed { deployment, rolling_back, pending_launch, torn_lines } => format!(

@@ -108,6 +108,7 @@ pub(crate) struct Clients {
     mutate: DefaultDirectRateLimiter,
     calls: Mutex<BTreeMap<&'static str, u64>>,
     paced: std::sync::atomic::AtomicU64,
+    paced_ms: std::sync::atomic::AtomicU64,
     page_size: i32,
 }
 
@@ -135,6 +136,7 @@ impl Clients {
             mutate: limiter(pacing.mutate),
             calls: Mutex::default(),
             paced: Default::default(),
+            paced_ms: Default::default(),
             page_size,
         }
     }
@@ -152,15 +154,20 @@ impl Clients {
     /// Takes a token, waiting (and counting the wait) when the bucket is empty.
     async fn wait(&self, bucket: &DefaultDirectRateLimiter, operation: &'static str) {
         if bucket.check().is_err() {
-            self.paced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(operation, "client-side rate limit: waiting for the bucket");
+            let start = std::time::Instant::now();
             bucket.until_ready().await;
+            self.paced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.paced_ms.fetch_add(start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    /// How many calls waited for a client-side rate limit.
-    pub fn paced(&self) -> u64 {
-        self.paced.load(std::sync::atomic::Ordering::Relaxed)
+    /// How many calls waited for a client-side rate limit, and for how long.
+    pub fn paced(&self) -> immut_core::PacingStats {
+        immut_core::PacingStats {
+            waits: self.paced.load(std::sync::atomic::Ordering::Relaxed),
+            waited_ms: self.paced_ms.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     pub fn calls(&self) -> BTreeMap<String, u64> {

@@ -42,11 +42,6 @@ impl AwsProvider {
         self.clients.calls()
     }
 
-    /// How many calls waited for a client-side rate limit (pacing at work).
-    pub fn paced(&self) -> u64 {
-        self.clients.paced()
-    }
-
     /// The EC2 client, for setup the provider does not cover.
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.clients.ec2
@@ -217,6 +212,10 @@ impl Provider for AwsProvider {
         }
         let found = self.clients.describe_instances(Self::filters(query)).await?;
         Ok(found.iter().map(to_instance).filter(|i| query.matches(i)).collect())
+    }
+
+    fn pacing(&self) -> immut_core::PacingStats {
+        self.clients.paced()
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()> {

@@ -200,7 +200,10 @@ async fn rolling_through_a_target_group_and_quota_fails_closed() {
 async fn throttling_and_server_errors_are_retried_and_the_deployment_completes() {
     let turn = support::turn().await;
     let proxy = FaultProxy::start(&turn.endpoint).await;
-    let provider = support::provider(&proxy.endpoint).await;
+    // Tight describe pacing, so that the client-side rate limit shows in the events too.
+    let pacing =
+        immut_aws::Pacing { describe: immut_aws::Bucket { burst: 3, per_second: 15 }, ..immut_aws::Pacing::default() };
+    let provider = support::provider_with(&proxy.endpoint, pacing).await;
     let stack = stack::create(&provider, "throttle").await.unwrap();
     let traffic = provider.target_group(&stack.blue_target_group_arn, Duration::from_secs(5)).unwrap();
     let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
@@ -211,15 +214,17 @@ async fn throttling_and_server_errors_are_retried_and_the_deployment_completes()
     proxy.plan("TerminateInstances", FaultPlan { server_errors: 1, ..FaultPlan::default() });
     proxy.plan("RegisterTargets", FaultPlan { throttle: 1, ..FaultPlan::default() });
     let mut retries = Vec::new();
+    let mut paced = 0;
     let outcome = d
         .deploy(v2.clone())
         .with_previous(v1.clone())
-        .run_with(|e| {
-            if let Event::Retrying { operation, error, .. } = e {
-                retries.push(format!("{operation}: {error}"));
-            }
+        .run_with(|e| match e {
+            Event::Retrying { operation, error, .. } => retries.push(format!("{operation}: {error}")),
+            Event::Paced { waits, .. } => paced += waits,
+            _ => {}
         })
         .await;
+    assert!(paced > 0, "pacing shows in the events");
     assert!(outcome.succeeded(), "{}", outcome.summary());
     let injected = proxy.injected();
     assert_eq!(injected.values().sum::<usize>(), 8, "{injected:?}");
@@ -281,5 +286,5 @@ async fn describe_follows_every_page_and_pacing_holds_calls_back() {
     assert_eq!(found.len(), 7);
     let pages = provider.calls()["DescribeInstances"] - before;
     assert!(pages >= 2, "expected several pages, made {pages} calls");
-    assert!(provider.paced() > 0, "a burst of 2 describes must make later calls wait");
+    assert!(provider.pacing().waits > 0, "a burst of 2 describes must make later calls wait");
 }

@@ -38,6 +38,15 @@ impl Default for Capabilities {
     }
 }
 
+/// How much a backend's client-side rate limits held calls back, since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PacingStats {
+    /// Calls that waited for a token.
+    pub waits: u64,
+    /// Total time they waited, in milliseconds.
+    pub waited_ms: u64,
+}
+
 /// A request to launch `count` instances of a release.
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {
@@ -219,6 +228,12 @@ pub trait Provider: Send + Sync + Debug {
     /// return `None` and the engine polls at its interval.
     fn next_change(&self) -> Option<tokio::time::Instant> {
         None
+    }
+
+    /// How much client-side rate limiting held this backend's calls back so far; the engine
+    /// reports growth as [`crate::Event::Paced`]. Backends without pacing report zero.
+    fn pacing(&self) -> PacingStats {
+        PacingStats::default()
     }
 }
 

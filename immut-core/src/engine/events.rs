@@ -233,6 +233,13 @@ pub enum Event {
         /// Delay before the next attempt, in milliseconds.
         delay_ms: u64,
     },
+    /// The backend's client-side rate limits held calls back during the last step.
+    Paced {
+        /// Calls that waited.
+        waits: u64,
+        /// How long they waited in total, in milliseconds.
+        waited_ms: u64,
+    },
     /// An invariant would have been violated; the engine refused and will roll back.
     InvariantViolated {
         /// Which invariant.

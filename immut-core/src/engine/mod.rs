@@ -446,6 +446,7 @@ pub struct Deployment {
     strategy: Arc<dyn ReplacementStrategy>,
     explicit_rollback: bool,
     started_wall_ms: u64,
+    pacing: crate::provider::PacingStats,
 }
 
 impl Deployment {
@@ -481,6 +482,7 @@ impl Deployment {
             strategy: inner.strategy.clone(),
             explicit_rollback: false,
             started_wall_ms: 0,
+            pacing: crate::provider::PacingStats::default(),
             inner,
         }
     }
@@ -579,12 +581,25 @@ impl Deployment {
         let span =
             tracing::info_span!("deployment", id = %self.id, service = %self.release.service(), step = self.step + 1);
         let result = self.advance().instrument(span).await;
+        self.report_pacing();
         match result {
             Err(error) if !self.begun => self.refuse(error),
             Err(error) => self.failed(error),
             Ok(()) => {}
         }
         self.outcome.clone()
+    }
+
+    /// Turns growth in the provider's pacing counters into an event.
+    fn report_pacing(&mut self) {
+        let now = self.inner.provider.pacing();
+        if now.waits > self.pacing.waits {
+            self.pending.push_back(Event::Paced {
+                waits: now.waits - self.pacing.waits,
+                waited_ms: now.waited_ms.saturating_sub(self.pacing.waited_ms),
+            });
+        }
+        self.pacing = now;
     }
 
     fn elapsed(&self) -> Duration {
