@@ -225,3 +225,35 @@ async fn a_server_started_by_hand_is_adopted_as_release_zero_and_replaced() {
     balancer.detach(&ids).await.unwrap();
     provider.terminate_all(&ids).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_ignores_sigterm_is_killed_after_the_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::state_dir("stubborn");
+    let provider = LocalProvider::builder().state_dir(&dir).term_timeout(Duration::from_millis(500)).build().unwrap();
+    let script = dir.join("stubborn.sh");
+    std::fs::write(&script, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let artifact = immut_local::artifact("stubborn", Version::new(1, 0, 0), &script).unwrap();
+    let release = immut_core::Release::new(
+        "stubborn",
+        &artifact,
+        &immut_core::BaselineSpec::new("base", Version::new(1, 0, 0), LaunchSpec::default()),
+    )
+    .unwrap();
+    let request = immut_core::LaunchRequest::new(
+        Arc::new(release),
+        1,
+        &immut_core::DeploymentId::new("d"),
+        immut_core::LaunchToken::new("t"),
+    );
+    let id = provider.launch(&request).await.unwrap()[0].id.clone();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    provider.terminate(std::slice::from_ref(&id)).await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500), "SIGTERM was ignored, so SIGKILL came after the timeout ({took:?})");
+    let gone = provider.describe(&Query::ids([id.clone()]).with_terminated()).await.unwrap();
+    assert_eq!(gone[0].state, immut_core::InstanceState::Terminated);
+    provider.terminate(std::slice::from_ref(&id)).await.unwrap();
+}
