@@ -57,7 +57,12 @@ impl AwsProvider {
     pub fn target_group(&self, target_group_arn: impl Into<String>, drain_timeout: Duration) -> Result<AwsTraffic> {
         let arn = target_group_arn.into();
         check_arn("target_group_arn", &arn)?;
-        Ok(AwsTraffic { clients: self.clients.clone(), mode: TrafficMode::TargetGroup { arn }, drain_timeout })
+        Ok(AwsTraffic {
+            clients: self.clients.clone(),
+            mode: TrafficMode::TargetGroup { arn },
+            drain_timeout,
+            active: Arc::default(),
+        })
     }
 
     /// Blue/green traffic: two target groups behind one listener. A switch registers the new
@@ -85,6 +90,7 @@ impl AwsProvider {
             clients: self.clients.clone(),
             mode: TrafficMode::ListenerSwitch { listener, groups: [blue, green] },
             drain_timeout,
+            active: Arc::default(),
         })
     }
 
@@ -250,6 +256,8 @@ pub struct AwsTraffic {
     clients: Arc<Clients>,
     mode: TrafficMode,
     drain_timeout: Duration,
+    /// The group the listener forwards to, as last read or switched.
+    active: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn receives_traffic(state: &TargetHealthStateEnum) -> bool {
@@ -260,11 +268,21 @@ fn receives_traffic(state: &TargetHealthStateEnum) -> bool {
 }
 
 impl AwsTraffic {
-    /// The group traffic goes to now.
-    async fn active_group(&self) -> Result<String> {
+    /// The group traffic goes to. `serving` (once per engine step) and `switch` read the
+    /// listener; the other calls of the step use what they read.
+    async fn active_group(&self, fresh: bool) -> Result<String> {
         match &self.mode {
             TrafficMode::TargetGroup { arn } => Ok(arn.clone()),
-            TrafficMode::ListenerSwitch { listener, .. } => self.clients.listener_target(listener).await,
+            TrafficMode::ListenerSwitch { listener, .. } => {
+                if !fresh {
+                    if let Some(cached) = self.active.lock().expect("poisoned").clone() {
+                        return Ok(cached);
+                    }
+                }
+                let group = self.clients.listener_target(listener).await?;
+                *self.active.lock().expect("poisoned") = Some(group.clone());
+                Ok(group)
+            }
         }
     }
 
@@ -321,7 +339,7 @@ impl AwsTraffic {
 #[async_trait]
 impl Traffic for AwsTraffic {
     async fn serving(&self) -> Result<Vec<InstanceId>> {
-        let group = self.active_group().await?;
+        let group = self.active_group(true).await?;
         let targets = self.clients.target_health(&group).await?;
         Ok(targets.into_iter().filter(|(_, s)| receives_traffic(s)).map(|(id, _)| InstanceId::new(id)).collect())
     }
@@ -331,7 +349,7 @@ impl Traffic for AwsTraffic {
             return Ok(());
         }
         let ids = self.live_ids(instances).await?;
-        let group = self.active_group().await?;
+        let group = self.active_group(false).await?;
         self.clients.register(&group, &ids).await
     }
 
@@ -360,7 +378,7 @@ impl Traffic for AwsTraffic {
             // Nothing to move away from (a first deployment): serve from the active group.
             return self.attach(attach).await;
         }
-        let active = self.clients.listener_target(listener).await?;
+        let active = self.active_group(true).await?;
         let idle = groups.iter().find(|g| **g != active).unwrap_or(&groups[0]).clone();
         let ids = self.live_ids(attach).await?;
         // Whatever else sits in the idle group (instances of an older release) must not
@@ -380,6 +398,7 @@ impl Traffic for AwsTraffic {
             self.clients.register(&idle, &ids).await?;
         }
         self.clients.forward(listener, &idle).await?;
+        *self.active.lock().expect("poisoned") = Some(idle.clone());
         // Instances to detach that are in no group the listener reaches are already detached;
         // the old group keeps its targets so a switch back is instant.
         let _ = detach;
@@ -452,7 +471,7 @@ impl HealthCheck for AwsTraffic {
     }
 
     async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
-        let group = match self.active_group().await {
+        let group = match self.active_group(false).await {
             Ok(g) => g,
             Err(e) => return vec![Health::Unhealthy(format!("target health unavailable: {e}")); instances.len()],
         };
