@@ -13,7 +13,7 @@
 //! The baseline's launch spec gives the process its `args` (`{port}` is replaced by the
 //! instance's port), its `env`, and a `port` parameter: `auto` (default), a fixed port, or a
 //! range such as `20000-20099`. Every process also gets `PORT` and the `IMMUT_*` variables of
-//! [`env`].
+//! [`env`](mod@env).
 //!
 //! Linux only: process identity is read from `/proc`.
 
