@@ -128,6 +128,9 @@ impl AwsProvider {
     }
 }
 
+/// The most values EC2 accepts in one filter.
+const FILTER_VALUES: usize = 200;
+
 fn check_arn(field: &str, arn: &str) -> Result<()> {
     if arn.starts_with("arn:") {
         Ok(())
@@ -213,6 +216,14 @@ impl Provider for AwsProvider {
     }
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
+        // EC2 takes at most 200 values per filter: describe long id lists in chunks.
+        if let Some(ids) = query.ids.as_ref().filter(|ids| ids.len() > FILTER_VALUES) {
+            let mut found = Vec::new();
+            for chunk in ids.chunks(FILTER_VALUES) {
+                found.extend(self.describe(&Query { ids: Some(chunk.to_vec()), ..query.clone() }).await?);
+            }
+            return Ok(found);
+        }
         if query.ids.as_ref().is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
@@ -236,10 +247,13 @@ impl Provider for AwsProvider {
         if live.is_empty() {
             return Ok(());
         }
-        match self.clients.terminate(&live).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            other => other,
+        for batch in live.chunks(self.capabilities().max_terminate_batch) {
+            match self.clients.terminate(batch).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
+        Ok(())
     }
 }
 
