@@ -15,15 +15,17 @@ if ! python3 -c "import moto.server" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
 
-# Always the same package selection (--workspace): a different one recompiles the dependencies.
+# Always the same package selection (--workspace, with the facade's aws feature so that the AWS
+# example is built too): a different one recompiles the dependencies.
+sel=(--workspace --features immut/aws)
 # The crash tests print how many kill points they exercised, and the AWS figures test prints
 # its call counts, so those run with their output shown.
-cargo test --workspace --lib --bins --tests --examples -- --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
+cargo test "${sel[@]}" --lib --bins --tests --examples -- --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
 # Criterion benches in test mode run each benchmark once: a smoke test, not a measurement.
-cargo test --workspace --benches
-cargo test --workspace --test crash --test journal --test figures_aws -- --show-output \
+cargo test "${sel[@]}" --benches
+cargo test "${sel[@]}" --test crash --test journal --test figures_aws -- --show-output \
   survives_a_kill a_crash_at_every calls_of_a_rolling
-cargo test --workspace --doc
+cargo test "${sel[@]}" --doc
 
 for example in local_blue_green local_rolling local_rollback local_audit; do
   echo "== cargo run --example $example"
