@@ -36,8 +36,23 @@ struct CrashingJournal {
     appended: AtomicUsize,
 }
 
+/// Keeps the deliberate crashes out of the test output; every other panic is reported.
+fn quiet_simulated_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let simulated = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("simulated crash"));
+            if !simulated {
+                default(info);
+            }
+        }));
+    });
+}
+
 impl Journal for CrashingJournal {
     fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
+        quiet_simulated_crashes();
         if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
             panic!("simulated crash before journal record {}", self.crash_at);
         }
