@@ -27,7 +27,7 @@ use immut_core::engine::Outcome;
 use immut_core::semver::Version;
 use immut_core::sim::{Latencies, SimCalls, SimProvider};
 use immut_core::strategy::ReplacementStrategy;
-use immut_core::{ArtifactSpec, BaselineSpec, BlueGreen, Canary, Count, Deployer, LaunchSpec, Release, Rolling};
+use immut_core::{ArtifactSpec, BaselineSpec, BlueGreen, Canary, Count, LaunchSpec, Release, Rolling};
 
 /// Min-ready time of every scenario.
 pub const MIN_READY: Duration = Duration::from_secs(10);
@@ -112,16 +112,12 @@ pub fn releases() -> (Release, Release) {
 /// Runs `strategy` from `desired` old instances to the new release on the simulator, in
 /// virtual time, on the current thread.
 pub fn run(strategy: Arc<dyn ReplacementStrategy>, desired: usize) -> (Outcome, SimCalls) {
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
-    runtime.block_on(async move {
+    immut_core::sim::run_in_virtual_time(async move {
         let sim = SimProvider::builder().latencies(latencies()).build().expect("valid sim");
         let (v1, v2) = releases();
         sim.seed(&v1, desired, true);
-        let deployer = Deployer::builder()
-            .provider(sim.clone())
-            .traffic(sim.traffic())
-            .health(sim.health())
+        let deployer = sim
+            .deployer()
             .strategy_arc(strategy)
             .desired(desired)
             .min_ready(MIN_READY)

@@ -288,10 +288,8 @@ impl AwsTraffic {
         match &self.mode {
             TrafficMode::TargetGroup { arn } => Ok(arn.clone()),
             TrafficMode::ListenerSwitch { listener, .. } => {
-                if !fresh {
-                    if let Some(cached) = self.active.lock().expect("poisoned").clone() {
-                        return Ok(cached);
-                    }
+                if !fresh && let Some(cached) = self.active.lock().expect("poisoned").clone() {
+                    return Ok(cached);
                 }
                 let group = self.clients.listener_target(listener).await?;
                 *self.active.lock().expect("poisoned") = Some(group.clone());

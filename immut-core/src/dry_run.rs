@@ -168,12 +168,7 @@ pub fn plan(
     let release = release.clone();
     let previous = previous.cloned();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Other, "cannot start the dry-run runtime").with_source(e))?;
-        runtime.block_on(async move {
+        crate::sim::run_in_virtual_time(async move {
             let sim = SimProvider::builder().latencies(latencies).build()?;
             sim.seed_instances(&live, &serving);
             let simulated =

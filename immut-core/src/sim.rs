@@ -41,6 +41,18 @@ use crate::model::{
 use crate::provider::{Adopt, Capabilities, LaunchRequest, Provider, Query};
 use crate::traffic::Traffic;
 
+/// Runs `future` to completion on a fresh single-threaded runtime whose clock is paused, so
+/// simulated hours pass in milliseconds. Blocks the calling thread; do not call it from inside
+/// a runtime (spawn a thread, as the dry-run does).
+pub fn run_in_virtual_time<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime always builds")
+        .block_on(future)
+}
+
 /// Simulated latencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Latencies {
@@ -289,6 +301,11 @@ impl SimProvider {
     /// A builder with zero latencies, no faults and seed 0.
     pub fn builder() -> SimBuilder {
         SimBuilder::default()
+    }
+
+    /// A deployer builder wired to this simulated cloud: its provider, traffic and health.
+    pub fn deployer(&self) -> crate::DeployerBuilder {
+        crate::Deployer::builder().provider(self.clone()).traffic(self.traffic()).health(self.health())
     }
 
     /// The traffic side of this simulated cloud.

@@ -16,10 +16,7 @@ fn key() -> SigningKey {
 }
 
 fn deployer(sim: &SimProvider) -> Deployer {
-    Deployer::builder()
-        .provider(sim.clone())
-        .traffic(sim.traffic())
-        .health(sim.health())
+    sim.deployer()
         .strategy(Rolling::new())
         .desired(3)
         .min_ready(Duration::from_secs(1))

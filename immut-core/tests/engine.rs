@@ -13,13 +13,7 @@ use immut_core::strategy::{Decision, FleetView, Limits, ReplacementStrategy};
 use immut_core::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, ErrorKind, Rolling};
 
 fn deployer(sim: &SimProvider, desired: usize) -> DeployerBuilder {
-    Deployer::builder()
-        .provider(sim.clone())
-        .traffic(sim.traffic())
-        .health(sim.health())
-        .desired(desired)
-        .min_ready(Duration::from_secs(5))
-        .progress_deadline(Duration::from_secs(300))
+    sim.deployer().desired(desired).min_ready(Duration::from_secs(5)).progress_deadline(Duration::from_secs(300))
 }
 
 async fn run(deployer: &Deployer, sim: &SimProvider, check_floor: bool) -> Checker {

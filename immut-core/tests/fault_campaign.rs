@@ -13,7 +13,7 @@ use common::{Checker, assert_final_fleet, latencies, release};
 use immut_core::engine::RetryPolicy;
 use immut_core::sim::{Faults, OutOfBand, SimProvider};
 use immut_core::strategy::{Promotion, ReplacementStrategy};
-use immut_core::{BlueGreen, Canary, Count, Deployer, Rolling};
+use immut_core::{BlueGreen, Canary, Count, Rolling};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -89,8 +89,7 @@ fn campaign(plan: Plan, desired: usize, old: usize, min_ready: u64, schedule: Sc
         // Invalid settings are refused in build(); that path has its own tests.
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-    runtime.block_on(async move {
+    immut_core::sim::run_in_virtual_time(async move {
         let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
         let faults = Faults {
             launch_failure_rate: schedule.launch_failure_rate,
@@ -109,10 +108,8 @@ fn campaign(plan: Plan, desired: usize, old: usize, min_ready: u64, schedule: Sc
         if old > 0 {
             sim.seed(&v1, old, true);
         }
-        let deployer = Deployer::builder()
-            .provider(sim.clone())
-            .traffic(sim.traffic())
-            .health(sim.health())
+        let deployer = sim
+            .deployer()
             .strategy_arc(strategy)
             .desired(desired)
             .min_ready(Duration::from_secs(min_ready))

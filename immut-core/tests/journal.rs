@@ -15,10 +15,7 @@ use immut_core::strategy::ReplacementStrategy;
 use immut_core::{BlueGreen, Canary, Count, Deployer, DeploymentId, ErrorKind, Provider, Query, Rolling};
 
 fn deployer(sim: &SimProvider, journal: Arc<dyn Journal>, strategy: Arc<dyn ReplacementStrategy>) -> Deployer {
-    Deployer::builder()
-        .provider(sim.clone())
-        .traffic(sim.traffic())
-        .health(sim.health())
+    sim.deployer()
         .strategy_arc(strategy)
         .desired(4)
         .min_ready(Duration::from_secs(5))

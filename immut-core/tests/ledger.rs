@@ -20,15 +20,7 @@ fn ledger(tag: &str) -> Arc<Ledger> {
 }
 
 fn deployer(sim: &SimProvider, ledger: &Arc<Ledger>) -> Deployer {
-    Deployer::builder()
-        .provider(sim.clone())
-        .traffic(sim.traffic())
-        .health(sim.health())
-        .strategy(BlueGreen::new())
-        .desired(2)
-        .ledger(ledger.clone())
-        .build()
-        .unwrap()
+    sim.deployer().strategy(BlueGreen::new()).desired(2).ledger(ledger.clone()).build().unwrap()
 }
 
 /// Deploys 1.0.0, 1.1.0 and 1.2.0, one after the other.
@@ -143,10 +135,8 @@ async fn a_downgrade_is_refused_unless_it_is_an_explicit_rollback() {
 #[tokio::test(start_paused = true)]
 async fn the_strategy_follows_the_version_change() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
-    let d = Deployer::builder()
-        .provider(sim.clone())
-        .traffic(sim.traffic())
-        .health(sim.health())
+    let d = sim
+        .deployer()
         .strategy_by_change(ChangePolicy { major: Arc::new(BlueGreen::new()), ..ChangePolicy::default() })
         .desired(4)
         .min_ready(Duration::from_secs(1))
