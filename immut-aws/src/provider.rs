@@ -21,6 +21,8 @@ pub struct AwsProvider {
     clients: Arc<Clients>,
     subnet: Option<String>,
     default_type: String,
+    /// AMIs DescribeImages has confirmed, so a deployment checks each image once, not per wave.
+    known_images: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl AwsProvider {
@@ -29,6 +31,7 @@ impl AwsProvider {
             clients,
             subnet: config.subnet_id.clone(),
             default_type: config.default_instance_type.clone().unwrap_or_else(|| "t3.micro".to_owned()),
+            known_images: Arc::default(),
         }
     }
 
@@ -189,7 +192,8 @@ impl Provider for AwsProvider {
         request.validate(&self.capabilities())?;
         let release = &request.release;
         let ami = &release.artifact().image;
-        if !self.clients.image_exists(ami).await? {
+        let known = self.known_images.lock().expect("poisoned").contains(ami);
+        if !known && !self.clients.image_exists(ami).await? {
             return Err(Error::invalid(
                 "artifact.image",
                 format!("AMI {ami} does not exist in this region (or is not shared with this account); check the id and the region"),
@@ -197,6 +201,7 @@ impl Provider for AwsProvider {
             .with_provider("aws")
             .with_operation("DescribeImages"));
         }
+        self.known_images.lock().expect("poisoned").insert(ami.clone());
         let spec = &release.baseline().spec;
         let instance_type = spec.machine_type.as_deref().unwrap_or(&self.default_type);
         let subnet = spec.network.as_deref().or(self.subnet.as_deref());

@@ -8,7 +8,6 @@ use immut_core::{
     Adopt, Capabilities, Error, Instance, InstanceId, InstanceState, LaunchRequest, Provenance, Provider, Query, Result,
 };
 
-use crate::balancer::LocalBalancer;
 use crate::builder::BalancerBuilder;
 use crate::client::{self, PortPolicy, Record, map_io};
 use crate::config::LocalConfig;
@@ -275,8 +274,9 @@ impl Provider for LocalProvider {
         let wanted: Vec<&Record> = records.iter().filter(|r| ids.iter().any(|id| id.as_str() == r.id)).collect();
         let timeout = self.config.term_timeout;
         // Processes started by hand are stopped too when named, if they still run a managed
-        // executable (so a stale pid never hits an unrelated process).
-        let unmanaged: Vec<Instance> = self.unmanaged(&records, None);
+        // executable (so a stale pid never hits an unrelated process). Only then is /proc scanned.
+        let named_unmanaged = ids.iter().any(|id| Self::unmanaged_pid(id).is_some());
+        let unmanaged: Vec<Instance> = if named_unmanaged { self.unmanaged(&records, None) } else { Vec::new() };
         let strays = ids
             .iter()
             .filter(|id| unmanaged.iter().any(|u| &u.id == *id))
@@ -294,12 +294,5 @@ impl Provider for LocalProvider {
             }
         }
         Ok(())
-    }
-}
-
-impl LocalProvider {
-    /// Starts a balancer with default settings for this provider.
-    pub async fn start_balancer(&self) -> Result<LocalBalancer> {
-        self.balancer().build().await
     }
 }

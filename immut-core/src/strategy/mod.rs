@@ -135,18 +135,6 @@ impl FleetView {
         self.serving_healthy() + self.old_serving_unhealthy.len() + self.new_serving_unhealthy.len()
     }
 
-    /// Whether `id` serves and is healthy (a linear scan).
-    pub fn is_serving_healthy(&self, id: &InstanceId) -> bool {
-        self.old_serving_healthy.contains(id) || self.new_serving_healthy.contains(id)
-    }
-
-    /// Whether `id` serves (a linear scan).
-    pub fn is_serving(&self, id: &InstanceId) -> bool {
-        self.is_serving_healthy(id)
-            || self.old_serving_unhealthy.contains(id)
-            || self.new_serving_unhealthy.contains(id)
-    }
-
     /// Time since the last change, or since the start.
     pub fn since_last_change(&self) -> Duration {
         self.now.saturating_sub(self.last_change_at.unwrap_or_default())
