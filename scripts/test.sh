@@ -1,40 +1,119 @@
 #!/usr/bin/env bash
 # The full test suite, on a fresh machine: every test of the workspace (the AWS ones against
-# moto, installed here if missing), the doctests, and the local examples end to end (each must
-# exit 0 and leave no process behind).
-# Usage: ./scripts/test.sh
+# moto), the doctests, the local examples end to end (each must exit 0 and leave no process
+# behind), and the Rust version floors.
+#
+# The Python test tools (moto) live in a virtual environment of their own, target/test-venv,
+# installed from scripts/python/requirements.txt (every package pinned, with hashes). Nothing is
+# installed into your Python. A second run reuses the environment; a changed requirements file
+# rebuilds it.
+#
+# Usage: ./scripts/test.sh           the whole suite
+#        ./scripts/test.sh --setup   only prepare target/test-venv (for running tests by hand)
+# Environment: PYTHON (default python3) is the interpreter the environment is made from;
+# IMMUT_TEST_VENV (default target/test-venv) is where it goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
-command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is missing: the AWS tests run against moto, a Python package" >&2; exit 1; }
+setup_only=false
+case "${1:-}" in
+  "") ;;
+  --setup) setup_only=true ;;
+  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "unknown argument: $1 (use --setup, or no argument for the whole suite)" >&2; exit 2 ;;
+esac
 
-# The AWS tests start moto themselves on 127.0.0.1 and stop it when they end; it must be installed.
-if ! python3 -c "import moto.server" 2>/dev/null; then
-  echo "== installing moto[server] for the AWS tests"
-  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+python=${PYTHON:-python3}
+venv=${IMMUT_TEST_VENV:-$root/target/test-venv}
+requirements=scripts/python/requirements.txt
+
+fail() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+# Creates or refreshes the test tools' virtual environment; stops with what to install when it
+# cannot. Runs before any build, so a missing tool costs seconds, not a build.
+setup_test_tools() {
+  local want have
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
+  have=$(cat "$venv/.requirements.sha256" 2>/dev/null || true)
+  if [ "$want" = "$have" ] && [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import moto.server" 2>/dev/null; then
+    echo "== test tools: $venv is up to date"
+    return
+  fi
+  command -v "$python" >/dev/null ||
+    fail "$python is missing. The AWS tests run against moto, a Python package: install Python 3.9 or newer (Debian and Ubuntu: apt-get install python3 python3-venv), then run ./scripts/test.sh --setup"
+  "$python" -c "import venv, ensurepip" 2>/dev/null ||
+    fail "$python ($(command -v "$python")) has no venv module, which the test tools' environment needs. On Debian and Ubuntu: apt-get install python3-venv (or python3.X-venv for your version); elsewhere install Python from python.org. Then run ./scripts/test.sh --setup"
+  echo "== test tools: creating $venv from $requirements"
+  rm -rf "$venv"
+  "$python" -m venv "$venv" || fail "$python -m venv $venv failed (see above)"
+  if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --retries 2 --timeout 30 \
+    --require-hashes --no-deps -r "$requirements"; then
+    rm -rf "$venv"
+    fail "could not install the pinned test tools into $venv. The first run downloads them from PyPI: check the network connection (or set PIP_INDEX_URL for a mirror), then run ./scripts/test.sh --setup"
+  fi
+  echo "$want" >"$venv/.requirements.sha256"
+}
+
+command -v cargo >/dev/null || fail "cargo is missing: install Rust 1.94.1 or newer with rustup (https://rustup.rs), then run this again"
+setup_test_tools
+# The tests and examples that start moto read this; by hand they find target/test-venv.
+export IMMUT_TEST_PYTHON="$venv/bin/python"
+if $setup_only; then
+  echo "test tools ready: $IMMUT_TEST_PYTHON"
+  exit 0
 fi
+
+timings=()
+area() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  timings+=("$(printf '%-28s %4ss' "$name" $((SECONDS - start)))")
+}
+
+# No crate may declare a rust-version below what its locked dependencies need.
+area "rust-version floors" "$venv/bin/python" scripts/check-rust-version.py
 
 # Always the same package selection (--workspace, with the facade's aws feature so that the AWS
 # example is built too): a different one recompiles the dependencies.
 sel=(--workspace --features immut/aws)
 # The crash tests print how many kill points they exercised, and the AWS figures test prints
 # its call counts, so those run with their output shown.
-cargo test "${sel[@]}" --lib --bins --tests --examples -- --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
+area "tests" cargo test "${sel[@]}" --lib --bins --tests --examples -- \
+  --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
 # Criterion benches in test mode run each benchmark once: a smoke test, not a measurement.
-cargo test "${sel[@]}" --benches
-cargo test "${sel[@]}" --test crash --test journal --test figures_aws -- --show-output \
+area "benches (smoke)" cargo test "${sel[@]}" --benches
+area "crash tests and figures" cargo test "${sel[@]}" --test crash --test journal --test figures_aws -- --show-output \
   survives_a_kill a_crash_at_every calls_of_a_rolling
-cargo test "${sel[@]}" --doc
+area "doctests" cargo test "${sel[@]}" --doc
 
-for example in local_blue_green local_rolling local_rollback local_audit; do
-  echo "== cargo run --example $example"
-  cargo run --quiet --example "$example"
-  if pgrep -f -- "--immut-sample-service" >/dev/null; then
-    echo "$example left sample processes running:" >&2
-    pgrep -af -- "--immut-sample-service" >&2
-    pkill -f -- "--immut-sample-service" || true
-    exit 1
-  fi
-done
-echo "examples: 4 passed, 0 failed"
+run_examples() {
+  for example in local_blue_green local_rolling local_rollback local_audit; do
+    echo "== cargo run --example $example"
+    cargo run --quiet --example "$example"
+    if pgrep -f -- "--immut-sample-service" >/dev/null; then
+      echo "$example left sample processes running:" >&2
+      pgrep -af -- "--immut-sample-service" >&2
+      pkill -f -- "--immut-sample-service" || true
+      exit 1
+    fi
+  done
+  echo "examples: 4 passed, 0 failed"
+}
+area "local examples" run_examples
+
+# clippy's incompatible_msrv lint checks our own code against each crate's rust-version, since
+# no older toolchain can be installed to compile at the floor. The SDK crates are left out: their
+# floor is the toolchain's own.
+area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut --all-targets -- \
+  -A clippy::all -D clippy::incompatible_msrv
+
+echo
+echo "== summary"
+printf '%s\n' "${timings[@]}"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'), $("$venv/bin/python" --version), $(rustc --version)"

@@ -32,16 +32,11 @@ static MOTO: OnceLock<Moto> = OnceLock::new();
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn start() -> Moto {
-    let installed = std::process::Command::new("python3").args(["-c", "import moto.server"]).output();
-    if !installed.is_ok_and(|o| o.status.success()) {
-        panic!(
-            "moto is not installed: run `pip install 'moto[server]'` (./scripts/test.sh, the README's test command, installs it for you)"
-        );
-    }
+    let python = immut_core::test_tools::python_with("moto.server").unwrap_or_else(|e| panic!("{e}"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // The shell watches this process and stops moto, by its pid, once this process is gone.
     let script = format!(
-        "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+        "\"$IMMUT_MOTO_PYTHON\" -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
          trap 'kill $m 2>/dev/null' EXIT; \
          while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done",
         parent = std::process::id()
@@ -49,6 +44,7 @@ fn start() -> Moto {
     let watchdog = std::process::Command::new("sh")
         .args(["-c", &script])
         .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+        .env("IMMUT_MOTO_PYTHON", &python)
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("sh starts");
