@@ -142,54 +142,17 @@ pub struct Printer {
 impl Printer {
     pub fn print(&mut self, event: &Event) {
         let t = self.start.get_or_insert_with(Instant::now).elapsed().as_secs_f64();
-        let short = |ids: &[InstanceId]| {
-            let mut s = ids.iter().take(4).map(|i| i.as_str()).collect::<Vec<_>>().join(", ");
-            if ids.len() > 4 {
-                s.push_str(&format!(", +{}", ids.len() - 4));
-            }
-            s
-        };
-        let line = match event {
-            Event::Started { release, previous, desired, strategy, floor, ceiling, .. } => format!(
-                "start    {} -> {release}, {desired} instances, {strategy} (healthy floor {floor}, ceiling {ceiling})",
-                previous.as_ref().map_or("nothing".to_owned(), |p| p.to_string())
-            ),
+        match event {
             Event::Step { decision: Decision::Wait { reason, .. }, .. } => {
                 if *reason == self.last_wait {
                     return;
                 }
                 self.last_wait = reason.clone();
-                format!("wait     {reason}")
             }
             Event::Step { .. } => return,
-            Event::Launched { wave, ids, adopted, .. } => {
-                format!(
-                    "launch   wave {wave}: {} instances [{}]{}",
-                    ids.len(),
-                    short(ids),
-                    if *adopted > 0 { format!(" ({adopted} adopted)") } else { String::new() }
-                )
-            }
-            Event::Attached { ids } => format!("attach   [{}] now receive traffic", short(ids)),
-            Event::Detached { ids } => format!("detach   [{}] drained", short(ids)),
-            Event::Switched { attached, detached } => {
-                format!("switch   traffic moved to [{}] from [{}]", short(attached), short(detached))
-            }
-            Event::Terminated { ids } => format!("stop     [{}] terminated", short(ids)),
-            Event::GatePassed { gate } => format!("gate     {gate} passed"),
-            Event::Retrying { operation, attempt, error, delay_ms } => {
-                format!("retry    {operation} attempt {attempt} in {delay_ms} ms: {error}")
-            }
-            Event::Paced { waits, waited_ms } => {
-                format!("pace     {waits} calls waited {waited_ms} ms for client-side rate limits")
-            }
-            Event::InvariantViolated { invariant, detail } => format!("REFUSED  {invariant}: {detail}"),
-            Event::RollbackStarted { reason, .. } => format!("ROLLBACK {reason}"),
-            Event::Resumed { deployment, rolling_back, pending_launch, torn_lines } => format!(
-                "resume   {deployment} from the journal (rolling back: {rolling_back}, launch in flight: {pending_launch}, torn lines: {torn_lines})"
-            ),
-            Event::Finished { outcome } => format!("done     {}", outcome.summary()),
-        };
+            _ => {}
+        }
+        let line = event.to_string();
         println!("[{t:6.1}s] {line}");
     }
 }

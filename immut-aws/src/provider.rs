@@ -185,6 +185,8 @@ impl Provider for AwsProvider {
             honours_token: true,
             label_charset: LabelCharset::Any,
             max_label_value_len: 256,
+            max_label_key_len: 128,
+            max_labels: 50,
         }
     }
 
@@ -431,32 +433,19 @@ pub struct Ec2StatusChecks {
 
 #[async_trait]
 impl HealthCheck for Ec2StatusChecks {
-    async fn check(&self, instance: &Instance) -> Health {
-        self.check_many(std::slice::from_ref(instance)).await.pop().unwrap_or(Health::Unknown)
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        Ok(self.check_many(std::slice::from_ref(instance)).await?.pop().unwrap_or(Health::Unknown))
     }
 
-    async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
+    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
         if instances.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let ids: Vec<String> = instances.iter().map(|i| i.id.to_string()).collect();
-        // A throttled or failed read says nothing about the instances: try again a little
-        // before answering Unknown, so one bad call cannot fail a bake.
-        let mut attempt = 0;
-        let statuses = loop {
-            match self.clients.instance_status(&ids).await {
-                Ok(s) => break s,
-                Err(e) if e.is_retryable() && attempt < 3 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "status checks unavailable");
-                    return vec![Health::Unknown; instances.len()];
-                }
-            }
-        };
-        instances
+        // A failed read says nothing about the instances: the error goes to the engine, which
+        // retries it like every other call (the one retry layer).
+        let statuses = self.clients.instance_status(&ids).await?;
+        Ok(instances
             .iter()
             .map(|i| {
                 let Some(s) = statuses.iter().find(|s| s.instance_id() == Some(i.id.as_str())) else {
@@ -475,7 +464,7 @@ impl HealthCheck for Ec2StatusChecks {
                     _ => Health::Unknown,
                 }
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -483,27 +472,23 @@ impl HealthCheck for Ec2StatusChecks {
 /// instance not registered yet passes, so that this check composes with pre-attach checks.
 #[async_trait]
 impl HealthCheck for AwsTraffic {
-    async fn check(&self, instance: &Instance) -> Health {
-        self.check_many(std::slice::from_ref(instance)).await.pop().unwrap_or(Health::Unknown)
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        Ok(self.check_many(std::slice::from_ref(instance)).await?.pop().unwrap_or(Health::Unknown))
     }
 
-    async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
-        let group = match self.active_group(false).await {
-            Ok(g) => g,
-            Err(e) => return vec![Health::Unhealthy(format!("target health unavailable: {e}")); instances.len()],
-        };
-        let targets = match self.clients.target_health(&group).await {
-            Ok(t) => t,
-            Err(e) => return vec![Health::Unhealthy(format!("target health unavailable: {e}")); instances.len()],
-        };
-        instances
+    /// A failed target-health read is an error for the engine to retry, never a verdict on
+    /// the targets: one throttled call must not fail a bake.
+    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
+        let group = self.active_group(false).await?;
+        let targets = self.clients.target_health(&group).await?;
+        Ok(instances
             .iter()
             .map(|i| match targets.iter().find(|(id, _)| id == i.id.as_str()).map(|(_, s)| s) {
                 None | Some(TargetHealthStateEnum::Healthy) => Health::Healthy,
                 Some(TargetHealthStateEnum::Initial) => Health::Unknown,
                 Some(other) => Health::Unhealthy(format!("target is {}", other.as_str())),
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -199,7 +199,7 @@ impl<'a> Audit<'a> {
             instances.extend(self.provider.describe(&Query::ids(strays.clone()).with_unmanaged()).await?);
         }
         let health = match self.health {
-            Some(h) => h.check_many(&instances).await,
+            Some(h) => h.check_many(&instances).await?,
             None => vec![Health::Healthy; instances.len()],
         };
         let running = match self.journal {

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     InvariantViolated,
     /// A deadline elapsed before progress was made.
     DeadlineExceeded,
+    /// A gate (manual promotion, canary analysis) rejected the release.
+    GateRejected,
+    /// The release's instances did not become healthy, or the strategy gave up on them.
+    Unhealthy,
     /// The operation was cancelled.
     Cancelled,
     /// Anything else.
@@ -138,6 +142,13 @@ impl Error {
         self
     }
 
+    /// Names the input field this error is about: the message becomes `field: message`. The
+    /// kind, the retryable flag, the context and the source are kept.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.message = format!("{field}: {}", self.message);
+        self
+    }
+
     /// Attaches the underlying cause.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
@@ -194,5 +205,22 @@ mod tests {
         let e = Error::invalid("desired", "must be at least 1; set desired(1) or more");
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains("desired: must be at least 1"));
+    }
+
+    #[test]
+    fn with_field_keeps_kind_context_flag_and_source() {
+        let io = std::io::Error::other("disk full");
+        let e = Error::new(ErrorKind::Unavailable, "cannot write")
+            .with_provider("local")
+            .with_operation("launch")
+            .with_ids([InstanceId::new("i-1")])
+            .with_retryable(false)
+            .with_source(io)
+            .with_field("state_dir");
+        assert_eq!(e.message(), "state_dir: cannot write");
+        assert_eq!((e.kind(), e.provider(), e.operation()), (ErrorKind::Unavailable, Some("local"), Some("launch")));
+        assert_eq!(e.ids(), &[InstanceId::new("i-1")]);
+        assert!(!e.is_retryable());
+        assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "disk full");
     }
 }

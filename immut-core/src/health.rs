@@ -1,4 +1,12 @@
 //! Health checks: each judges one instance healthy, unhealthy or unknown. They compose.
+//!
+//! Two kinds of "no" are kept apart. An instance that answers badly (a 500, a refused
+//! connection, an impaired status) is [`Health::Unhealthy`]: that is a verdict on the instance.
+//! A check that cannot be made at all (the balancer's health API is throttled or down) is an
+//! `Err` from the check: that says nothing about the instances. The engine retries such an
+//! error like any other call, and when the retries run out it counts the instances as
+//! [`Health::Unknown`] for that step, never as unhealthy, so a failing health API cannot roll a
+//! healthy release back.
 
 use std::fmt::{self, Debug};
 use std::sync::Arc;
@@ -6,7 +14,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
 use crate::model::{Instance, InstanceState};
+
+/// How many instances [`HealthCheck::check_many`]'s default judges at once.
+pub const DEFAULT_CONCURRENCY: usize = 32;
 
 /// A verdict on one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,12 +42,17 @@ impl Health {
 /// Judges instances.
 #[async_trait]
 pub trait HealthCheck: Send + Sync + Debug {
-    /// Judges one instance.
-    async fn check(&self, instance: &Instance) -> Health;
+    /// Judges one instance. `Err` means the check could not be made (see the module docs).
+    async fn check(&self, instance: &Instance) -> Result<Health>;
 
-    /// Judges many; the default checks them concurrently. Backends with a batch API override it.
-    async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
-        futures_util::future::join_all(instances.iter().map(|i| self.check(i))).await
+    /// Judges many, one verdict per instance in order. The default runs at most
+    /// [`DEFAULT_CONCURRENCY`] checks at once; backends with a batch API override it.
+    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        // Futures do nothing until polled, so building them all first runs at most
+        // DEFAULT_CONCURRENCY at once.
+        let checks: Vec<_> = instances.iter().map(|i| self.check(i)).collect();
+        futures_util::stream::iter(checks).buffered(DEFAULT_CONCURRENCY).try_collect().await
     }
 }
 
@@ -45,12 +62,12 @@ pub struct ProviderStatus;
 
 #[async_trait]
 impl HealthCheck for ProviderStatus {
-    async fn check(&self, instance: &Instance) -> Health {
-        match instance.state {
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        Ok(match instance.state {
             InstanceState::Running => Health::Healthy,
             InstanceState::Pending => Health::Unknown,
             other => Health::Unhealthy(format!("instance is {other:?}")),
-        }
+        })
     }
 }
 
@@ -68,13 +85,14 @@ impl AllOf {
 
 #[async_trait]
 impl HealthCheck for AllOf {
-    async fn check(&self, instance: &Instance) -> Health {
-        combine(futures_util::future::join_all(self.0.iter().map(|c| c.check(instance))).await)
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        let verdicts = futures_util::future::try_join_all(self.0.iter().map(|c| c.check(instance))).await?;
+        Ok(combine(verdicts))
     }
 
-    async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
-        let per_check = futures_util::future::join_all(self.0.iter().map(|c| c.check_many(instances))).await;
-        (0..instances.len()).map(|i| combine(per_check.iter().map(|v| v[i].clone()))).collect()
+    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
+        let per_check = futures_util::future::try_join_all(self.0.iter().map(|c| c.check_many(instances))).await?;
+        Ok((0..instances.len()).map(|i| combine(per_check.iter().map(|v| v[i].clone()))).collect())
     }
 }
 
@@ -104,8 +122,8 @@ impl<F> HealthCheck for FnCheck<F>
 where
     F: Fn(&Instance) -> Health + Send + Sync,
 {
-    async fn check(&self, instance: &Instance) -> Health {
-        (self.0)(instance)
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        Ok((self.0)(instance))
     }
 }
 
@@ -145,13 +163,14 @@ impl HttpProbe {
 #[cfg(feature = "http")]
 #[async_trait]
 impl HealthCheck for HttpProbe {
-    async fn check(&self, instance: &Instance) -> Health {
-        let Some(address) = &instance.address else { return Health::Unknown };
-        match self.client.get(format!("http://{address}{}", self.path)).send().await {
+    async fn check(&self, instance: &Instance) -> Result<Health> {
+        let Some(address) = &instance.address else { return Ok(Health::Unknown) };
+        // Every answer, a refused connection included, is the instance's own: a verdict.
+        Ok(match self.client.get(format!("http://{address}{}", self.path)).send().await {
             Ok(r) if r.status().is_success() => Health::Healthy,
             Ok(r) => Health::Unhealthy(format!("GET {} answered {}", self.path, r.status())),
             Err(e) => Health::Unhealthy(format!("GET {} failed: {e}", self.path)),
-        }
+        })
     }
 }
 
@@ -176,11 +195,55 @@ mod tests {
     async fn all_of_combines_verdicts() {
         let running = instance(InstanceState::Running);
         let yes = AllOf::default().and(ProviderStatus).and(FnCheck(|_: &Instance| Health::Healthy));
-        assert_eq!(yes.check(&running).await, Health::Healthy);
+        assert_eq!(yes.check(&running).await.unwrap(), Health::Healthy);
         let unknown = AllOf::default().and(ProviderStatus).and(FnCheck(|_: &Instance| Health::Unknown));
-        assert_eq!(unknown.check(&running).await, Health::Unknown);
+        assert_eq!(unknown.check(&running).await.unwrap(), Health::Unknown);
         let no = AllOf::default().and(FnCheck(|_: &Instance| Health::Unknown)).and(ProviderStatus);
-        assert!(matches!(no.check(&instance(InstanceState::Terminated)).await, Health::Unhealthy(_)));
-        assert_eq!(yes.check_many(&[running.clone(), running]).await, vec![Health::Healthy, Health::Healthy]);
+        assert!(matches!(no.check(&instance(InstanceState::Terminated)).await.unwrap(), Health::Unhealthy(_)));
+        assert_eq!(yes.check_many(&[running.clone(), running]).await.unwrap(), vec![Health::Healthy, Health::Healthy]);
+    }
+
+    #[derive(Debug)]
+    struct Broken;
+
+    #[async_trait]
+    impl HealthCheck for Broken {
+        async fn check(&self, _: &Instance) -> Result<Health> {
+            Err(crate::Error::new(crate::ErrorKind::RateLimited, "throttled"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_that_cannot_be_made_is_an_error_not_a_verdict() {
+        let all = AllOf::default().and(ProviderStatus).and(Broken);
+        let e = all.check_many(&[instance(InstanceState::Running)]).await.unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+    }
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        now: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl HealthCheck for Counting {
+        async fn check(&self, _: &Instance) -> Result<Health> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(n, SeqCst);
+            tokio::task::yield_now().await;
+            self.now.fetch_sub(1, SeqCst);
+            Ok(Health::Healthy)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_check_many_bounds_its_concurrency() {
+        let c = Counting::default();
+        let many = vec![instance(InstanceState::Running); 500];
+        assert_eq!(c.check_many(&many).await.unwrap().len(), 500);
+        let peak = c.peak.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(peak <= DEFAULT_CONCURRENCY && peak > 1, "peak concurrency {peak}");
     }
 }

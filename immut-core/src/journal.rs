@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Outcome;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeploymentId, InstanceId, LaunchToken, Release, ReleaseId};
+use crate::outcome::Outcome;
 use crate::process;
 use crate::strategy::Decision;
 
@@ -143,6 +143,9 @@ impl LockGuard {
 }
 
 /// Where the engine writes ahead.
+///
+/// The methods may block (a file journal fsyncs every record): the engine calls them on
+/// tokio's blocking pool, never on an async worker thread.
 pub trait Journal: Send + Sync + Debug {
     /// Appends a record durably.
     fn append(&self, service: &str, record: &JournalRecord) -> Result<()>;
@@ -151,11 +154,10 @@ pub trait Journal: Send + Sync + Debug {
     /// Takes the service's deployment lock, or fails with [`ErrorKind::Conflict`] naming the
     /// deployment that holds it.
     fn lock(&self, service: &str, deployment: &DeploymentId) -> Result<LockGuard>;
-    /// The deployment that holds the service's lock and is still running, if any.
-    fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
-        let _ = service;
-        Ok(None)
-    }
+    /// The deployment that holds the service's lock and is still running, if any. The audit
+    /// decides "orphaned" from this answer, so a journal must never say `None` while a
+    /// deployment it locked may still be running.
+    fn holder(&self, service: &str) -> Result<Option<DeploymentId>>;
 }
 
 /// What [`interrupted`] finds of a deployment that began and never ended.
@@ -334,6 +336,31 @@ impl Journal for FileJournal {
             ErrorKind::Conflict,
             format!("another process took the lock {} while this one took it over", path.display()),
         ))
+    }
+
+    fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
+        self.live_holder(service)
+    }
+}
+
+impl FileJournal {
+    /// The live holder recorded in a lock file: its process still runs (same pid and start
+    /// time). A lock file that cannot be read while it exists is reported as held, since its
+    /// writer may be mid-write.
+    fn live_holder(&self, service: &str) -> Result<Option<DeploymentId>> {
+        let path = self.lock_path(service);
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
+                Ok(h) if process::is_alive(h.pid, h.start_ticks) => Ok(Some(h.deployment)),
+                Ok(_) => Ok(None),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the lock {} cannot be read yet; try again", path.display()),
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::new(ErrorKind::Unavailable, format!("cannot read the lock {}: {e}", path.display()))),
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Outcome, Phase};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeploymentId, Release, hex_prefix};
+use crate::outcome::{Outcome, Phase};
 
 /// The hash before the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -43,10 +43,8 @@ pub struct LedgerEntry {
     pub started_at_ms: u64,
     /// End, milliseconds since the Unix epoch.
     pub ended_at_ms: u64,
-    /// `succeeded`, `rolled_back`, `rollback_failed` or `refused`.
-    pub outcome: String,
-    /// Why it did not succeed.
-    pub reason: Option<String>,
+    /// How it ended: a terminal phase, with its reasons.
+    pub outcome: Phase,
     /// The previous entry's hash ([`GENESIS`] for the first).
     pub prev_hash: String,
     /// SHA-256 of this entry with `hash` empty.
@@ -62,7 +60,7 @@ impl LedgerEntry {
 
     /// Whether the deployment succeeded.
     pub fn succeeded(&self) -> bool {
-        self.outcome == "succeeded"
+        self.outcome == Phase::Succeeded
     }
 }
 
@@ -110,11 +108,14 @@ impl Verification {
     }
 }
 
-/// A ledger in a JSON-lines file, fsynced on every entry.
+/// A ledger in a JSON-lines file, fsynced on every entry. Its methods block: the engine calls
+/// them on tokio's blocking pool.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    write: Mutex<()>,
+    /// The last entry written or read and the file's length after it, so an append reads the
+    /// file again only when someone else changed it.
+    head: Mutex<Option<(LedgerEntry, u64)>>,
 }
 
 impl Ledger {
@@ -126,7 +127,7 @@ impl Ledger {
                 Error::invalid("ledger", format!("cannot create {}: {e}; pass a writable path", dir.display()))
             })?;
         }
-        Ok(Ledger { path, write: Mutex::new(()) })
+        Ok(Ledger { path, head: Mutex::new(None) })
     }
 
     /// The file.
@@ -166,16 +167,14 @@ impl Ledger {
         strategy: &str,
         started_at_ms: u64,
     ) -> Result<LedgerEntry> {
-        let _serial = self.write.lock().expect("ledger lock poisoned");
-        let last = self.entries()?.pop();
-        let (word, reason) = match &outcome.phase {
-            Phase::Succeeded => ("succeeded", None),
-            Phase::RolledBack { reason } => ("rolled_back", Some(reason.clone())),
-            Phase::RollbackFailed { reason, rollback_error } => {
-                ("rollback_failed", Some(format!("{reason}; rollback: {rollback_error}")))
-            }
-            Phase::Refused { reason } => ("refused", Some(reason.clone())),
-            other => return Err(Error::invalid("outcome", format!("{other:?} is not a finished deployment"))),
+        if !outcome.phase.is_terminal() {
+            return Err(Error::invalid("outcome", format!("{:?} is not a finished deployment", outcome.phase)));
+        }
+        let mut head = self.head.lock().expect("ledger lock poisoned");
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let last = match head.take() {
+            Some((entry, seen)) if seen == len => Some(entry),
+            _ => self.entries()?.pop(),
         };
         let mut entry = LedgerEntry {
             seq: last.as_ref().map_or(0, |l| l.seq + 1),
@@ -187,8 +186,7 @@ impl Ledger {
             strategy: strategy.to_owned(),
             started_at_ms,
             ended_at_ms: crate::journal::now_ms(),
-            outcome: word.to_owned(),
-            reason,
+            outcome: outcome.phase.clone(),
             prev_hash: last.map_or_else(|| GENESIS.to_owned(), |l| l.hash),
             hash: String::new(),
         };
@@ -203,6 +201,7 @@ impl Ledger {
         append().map_err(|e| {
             Error::new(ErrorKind::Unavailable, format!("cannot append to the ledger {}: {e}", self.path.display()))
         })?;
+        *head = Some((entry.clone(), len + line.len() as u64));
         Ok(entry)
     }
 

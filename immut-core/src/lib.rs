@@ -60,6 +60,7 @@ pub mod health;
 pub mod journal;
 pub mod ledger;
 pub mod model;
+pub mod outcome;
 pub mod policy;
 pub mod process;
 pub mod provider;
@@ -69,6 +70,8 @@ pub mod traffic;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod test_tools;
 
 pub use engine::{CancelHandle, Deployer, DeployerBuilder, Deployment, Event, Outcome, Phase};
 pub use error::{Error, ErrorKind, Result};

@@ -422,7 +422,8 @@ pub mod label_keys {
     pub const DEPLOYMENT: &str = "immut-deployment";
     /// Launch token.
     pub const TOKEN: &str = "immut-token";
-    /// HMAC-SHA256 of the provenance under the deployment key (hex).
+    /// HMAC-SHA256 of the provenance under the deployment key, truncated to 128 bits: 32 hex
+    /// digits, which fit every cloud's label rules without encoding (GCE allows 63 characters).
     pub const SIGNATURE: &str = "immut-signature";
 }
 
@@ -456,24 +457,28 @@ impl SigningKey {
             .map_err(|_| Error::invalid("signing_key", format!("{var} is shorter than 16 bytes")))
     }
 
-    /// The hex HMAC-SHA256 of a provenance's canonical form.
+    /// The HMAC-SHA256 of a provenance's canonical form, truncated to its first 128 bits
+    /// ([`SIGNATURE_LEN`] hex digits), as RFC 2104 allows.
     pub fn sign(&self, provenance: &Provenance) -> String {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(&serde_json::to_vec(provenance).expect("provenance serializes"));
-        hex_prefix(&mac.finalize().into_bytes(), 64)
+        hex_prefix(&mac.finalize().into_bytes(), SIGNATURE_LEN)
     }
 
     /// Whether `labels` carry a valid signature of the provenance they hold.
     pub fn verify(&self, provenance: &Provenance, labels: &BTreeMap<String, String>, charset: LabelCharset) -> bool {
         use hmac::{Hmac, Mac};
         let Some(signature) = labels.get(label_keys::SIGNATURE).and_then(|s| charset.decode(s)) else { return false };
-        let Some(bytes) = decode_hex(&signature) else { return false };
+        let Some(bytes) = decode_hex(&signature).filter(|b| b.len() * 2 == SIGNATURE_LEN) else { return false };
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(&serde_json::to_vec(provenance).expect("provenance serializes"));
-        mac.verify_slice(&bytes).is_ok()
+        mac.verify_truncated_left(&bytes).is_ok()
     }
 }
+
+/// How many hex digits a provenance signature has (128 bits).
+pub const SIGNATURE_LEN: usize = 32;
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
@@ -507,6 +512,29 @@ impl LabelCharset {
                     }
                 }
                 out
+            }
+        }
+    }
+
+    /// Whether `key` is a valid label key: for the restricted charset (GCE) a lowercase letter
+    /// first, then `[a-z0-9_-]`; for any charset, not empty and no control characters.
+    pub fn valid_key(self, key: &str) -> bool {
+        match self {
+            LabelCharset::Any => !key.is_empty() && !key.chars().any(char::is_control),
+            LabelCharset::LowerAlnumDashUnderscore => {
+                key.starts_with(|c: char| c.is_ascii_lowercase())
+                    && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            }
+        }
+    }
+
+    /// Whether `value` may be stored as it is (values immut writes are [`encode`](Self::encode)d
+    /// first; a baseline's own labels are not).
+    pub fn valid_value(self, value: &str) -> bool {
+        match self {
+            LabelCharset::Any => !value.chars().any(char::is_control),
+            LabelCharset::LowerAlnumDashUnderscore => {
+                value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             }
         }
     }

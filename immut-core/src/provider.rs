@@ -24,6 +24,10 @@ pub struct Capabilities {
     pub label_charset: LabelCharset,
     /// The longest label value the backend accepts.
     pub max_label_value_len: usize,
+    /// The longest label key the backend accepts.
+    pub max_label_key_len: usize,
+    /// The most labels one instance may carry (the provenance's eight included).
+    pub max_labels: usize,
 }
 
 impl Default for Capabilities {
@@ -34,6 +38,8 @@ impl Default for Capabilities {
             honours_token: false,
             label_charset: LabelCharset::Any,
             max_label_value_len: 255,
+            max_label_key_len: 128,
+            max_labels: 50,
         }
     }
 }
@@ -69,8 +75,11 @@ impl LaunchRequest {
         LaunchRequest { release, count, token, provenance, signature: None }
     }
 
-    /// The checks every provider runs before any backend call: the count against the batch
-    /// limit and the labels against the label rules.
+    /// The checks made before any backend call: the count against the batch limit, and the
+    /// complete label set that will be written (provenance, signature and the baseline's own
+    /// labels) against the backend's rules for keys, characters, lengths and count.
+    /// [`ProviderExt::ensure_launched`], which the engine launches through, runs it, so no
+    /// provider can forget to.
     pub fn validate(&self, caps: &Capabilities) -> Result<()> {
         if self.count == 0 {
             return Err(Error::invalid("count", "must be at least 1"));
@@ -84,13 +93,51 @@ impl LaunchRequest {
                 ),
             ));
         }
-        let labels = self.provenance.to_labels(caps.label_charset);
-        let extra = self.release.baseline().spec.labels.iter();
-        for (key, value) in labels.iter().chain(extra) {
+        let charset = caps.label_charset;
+        let labels = self.labels(charset);
+        if labels.len() > caps.max_labels {
+            return Err(Error::invalid(
+                "baseline.labels",
+                format!(
+                    "{} labels with the provenance; this provider allows {}: remove some of the baseline's labels",
+                    labels.len(),
+                    caps.max_labels
+                ),
+            ));
+        }
+        let own = &self.release.baseline().spec.labels;
+        for (key, value) in &labels {
+            // The provenance's values are encoded for the charset; only their length can break a rule.
+            let (field, theirs) = match own.get(key) {
+                Some(v) if v == value => (format!("baseline.labels.{key}"), true),
+                _ => (format!("labels.{key}"), false),
+            };
+            if !charset.valid_key(key) {
+                return Err(Error::invalid(
+                    &field,
+                    format!("is not a valid label key here ({charset:?}): {}", key_rule(charset)),
+                ));
+            }
+            if key.len() > caps.max_label_key_len {
+                return Err(Error::invalid(
+                    &field,
+                    format!("the key is {} characters; this provider allows {}", key.len(), caps.max_label_key_len),
+                ));
+            }
+            if theirs && !charset.valid_value(value) {
+                return Err(Error::invalid(
+                    &field,
+                    format!("the value {value:?} holds characters this provider refuses: {}", value_rule(charset)),
+                ));
+            }
             if value.len() > caps.max_label_value_len {
                 return Err(Error::invalid(
-                    &format!("labels.{key}"),
-                    format!("value is {} characters; this provider allows {}", value.len(), caps.max_label_value_len),
+                    &field,
+                    format!(
+                        "the value is {} characters; this provider allows {}",
+                        value.len(),
+                        caps.max_label_value_len
+                    ),
                 ));
             }
         }
@@ -109,6 +156,20 @@ impl LaunchRequest {
         let mut labels = self.release.baseline().spec.labels.clone();
         labels.extend(self.provenance.signed_labels(charset, self.signature.as_deref()));
         labels
+    }
+}
+
+fn key_rule(charset: LabelCharset) -> &'static str {
+    match charset {
+        LabelCharset::Any => "use a non-empty key without control characters",
+        LabelCharset::LowerAlnumDashUnderscore => "start with a lowercase letter and use only a-z, 0-9, _ and -",
+    }
+}
+
+fn value_rule(charset: LabelCharset) -> &'static str {
+    match charset {
+        LabelCharset::Any => "remove control characters",
+        LabelCharset::LowerAlnumDashUnderscore => "use only a-z, 0-9, _ and -",
     }
 }
 
@@ -240,10 +301,12 @@ pub trait Provider: Send + Sync + Debug {
 /// Conveniences over any [`Provider`].
 #[async_trait]
 pub trait ProviderExt: Provider {
-    /// Launches what is missing of `request`: describes by the token first and adopts what
+    /// Validates `request` ([`LaunchRequest::validate`]), then launches what is missing of it:
+    /// describes by the token first and adopts what
     /// already exists, then launches only the shortfall. This is what makes a retried launch safe
     /// on backends that ignore idempotency tokens. Returns all instances and how many were adopted.
     async fn ensure_launched(&self, request: &LaunchRequest) -> Result<(Vec<Instance>, usize)> {
+        request.validate(&self.capabilities())?;
         let mut existing = self.describe(&Query::token(request.token.clone())).await?;
         let adopted = existing.len().min(request.count);
         existing.truncate(request.count);

@@ -701,15 +701,15 @@ impl SimHealth {
 
 #[async_trait]
 impl HealthCheck for SimHealth {
-    async fn check(&self, instance: &Instance) -> Health {
+    async fn check(&self, instance: &Instance) -> Result<Health> {
         let state = self.shared.state.lock().expect("simulator state lock poisoned");
-        Self::judge(&state, &instance.id, Instant::now())
+        Ok(Self::judge(&state, &instance.id, Instant::now()))
     }
 
-    async fn check_many(&self, instances: &[Instance]) -> Vec<Health> {
+    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
         let mut state = self.shared.state.lock().expect("simulator state lock poisoned");
         state.calls.health += 1;
         let now = Instant::now();
-        instances.iter().map(|i| Self::judge(&state, &i.id, now)).collect()
+        Ok(instances.iter().map(|i| Self::judge(&state, &i.id, now)).collect())
     }
 }

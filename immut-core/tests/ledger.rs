@@ -50,13 +50,13 @@ async fn an_intact_chain_verifies() {
     assert_eq!(entries[2].release.artifact().version.to_string(), "1.2.0");
     assert_eq!(entries[1].prev_hash, entries[0].hash);
     assert_eq!(v.head, entries[2].hash);
-    assert!(entries.iter().all(|e| e.outcome == "succeeded" && e.strategy == "blue_green"));
+    assert!(entries.iter().all(|e| e.outcome == immut_core::Phase::Succeeded && e.strategy == "blue_green"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_edited_entry_is_detected() {
     let (_, ledger) = three_releases("edited").await;
-    rewrite(&ledger, |lines| lines[1] = lines[1].replace("\"succeeded\"", "\"rolled_back\""));
+    rewrite(&ledger, |lines| lines[1] = lines[1].replace("\"blue_green\"", "\"rolling\""));
     assert_eq!(ledger.verify().unwrap().problems, vec![Tamper::Edited { seq: 1 }]);
 }
 

@@ -63,21 +63,6 @@ pub(crate) fn prepare_state_dir(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-trait WithField {
-    fn with_field(self, field: &str) -> Self;
-}
-
-impl WithField for Error {
-    fn with_field(self, field: &str) -> Self {
-        let message = format!("{field}: {}", self.message());
-        let mut e = Error::new(self.kind(), message).with_provider("local");
-        if let Some(op) = self.operation() {
-            e = e.with_operation(op.to_owned());
-        }
-        e
-    }
-}
-
 /// Writes a record atomically (temporary file, fsync, rename).
 pub(crate) fn write_record(state_dir: &Path, record: &Record) -> Result<()> {
     use std::io::Write;

@@ -231,6 +231,8 @@ impl Provider for LocalProvider {
             honours_token: false,
             label_charset: LabelCharset::Any,
             max_label_value_len: 1024,
+            max_label_key_len: 256,
+            max_labels: 64,
         }
     }
 

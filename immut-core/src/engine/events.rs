@@ -1,135 +1,8 @@
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::model::{DeploymentId, InstanceId, LaunchToken, ReleaseId};
+use crate::outcome::Outcome;
 use crate::strategy::Decision;
-
-/// Where a deployment is. Each state documents its transitions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Phase {
-    /// Moving toward the new release. `Done` leads to [`Phase::Succeeded`]; a failing decision,
-    /// a non-retryable error, an invariant violation, a missed progress deadline or a
-    /// cancellation leads to [`Phase::RollingBack`].
-    Deploying,
-    /// Restoring the previous release: its traffic first, then removing the new instances.
-    /// `Done` leads to [`Phase::RolledBack`]; any failure to [`Phase::RollbackFailed`].
-    /// Cancellation is ignored here: a rollback always runs to its end.
-    RollingBack {
-        /// Why the deployment was abandoned.
-        reason: String,
-    },
-    /// Terminal: the new release serves and nothing else remains.
-    Succeeded,
-    /// Terminal: the previous release serves again and the new instances are gone.
-    RolledBack {
-        /// Why the deployment was abandoned.
-        reason: String,
-    },
-    /// Terminal: the deployment never began (a bad request, or another deployment of the service
-    /// holds the lock); nothing was changed.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-    /// Terminal: the rollback itself failed; the fleet needs attention.
-    RollbackFailed {
-        /// Why the deployment was abandoned.
-        reason: String,
-        /// Why the rollback failed.
-        rollback_error: String,
-    },
-}
-
-impl Phase {
-    /// Whether no further step will happen.
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded | Phase::RolledBack { .. } | Phase::RollbackFailed { .. } | Phase::Refused { .. }
-        )
-    }
-}
-
-/// Calls the engine made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct CallCounts {
-    /// Launch calls.
-    pub launch: u64,
-    /// Describe calls.
-    pub describe: u64,
-    /// Terminate calls.
-    pub terminate: u64,
-    /// Serving-set reads.
-    pub serving: u64,
-    /// Attach calls.
-    pub attach: u64,
-    /// Detach calls.
-    pub detach: u64,
-    /// Switch calls.
-    pub switch: u64,
-    /// Batched health checks.
-    pub health: u64,
-    /// Retried attempts.
-    pub retries: u64,
-}
-
-/// How a deployment ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// Deployment id.
-    pub deployment: DeploymentId,
-    /// Service.
-    pub service: String,
-    /// The release that was deployed.
-    pub release: ReleaseId,
-    /// The release that served before, if any.
-    pub previous: Option<ReleaseId>,
-    /// The terminal phase, with the reasons.
-    pub phase: Phase,
-    /// Wall-clock (or virtual) duration.
-    #[serde(with = "millis")]
-    pub elapsed: Duration,
-    /// Engine steps taken.
-    pub steps: u64,
-    /// Launch waves.
-    pub waves: u32,
-    /// The instances serving at the end.
-    pub serving: Vec<InstanceId>,
-    /// Calls the engine made.
-    pub calls: CallCounts,
-}
-
-impl Outcome {
-    /// Whether the new release was deployed.
-    pub fn succeeded(&self) -> bool {
-        self.phase == Phase::Succeeded
-    }
-
-    /// A one-line summary for people.
-    pub fn summary(&self) -> String {
-        let how = match &self.phase {
-            Phase::Succeeded => "succeeded".to_owned(),
-            Phase::RolledBack { reason } => format!("rolled back ({reason})"),
-            Phase::Refused { reason } => format!("refused ({reason})"),
-            Phase::RollbackFailed { reason, rollback_error } => {
-                format!("ROLLBACK FAILED ({reason}; then: {rollback_error})")
-            }
-            other => format!("{other:?}"),
-        };
-        format!(
-            "deployment {} of {} to {} {how} in {:.1}s: {} steps, {} waves, {} serving",
-            self.deployment,
-            self.service,
-            self.release,
-            self.elapsed.as_secs_f64(),
-            self.steps,
-            self.waves,
-            self.serving.len()
-        )
-    }
-}
 
 /// What the fleet looked like at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -240,10 +113,19 @@ pub enum Event {
         /// How long they waited in total, in milliseconds.
         waited_ms: u64,
     },
+    /// The health check itself failed (its backend could not be reached) after the retries;
+    /// the instances it was to judge count as [`Health::Unknown`](crate::Health::Unknown) for
+    /// this step: not healthy, and not failed either.
+    HealthUnknown {
+        /// The check's error.
+        error: String,
+        /// How many instances it was to judge.
+        instances: usize,
+    },
     /// An invariant would have been violated; the engine refused and will roll back.
     InvariantViolated {
         /// Which invariant.
-        invariant: String,
+        invariant: super::invariants::Invariant,
         /// Details.
         detail: String,
     },
@@ -274,16 +156,63 @@ pub enum Event {
     },
 }
 
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+/// At most four ids, then a count of the rest.
+fn short(ids: &[InstanceId]) -> String {
+    let mut s = ids.iter().take(4).map(|i| i.as_str()).collect::<Vec<_>>().join(", ");
+    if ids.len() > 4 {
+        s.push_str(&format!(", +{}", ids.len() - 4));
     }
+    s
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
+/// One line for people: a word for what happened, padded to a column, then the details. The
+/// CLI and the examples print events this way.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Started { release, previous, desired, strategy, floor, ceiling, .. } => write!(
+                f,
+                "start    {} -> {release}, {desired} instances, {strategy} (healthy floor {floor}, ceiling {ceiling})",
+                previous.as_ref().map_or("nothing".to_owned(), |p| p.to_string())
+            ),
+            Event::Step { decision: Decision::Wait { reason, .. }, .. } => write!(f, "wait     {reason}"),
+            Event::Step { step, capacity, decision, .. } => write!(
+                f,
+                "step     {step}: {} serving healthy of {} live; {}",
+                capacity.serving_healthy,
+                capacity.total,
+                decision.kind()
+            ),
+            Event::Launched { wave, ids, adopted, .. } => write!(
+                f,
+                "launch   wave {wave}: {} instances [{}]{}",
+                ids.len(),
+                short(ids),
+                if *adopted > 0 { format!(" ({adopted} adopted)") } else { String::new() }
+            ),
+            Event::Attached { ids } => write!(f, "attach   [{}] now receive traffic", short(ids)),
+            Event::Detached { ids } => write!(f, "detach   [{}] drained", short(ids)),
+            Event::Switched { attached, detached } => {
+                write!(f, "switch   traffic moved to [{}] from [{}]", short(attached), short(detached))
+            }
+            Event::Terminated { ids } => write!(f, "stop     [{}] terminated", short(ids)),
+            Event::GatePassed { gate } => write!(f, "gate     {gate} passed"),
+            Event::Retrying { operation, attempt, error, delay_ms } => {
+                write!(f, "retry    {operation} attempt {attempt} in {delay_ms} ms: {error}")
+            }
+            Event::Paced { waits, waited_ms } => {
+                write!(f, "pace     {waits} calls waited {waited_ms} ms for client-side rate limits")
+            }
+            Event::HealthUnknown { error, instances } => {
+                write!(f, "health   unknown for {instances} instances: the check failed: {error}")
+            }
+            Event::InvariantViolated { invariant, detail } => write!(f, "REFUSED  {invariant}: {detail}"),
+            Event::RollbackStarted { reason, .. } => write!(f, "ROLLBACK {reason}"),
+            Event::Resumed { deployment, rolling_back, pending_launch, torn_lines } => write!(
+                f,
+                "resume   {deployment} from the journal (rolling back: {rolling_back}, launch in flight: {pending_launch}, torn lines: {torn_lines})"
+            ),
+            Event::Finished { outcome } => write!(f, "done     {}", outcome.summary()),
+        }
     }
 }

@@ -1,25 +1,65 @@
 //! The engine's invariants as pure functions over a view and a decision.
 
-use foldhash::HashSet;
+use std::fmt;
 
-use crate::error::{Error, ErrorKind, Result};
+use foldhash::HashSet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
 use crate::model::InstanceId;
 use crate::strategy::{Decision, FleetView, Limits};
 
-/// Names of the invariants, as they appear in errors and events.
-pub mod names {
+/// The engine's invariants, by name (the names appear in errors and events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
     /// Serving-healthy never drops below the floor by the engine's own action.
-    pub const FLOOR: &str = "healthy_floor";
+    HealthyFloor,
     /// Live instances never exceed the ceiling.
-    pub const CEILING: &str = "surge_ceiling";
+    SurgeCeiling,
     /// Only proven (ready) instances receive traffic, and nothing serving is terminated.
-    pub const PROVEN: &str = "old_kept_until_new_proven";
+    OldKeptUntilNewProven,
     /// At quiescence no instance is left outside the final release's serving set.
-    pub const ORPHANS: &str = "no_orphans";
+    NoOrphans,
 }
 
-fn violation(invariant: &str, detail: String) -> Error {
-    Error::new(ErrorKind::InvariantViolated, format!("{invariant}: {detail}"))
+impl Invariant {
+    /// The name used in errors, events and the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::HealthyFloor => "healthy_floor",
+            Invariant::SurgeCeiling => "surge_ceiling",
+            Invariant::OldKeptUntilNewProven => "old_kept_until_new_proven",
+            Invariant::NoOrphans => "no_orphans",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A decision or an observation that breaks an invariant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// What would have broken it.
+    pub detail: String,
+}
+
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Error {
+        Error::new(ErrorKind::InvariantViolated, format!("{}: {}", v.invariant, v.detail))
+    }
+}
+
+type Result<T> = std::result::Result<T, Violation>;
+
+fn violation(invariant: Invariant, detail: String) -> Violation {
+    Violation { invariant, detail }
 }
 
 /// Checks the observed fleet: the ceiling (or the fleet size at the start, if that was larger).
@@ -27,7 +67,7 @@ pub fn check_observed(view: &FleetView, limits: Limits, initial_total: usize) ->
     let ceiling = limits.ceiling.max(initial_total);
     if view.total_live() > ceiling {
         return Err(violation(
-            names::CEILING,
+            Invariant::SurgeCeiling,
             format!("{} live instances exceed the ceiling of {ceiling}", view.total_live()),
         ));
     }
@@ -41,7 +81,7 @@ pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> 
             let after = view.total_live() + count;
             if after > limits.ceiling {
                 return Err(violation(
-                    names::CEILING,
+                    Invariant::SurgeCeiling,
                     format!(
                         "launching {count} would bring {after} live instances above the ceiling of {}",
                         limits.ceiling
@@ -59,7 +99,7 @@ pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> 
             let serving: HashSet<&InstanceId> = serving_ids(view).collect();
             if let Some(id) = ids.iter().find(|id| serving.contains(id)) {
                 return Err(violation(
-                    names::PROVEN,
+                    Invariant::OldKeptUntilNewProven,
                     format!("{id} would be terminated while serving; detach and drain it first"),
                 ));
             }
@@ -82,7 +122,7 @@ fn check_proven(view: &FleetView, attach: &[InstanceId]) -> Result<()> {
     let ready: HashSet<&InstanceId> = view.ready.iter().collect();
     if let Some(id) = attach.iter().find(|id| !ready.contains(id)) {
         return Err(violation(
-            names::PROVEN,
+            Invariant::OldKeptUntilNewProven,
             format!("{id} would receive traffic before it was proven healthy for the min-ready time"),
         ));
     }
@@ -98,7 +138,7 @@ fn check_floor(view: &FleetView, attach: &[InstanceId], detach: &[InstanceId], l
     let after = before + gained - lost;
     if after < limits.floor && after < before {
         return Err(violation(
-            names::FLOOR,
+            Invariant::HealthyFloor,
             format!("serving-healthy would drop from {before} to {after}, below the floor of {}", limits.floor),
         ));
     }
@@ -114,7 +154,7 @@ pub fn check_quiescent(view: &FleetView) -> Result<()> {
         + view.old_live();
     if leftovers > 0 {
         return Err(violation(
-            names::ORPHANS,
+            Invariant::NoOrphans,
             format!(
                 "{leftovers} instances would be left behind ({} not serving new, {} unhealthy serving, {} old)",
                 view.launching.len() + view.warming.len() + view.ready.len(),
@@ -137,11 +177,11 @@ mod tests {
     fn floor_ceiling_and_serving_termination_are_refused() {
         let v = fresh(3, 3);
         let e = check_decision(&v, &Decision::Detach { ids: ids("old-", 1) }, LIMITS).unwrap_err();
-        assert!(e.to_string().contains(names::FLOOR), "{e}");
+        assert_eq!(e.invariant, Invariant::HealthyFloor, "{e:?}");
         let e = check_decision(&v, &Decision::Launch { count: 2 }, LIMITS).unwrap_err();
-        assert!(e.to_string().contains(names::CEILING), "{e}");
+        assert_eq!(e.invariant, Invariant::SurgeCeiling, "{e:?}");
         let e = check_decision(&v, &Decision::Terminate { ids: ids("old-", 1) }, LIMITS).unwrap_err();
-        assert!(e.to_string().contains(names::PROVEN), "{e}");
+        assert_eq!(e.invariant, Invariant::OldKeptUntilNewProven, "{e:?}");
         assert!(check_decision(&v, &Decision::Launch { count: 1 }, LIMITS).is_ok());
     }
 
@@ -169,6 +209,6 @@ mod tests {
         let mut v = fresh(2, 1);
         v.new_serving_healthy = ids("new-", 2);
         let e = check_decision(&v, &Decision::Done, LIMITS).unwrap_err();
-        assert!(e.to_string().contains(names::ORPHANS), "{e}");
+        assert_eq!(e.invariant, Invariant::NoOrphans, "{e:?}");
     }
 }

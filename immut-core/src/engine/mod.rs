@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-pub use events::{CallCounts, Capacity, Event, Outcome, Phase};
+pub use crate::outcome::{CallCounts, Outcome, Phase};
+pub use events::{Capacity, Event};
 pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -289,10 +290,35 @@ impl Deployer {
             initial_total,
             replacing,
             strategy,
-            ..
+            desired,
         } = found.begin
         else {
             unreachable!("interrupted() starts at a Begin record")
+        };
+        if desired != self.inner.settings.desired {
+            return Err(Error::invalid(
+                "desired",
+                format!(
+                    "the journal shows deployment {} began with desired {desired}, but this deployer has desired {}; build the deployer with .desired({desired}) to resume it",
+                    found.deployment, self.inner.settings.desired
+                ),
+            ));
+        }
+        let picked = match &self.inner.change_policy {
+            Some(policy) => {
+                [&policy.patch, &policy.minor, &policy.major].into_iter().find(|s| s.name() == strategy).cloned()
+            }
+            None => Some(self.inner.strategy.clone()).filter(|s| s.name() == strategy),
+        };
+        let Some(picked) = picked else {
+            return Err(Error::invalid(
+                "strategy",
+                format!(
+                    "the journal shows deployment {} began with strategy {strategy}, but this deployer has {}; build the deployer with the same strategy to resume it",
+                    found.deployment,
+                    self.inner.strategy.name()
+                ),
+            ));
         };
         let mut d = Deployment::new(self.inner.clone(), *release).with_id(found.deployment.clone());
         d.previous_release = previous_release.map(|r| Arc::new(*r));
@@ -303,12 +329,7 @@ impl Deployer {
         d.passed_gates = found.passed_gates;
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
-        if let Some(policy) = &self.inner.change_policy
-            && let Some(picked) =
-                [&policy.patch, &policy.minor, &policy.major].into_iter().find(|s| s.name() == strategy)
-        {
-            d.strategy = picked.clone();
-        }
+        d.strategy = picked;
         d.pending_launch = found.pending_launch;
         if let Some(reason) = &found.rolling_back {
             d.phase = Phase::RollingBack { reason: reason.clone() };
@@ -583,8 +604,8 @@ impl Deployment {
         let result = self.advance().instrument(span).await;
         self.report_pacing();
         match result {
-            Err(error) if !self.begun => self.refuse(error),
-            Err(error) => self.failed(error),
+            Err(error) if !self.begun => self.refuse(error).await,
+            Err(error) => self.failed(error).await,
             Ok(()) => {}
         }
         self.outcome.clone()
@@ -642,7 +663,7 @@ impl Deployment {
         let view = self.build_view(&obs);
         self.note_progress(&view);
         let limits = self.limits();
-        invariants::check_observed(&view, limits, self.initial_total).inspect_err(|e| self.record_violation(e))?;
+        invariants::check_observed(&view, limits, self.initial_total).map_err(|v| self.violated(v))?;
         let decision = match &self.phase {
             Phase::RollingBack { .. } => {
                 Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
@@ -662,7 +683,7 @@ impl Deployment {
             },
             decision: decision.clone(),
         });
-        invariants::check_decision(&view, &decision, limits).inspect_err(|e| self.record_violation(e))?;
+        invariants::check_decision(&view, &decision, limits).map_err(|v| self.violated(v))?;
         // The outcome reports the serving set of the observation that decided `Done`.
         self.last_serving = std::mem::take(&mut obs.serving);
         self.act(decision, &view, &obs).await
@@ -673,8 +694,10 @@ impl Deployment {
         self.started = Some(started);
         self.started_wall_ms = journal::now_ms();
         self.last_progress = started;
-        if let Some(journal) = &self.inner.journal {
-            self.lock = Some(journal.lock(self.release.service(), &self.id)?);
+        self.validate_launches()?;
+        if let Some(journal) = self.inner.journal.clone() {
+            let (service, id) = (self.release.service().to_owned(), self.id.clone());
+            self.lock = Some(blocking(move || journal.lock(&service, &id)).await?);
         }
         if self.resumed {
             self.begun = true;
@@ -719,7 +742,8 @@ impl Deployment {
             desired: self.inner.settings.desired,
             strategy: self.strategy.name().to_owned(),
             replacing: self.replacing.iter().cloned().collect(),
-        })?;
+        })
+        .await?;
         self.begun = true;
         let limits = self.limits();
         self.pending.push_back(Event::Started {
@@ -734,6 +758,25 @@ impl Deployment {
             ceiling: limits.ceiling,
         });
         tracing::info!(deployment = %self.id, release = %self.release, previous = ?self.previous, "deployment started");
+        Ok(())
+    }
+
+    /// Checks, before any backend call, that every launch this deployment may make (of the
+    /// release, and of the previous one for a rollback) is valid for the provider: labels,
+    /// signature and counts. The longest token the deployment can use stands in for all.
+    fn validate_launches(&self) -> Result<()> {
+        let caps = self.inner.provider.capabilities();
+        let token = LaunchToken::new(format!("{}-rb{}-{}", self.id, u32::MAX, u32::MAX));
+        for release in std::iter::once(&self.release).chain(&self.previous_release) {
+            let mut probe = LaunchRequest::new(release.clone(), 1, &self.id, token.clone());
+            if let Some(key) = &self.inner.signing_key {
+                probe = probe.signed(key);
+            }
+            probe.validate(&caps).map_err(|e| {
+                let which = if Arc::ptr_eq(release, &self.release) { "release" } else { "previous release" };
+                Error::new(e.kind(), format!("{which} {}: {}", release.id(), e.message()))
+            })?;
+        }
         Ok(())
     }
 
@@ -780,9 +823,45 @@ impl Deployment {
         let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
         self.calls.describe += 1;
         self.calls.serving += 1;
-        let health = self.inner.health.check_many(&instances).await;
-        self.calls.health += 1;
+        let health = self.judge(&instances, &serving).await;
         Ok(Observation { instances, serving, health })
+    }
+
+    /// Health of the instances whose classification depends on it: those of the target
+    /// release and those serving. An old instance that does not serve is old and idle
+    /// whatever its health, so it is not checked. A check that fails after its retries
+    /// leaves the instances `Unknown` for this step (see [`crate::health`]).
+    async fn judge(&mut self, instances: &[Instance], serving: &HashSet<InstanceId>) -> Vec<Health> {
+        let target = self.target().cloned();
+        let decides = |i: &Instance| {
+            serving.contains(&i.id)
+                || (target.is_some() && i.release() == target.as_ref() && !self.replacing.contains(&i.id))
+        };
+        let checked: Vec<usize> = (0..instances.len()).filter(|&n| decides(&instances[n])).collect();
+        let mut health = vec![Health::Unknown; instances.len()];
+        if checked.is_empty() {
+            return health;
+        }
+        let subject: Vec<Instance> = checked.iter().map(|&n| instances[n].clone()).collect();
+        let check = self.inner.health.clone();
+        let result = self.retrying("health", || check.check_many(&subject)).await;
+        self.calls.health += 1;
+        match result {
+            Ok(verdicts) if verdicts.len() == subject.len() => {
+                for (n, v) in checked.into_iter().zip(verdicts) {
+                    health[n] = v;
+                }
+            }
+            Ok(verdicts) => {
+                let error = format!("the check returned {} verdicts for {} instances", verdicts.len(), subject.len());
+                self.pending.push_back(Event::HealthUnknown { error, instances: subject.len() });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "health check unavailable; instances count as unknown this step");
+                self.pending.push_back(Event::HealthUnknown { error: e.to_string(), instances: subject.len() });
+            }
+        }
+        health
     }
 
     fn build_view(&mut self, obs: &Observation) -> FleetView {
@@ -858,10 +937,11 @@ impl Deployment {
         }
     }
 
-    fn record_violation(&mut self, error: &Error) {
-        let (invariant, detail) = error.message().split_once(": ").unwrap_or(("unknown", error.message()));
-        tracing::error!(%invariant, %detail, "invariant violation refused");
-        self.pending.push_back(Event::InvariantViolated { invariant: invariant.to_owned(), detail: detail.to_owned() });
+    fn violated(&mut self, violation: invariants::Violation) -> Error {
+        tracing::error!(invariant = %violation.invariant, detail = %violation.detail, "invariant violation refused");
+        self.pending
+            .push_back(Event::InvariantViolated { invariant: violation.invariant, detail: violation.detail.clone() });
+        violation.into()
     }
 
     fn changed(&mut self) {
@@ -877,28 +957,29 @@ impl Deployment {
             | Decision::Switch { .. }
             | Decision::Terminate { .. } => {
                 let step = self.step;
-                self.write_ahead(JournalEntry::Intent { step, decision: decision.clone(), launch: None })?;
+                self.write_ahead(JournalEntry::Intent { step, decision: decision.clone(), launch: None }).await?;
                 let result = self.mutate(decision, obs).await;
                 self.write_ahead(match &result {
                     Ok(()) => JournalEntry::Applied { step, token: None, ids: Vec::new() },
                     Err(e) => JournalEntry::Failed { step, token: None, error: e.to_string() },
-                })?;
+                })
+                .await?;
                 result?;
             }
             Decision::Gate { name } => match self.inner.gate.evaluate(&name, view).await {
                 GateVerdict::Pass => {
-                    self.write_ahead(JournalEntry::GatePassed { gate: name.clone() })?;
+                    self.write_ahead(JournalEntry::GatePassed { gate: name.clone() }).await?;
                     self.passed_gates.insert(name.clone());
                     self.pending.push_back(Event::GatePassed { gate: name });
                 }
                 GateVerdict::Hold(reason) => self.wait(&reason, None, true).await?,
                 GateVerdict::Fail(reason) => {
-                    return Err(Error::new(ErrorKind::Other, format!("gate {name:?} failed: {reason}")));
+                    return Err(Error::new(ErrorKind::GateRejected, format!("gate {name:?} failed: {reason}")));
                 }
             },
             Decision::Wait { reason, until } => self.wait(&reason, until, false).await?,
-            Decision::Done => self.finish(),
-            Decision::Fail { reason } => return Err(Error::new(ErrorKind::Other, reason)),
+            Decision::Done => self.finish().await,
+            Decision::Fail { reason } => return Err(Error::new(ErrorKind::Unhealthy, reason)),
         }
         Ok(())
     }
@@ -946,16 +1027,17 @@ impl Deployment {
 
     /// Appends to the journal, if there is one. A record that cannot be written stops the
     /// action it announces: nothing is changed without its intent on disk.
-    fn write_ahead(&mut self, entry: JournalEntry) -> Result<()> {
-        let Some(journal) = &self.inner.journal else { return Ok(()) };
+    async fn write_ahead(&self, entry: JournalEntry) -> Result<()> {
+        let Some(journal) = self.inner.journal.clone() else { return Ok(()) };
         let record = JournalRecord { deployment: self.id.clone(), at_ms: journal::now_ms(), entry };
-        journal.append(self.release.service(), &record)
+        let service = self.release.service().to_owned();
+        blocking(move || journal.append(&service, &record)).await
     }
 
     /// Completes a launch a dead process journaled but did not finish, adopting by token.
     async fn finish_launch(&mut self, intent: LaunchIntent) -> Result<()> {
         let release = if intent.rollback { self.rollback_release_or_err()? } else { self.release.clone() };
-        self.launch_chunk(release, intent).await
+        self.launch_chunk(release, intent, true).await
     }
 
     fn rollback_release_or_err(&self) -> Result<Arc<Release>> {
@@ -979,7 +1061,7 @@ impl Deployment {
         while remaining > 0 {
             let n = remaining.min(batch);
             let token = LaunchToken::new(format!("{}-{prefix}{wave}-{index}", self.id));
-            self.launch_chunk(release.clone(), LaunchIntent { wave, token, count: n, rollback }).await?;
+            self.launch_chunk(release.clone(), LaunchIntent { wave, token, count: n, rollback }, false).await?;
             remaining -= n;
             index += 1;
         }
@@ -987,32 +1069,54 @@ impl Deployment {
     }
 
     /// One launch call's worth, written ahead, adopting what already exists under its token.
-    async fn launch_chunk(&mut self, release: Arc<Release>, intent: LaunchIntent) -> Result<()> {
+    async fn launch_chunk(&mut self, release: Arc<Release>, intent: LaunchIntent, resumed_launch: bool) -> Result<()> {
         let step = self.step;
         let span = tracing::info_span!("wave", wave = intent.wave, count = intent.count);
         self.write_ahead(JournalEntry::Intent {
             step,
             decision: Decision::Launch { count: intent.count },
             launch: Some(intent.clone()),
-        })?;
+        })
+        .await?;
         let mut request = LaunchRequest::new(release, intent.count, &self.id, intent.token.clone());
         if let Some(key) = &self.inner.signing_key {
             request = request.signed(key);
         }
         let provider = self.inner.provider.clone();
-        let result = self.retrying("launch", || provider.ensure_launched(&request)).instrument(span).await;
+        // A backend that honours the token as an idempotency key needs no look-up before a
+        // fresh token's first attempt. After any doubt (a retry, or a launch a dead process
+        // journaled) the engine looks up by token first and adopts what exists.
+        let fresh = provider.capabilities().honours_token && !resumed_launch;
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result = self
+            .retrying("launch", || {
+                let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+                let (provider, request) = (&provider, &request);
+                async move {
+                    if first && fresh {
+                        request.validate(&provider.capabilities())?;
+                        provider.launch(request).await.map(|launched| (launched, 0))
+                    } else {
+                        provider.ensure_launched(request).await
+                    }
+                }
+            })
+            .instrument(span)
+            .await;
         self.calls.launch += 1;
-        self.calls.describe += 1;
+        if !fresh || attempts.load(Ordering::SeqCst) > 1 {
+            self.calls.describe += 1;
+        }
         let token = Some(intent.token.clone());
         let (instances, adopted) = match result {
             Ok(ok) => ok,
             Err(e) => {
-                self.write_ahead(JournalEntry::Failed { step, token, error: e.to_string() })?;
+                self.write_ahead(JournalEntry::Failed { step, token, error: e.to_string() }).await?;
                 return Err(e);
             }
         };
         let ids: Vec<InstanceId> = instances.into_iter().map(|i| i.id).collect();
-        self.write_ahead(JournalEntry::Applied { step, token, ids: ids.clone() })?;
+        self.write_ahead(JournalEntry::Applied { step, token, ids: ids.clone() }).await?;
         self.changed();
         self.pending.push_back(Event::Launched { wave: intent.wave, token: intent.token, ids, adopted });
         Ok(())
@@ -1048,22 +1152,22 @@ impl Deployment {
         Ok(())
     }
 
-    fn finish(&mut self) {
+    async fn finish(&mut self) {
         self.phase = match std::mem::replace(&mut self.phase, Phase::Succeeded) {
             Phase::Deploying => Phase::Succeeded,
             Phase::RollingBack { reason } => Phase::RolledBack { reason },
             terminal => terminal,
         };
-        self.conclude();
+        self.conclude().await;
     }
 
-    fn failed(&mut self, error: Error) {
+    async fn failed(&mut self, error: Error) {
         let message = error.to_string();
         match std::mem::replace(&mut self.phase, Phase::Succeeded) {
             Phase::Deploying => {
                 tracing::warn!(deployment = %self.id, error = %message, "rolling back");
                 self.phase = Phase::RollingBack { reason: message.clone() };
-                if let Err(e) = self.write_ahead(JournalEntry::RollingBack { reason: message.clone() }) {
+                if let Err(e) = self.write_ahead(JournalEntry::RollingBack { reason: message.clone() }).await {
                     tracing::error!(error = %e, "cannot journal the rollback; continuing it");
                 }
                 let limits = self.limits();
@@ -1078,19 +1182,19 @@ impl Deployment {
             Phase::RollingBack { reason } => {
                 tracing::error!(deployment = %self.id, error = %message, "rollback failed");
                 self.phase = Phase::RollbackFailed { reason, rollback_error: message };
-                self.conclude();
+                self.conclude().await;
             }
             terminal => self.phase = terminal,
         }
     }
 
-    fn refuse(&mut self, error: Error) {
+    async fn refuse(&mut self, error: Error) {
         tracing::warn!(deployment = %self.id, error = %error, "deployment refused");
         self.phase = Phase::Refused { reason: error.to_string() };
-        self.conclude();
+        self.conclude().await;
     }
 
-    fn conclude(&mut self) {
+    async fn conclude(&mut self) {
         let outcome = Outcome {
             deployment: self.id.clone(),
             service: self.release.service().to_owned(),
@@ -1109,12 +1213,14 @@ impl Deployment {
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");
         if self.begun {
-            if let Some(ledger) = &self.inner.ledger
-                && let Err(e) = ledger.record(&outcome, &self.release, self.strategy.name(), self.started_wall_ms)
-            {
-                tracing::error!(error = %e, "cannot record the deployment in the ledger");
+            if let Some(ledger) = self.inner.ledger.clone() {
+                let (o, release, strategy) = (outcome.clone(), self.release.clone(), self.strategy.name().to_owned());
+                let started = self.started_wall_ms;
+                if let Err(e) = blocking(move || ledger.record(&o, &release, &strategy, started)).await {
+                    tracing::error!(error = %e, "cannot record the deployment in the ledger");
+                }
             }
-            if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }) {
+            if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }).await {
                 tracing::error!(error = %e, "cannot journal the end of the deployment");
             }
         }
@@ -1184,6 +1290,16 @@ where
         .await;
     let result = result.map_err(|e| if e.operation().is_none() { e.with_operation(operation) } else { e });
     (result, retries.into_inner().expect("retry log lock poisoned"))
+}
+
+/// Runs blocking work (the journal's and the ledger's file I/O and fsync) on tokio's blocking
+/// pool, so an async worker thread never waits on a disk. A panic there is the deployment's own.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::new(ErrorKind::Cancelled, "the runtime shut down during a journal write").with_source(e)),
+    }
 }
 
 fn pick(obs: &Observation, ids: &[InstanceId]) -> Vec<Instance> {

@@ -204,6 +204,21 @@ impl Decision {
         Decision::Wait { reason: reason.into(), until: Some(until) }
     }
 
+    /// The decision's name, as in its JSON form (`launch`, `switch`, `wait`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Launch { .. } => "launch",
+            Decision::Attach { .. } => "attach",
+            Decision::Detach { .. } => "detach",
+            Decision::Switch { .. } => "switch",
+            Decision::Terminate { .. } => "terminate",
+            Decision::Gate { .. } => "gate",
+            Decision::Wait { .. } => "wait",
+            Decision::Done => "done",
+            Decision::Fail { .. } => "fail",
+        }
+    }
+
     /// Whether the decision changes the fleet or its traffic.
     pub fn is_mutation(&self) -> bool {
         matches!(

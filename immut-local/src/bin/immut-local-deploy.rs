@@ -47,6 +47,9 @@ impl Journal for KillAtRecord {
     fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
         self.inner.lock(service, deployment)
     }
+    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
+        self.inner.holder(service)
+    }
 }
 
 fn main() -> std::process::ExitCode {
