@@ -24,6 +24,13 @@ pub trait Traffic: Send + Sync + Debug {
 
     /// Moves traffic from `detach` to `attach` in one step where the backend can (a listener
     /// switch); the default attaches, then detaches.
+    ///
+    /// Drain has one meaning on every backend: like [`Traffic::detach`], `switch` returns only
+    /// once the detached instances receive no new requests **and** their in-flight requests
+    /// have drained (or the backend's drain timeout has passed). The engine relies on it: it
+    /// may terminate what `switch` detached as soon as the bake allows, without waiting itself.
+    /// A backend that keeps the old instances registered for a fast switch back (an idle target
+    /// group) still waits out its drain before returning.
     async fn switch(&self, attach: &[Instance], detach: &[InstanceId]) -> Result<()> {
         self.attach(attach).await?;
         self.detach(detach).await
