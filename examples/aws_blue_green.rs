@@ -26,7 +26,7 @@
 //! terminates its instances unless `--keep` is given. Against moto, it creates the load
 //! balancer, target groups and listener itself.
 
-mod common;
+mod progress;
 
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn main() -> std::process::ExitCode {
-    common::main(run())
+    progress::run(run())
 }
 
 async fn run() -> Result<bool, Box<dyn std::error::Error>> {
@@ -99,7 +99,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         if let Some(previous) = previous {
             deployment = deployment.with_previous(previous);
         }
-        let mut printer = common::Printer::default();
+        let mut printer = progress::Printer::default();
         outcomes.push(deployment.run_with(|e| printer.print(e)).await);
     }
 

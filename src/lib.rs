@@ -3,9 +3,35 @@
 //! Immutable infrastructure for Rust: a release is an immutable artifact plus a versioned
 //! baseline, and going from one release to the next replaces instances, never patches them.
 //!
-//! This facade re-exports [`immut_core`] and, per cargo feature, the providers.
+//! This facade re-exports [`immut_core`] and, per cargo feature, the providers:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `local` (default) | [`local`]: real local processes behind a balancer; implies `http` |
+//! | `aws` | [`aws`]: EC2 instances and ELBv2 traffic (needs Rust 1.94.1, like the AWS SDK) |
+//! | `http` | [`HttpProbe`], the HTTP health probe |
+//! | `conformance` | [`conformance`], the suite every provider runs, and [`test_tools`] |
+//!
+//! The re-exports are an explicit list, so that a module added to the core can never collide
+//! with a provider's name here (`immut::aws`, `immut::local`, ...).
 
-pub use immut_core::*;
+pub use immut_core::{
+    Adopt, AllOf, Artifact, ArtifactSpec, Baseline, BaselineSpec, BlueGreen, Canary, CancelHandle, Capabilities, Count,
+    Decision, Deployer, DeployerBuilder, Deployment, DeploymentId, Error, ErrorKind, Event, FleetView, FnCheck, Health,
+    HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest, LaunchSpec, LaunchToken, Outcome, PacingStats,
+    Phase, Provenance, Provider, ProviderExt, ProviderStatus, Query, Release, ReleaseId, ReplacementStrategy, Result,
+    Rolling, SigningKey, Traffic,
+};
+pub use immut_core::{
+    audit, dry_run, engine, error, health, journal, ledger, model, outcome, policy, prelude, process, provider, semver,
+    sim, strategy, traffic,
+};
+
+#[cfg(feature = "http")]
+pub use immut_core::HttpProbe;
+
+#[cfg(feature = "conformance")]
+pub use immut_core::{conformance, conformance_tests, test_tools};
 
 /// The embedded local provider: real processes behind a TCP balancer.
 #[cfg(feature = "local")]

@@ -16,6 +16,10 @@ use immut::strategy::{Decision, ReplacementStrategy};
 use immut::{BaselineSpec, InstanceId};
 use tokio::sync::Mutex;
 
+#[path = "../progress/mod.rs"]
+mod progress;
+pub use progress::Printer;
+
 /// The local provider, its balancer and the releases of the sample service.
 pub struct Demo {
     pub name: &'static str,
@@ -129,31 +133,6 @@ impl Demo {
             println!("cleaned up {n} instances");
         }
         Ok(())
-    }
-}
-
-/// Turns engine events into one readable line each.
-#[derive(Default)]
-pub struct Printer {
-    start: Option<Instant>,
-    last_wait: String,
-}
-
-impl Printer {
-    pub fn print(&mut self, event: &Event) {
-        let t = self.start.get_or_insert_with(Instant::now).elapsed().as_secs_f64();
-        match event {
-            Event::Step { decision: Decision::Wait { reason, .. }, .. } => {
-                if *reason == self.last_wait {
-                    return;
-                }
-                self.last_wait = reason.clone();
-            }
-            Event::Step { .. } => return,
-            _ => {}
-        }
-        let line = event.to_string();
-        println!("[{t:6.1}s] {line}");
     }
 }
 
@@ -298,19 +277,10 @@ fn phase_name(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Runs an example body on a multi-threaded runtime, unless this process is an instance of
-/// the sample service.
+/// Runs an example body, unless this process is an instance of the sample service.
 pub fn main(
     body: impl std::future::Future<Output = Result<bool, Box<dyn std::error::Error>>>,
 ) -> std::process::ExitCode {
     sample::serve_if_requested();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    match runtime.block_on(body) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    progress::run(body)
 }
