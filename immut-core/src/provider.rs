@@ -348,3 +348,62 @@ pub trait Adopt: Provider {
         signature: Option<&str>,
     ) -> Result<Vec<Instance>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ArtifactSpec, BaselineSpec, LaunchSpec, SIGNATURE_LEN, SigningKey};
+    use semver::Version;
+
+    /// GCE's label rules: restricted charset, 63-character keys and values, 64 labels.
+    fn gce() -> Capabilities {
+        Capabilities {
+            label_charset: LabelCharset::LowerAlnumDashUnderscore,
+            max_label_value_len: 63,
+            max_label_key_len: 63,
+            max_labels: 64,
+            ..Capabilities::default()
+        }
+    }
+
+    fn request(labels: &[(&str, &str)], version: &str) -> LaunchRequest {
+        let mut spec = LaunchSpec::default();
+        spec.labels.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let release = Release::new(
+            "web",
+            &ArtifactSpec::new("web", Version::parse(version).unwrap(), "img"),
+            &BaselineSpec::new("base", Version::new(1, 0, 0), spec),
+        )
+        .unwrap();
+        let deployment = DeploymentId::new("d0123456789ab");
+        let token = LaunchToken::new(format!("{deployment}-rb{}-{}", u32::MAX, u32::MAX));
+        LaunchRequest::new(Arc::new(release), 1, &deployment, token).signed(&SigningKey::new([7u8; 32]).unwrap())
+    }
+
+    #[test]
+    fn a_signed_provenance_fits_gce_label_rules() {
+        let r = request(&[("team", "payments")], "1.4.2-rc.1+build.5");
+        assert_eq!(r.signature.as_ref().map(String::len), Some(SIGNATURE_LEN));
+        r.validate(&gce()).unwrap();
+    }
+
+    #[test]
+    fn each_broken_label_rule_names_the_label_and_the_fix() {
+        let (long_value, long_key) = ("x".repeat(64), "k".repeat(64));
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("Team", "x")], "baseline.labels.Team"),
+            (&[("team", "Payments")], "baseline.labels.team"),
+            (&[("team", &long_value)], "63"),
+            (&[(&long_key, "x")], "the key is 64 characters"),
+        ];
+        for (labels, expect) in cases {
+            let e = request(labels, "1.0.0").validate(&gce()).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+            assert!(e.message().contains(expect), "{labels:?}: {e}");
+        }
+        let many: Vec<(String, String)> = (0..60).map(|i| (format!("l{i}"), "x".to_owned())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e = request(&many, "1.0.0").validate(&gce()).unwrap_err();
+        assert!(e.message().starts_with("baseline.labels:") && e.message().contains("allows 64"), "{e}");
+    }
+}

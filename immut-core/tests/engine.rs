@@ -309,3 +309,106 @@ async fn retried_launch_adopts_by_token() {
     assert_eq!(sim.calls().launch, 1, "no second launch call");
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
 }
+
+/// A health API that cannot be reached for its first `failures` calls: it says nothing about
+/// the instances, so it must never fail a bake.
+#[derive(Debug)]
+struct UnreachableAtFirst {
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl immut_core::HealthCheck for UnreachableAtFirst {
+    async fn check(&self, _: &immut_core::Instance) -> immut_core::Result<immut_core::Health> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(immut_core::Error::new(ErrorKind::RateLimited, "health API throttled"));
+        }
+        Ok(immut_core::Health::Healthy)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_api_that_fails_during_the_bake_is_retried_and_the_release_succeeds() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    sim.seed(&v1, 3, true);
+    let flaky = Arc::new(UnreachableAtFirst { failures: std::sync::atomic::AtomicUsize::new(0) });
+    let health = immut_core::AllOf::default().and(sim.health());
+    let health = immut_core::AllOf(vec![Arc::new(health), flaky.clone()]);
+    let d = deployer(&sim, 3).strategy(BlueGreen::new().bake(Duration::from_secs(60))).health(health).build().unwrap();
+    let mut deployment = d.deploy(release((1, 1, 0))).with_previous(v1);
+    let mut events = Vec::new();
+    let mut armed = false;
+    let outcome = loop {
+        let done = deployment.step().await;
+        let step_events = deployment.take_events();
+        // Once the switch happened (the bake runs), the health API goes away for a while.
+        if !armed && step_events.iter().any(|e| matches!(e, Event::Switched { .. })) {
+            flaky.failures.store(5, std::sync::atomic::Ordering::SeqCst);
+            armed = true;
+        }
+        events.extend(step_events);
+        if let Some(outcome) = done {
+            break outcome;
+        }
+    };
+    assert!(armed, "the deployment never switched");
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    let retries =
+        events.iter().filter(|e| matches!(e, Event::Retrying { operation, .. } if operation == "health")).count();
+    assert_eq!(retries, 5, "each failed health call is one engine retry");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_api_that_stays_down_leaves_health_unknown_and_never_promotes() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    sim.seed(&v1, 2, true);
+    let down = Arc::new(UnreachableAtFirst { failures: std::sync::atomic::AtomicUsize::new(usize::MAX) });
+    let d = deployer(&sim, 2)
+        .strategy(BlueGreen::new())
+        .health(immut_core::AllOf(vec![Arc::new(sim.health()), down]))
+        .progress_deadline(Duration::from_secs(60))
+        .retry(immut_core::engine::RetryPolicy {
+            max_retries: 2,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+        })
+        .build()
+        .unwrap();
+    let mut events = Vec::new();
+    let outcome = d.deploy(release((1, 1, 0))).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    // Nothing can be proven healthy, so nothing is promoted; the rollback cannot prove the old
+    // release healthy either, so it may end as RollbackFailed, but it never touched the old
+    // release's traffic.
+    assert!(!outcome.succeeded(), "{}", outcome.summary());
+    assert!(events.iter().any(|e| matches!(e, Event::HealthUnknown { .. })), "the unknown health is reported");
+    assert!(!events.iter().any(|e| matches!(e, Event::Switched { .. })), "nothing unproven received traffic");
+    let live = immut_core::Provider::describe(&sim, &immut_core::Query::service("web")).await.unwrap();
+    assert!(live.len() == 2 && live.iter().all(|i| i.release() == Some(v1.id())), "the old release serves on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_label_the_provider_refuses_is_refused_before_any_call() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let mut spec = immut_core::LaunchSpec::default();
+    spec.labels.insert("team".into(), "x".repeat(300));
+    let bad = immut_core::Release::new(
+        "web",
+        &immut_core::ArtifactSpec::new("web", immut_core::semver::Version::new(1, 0, 0), "img"),
+        &immut_core::BaselineSpec::new("base", immut_core::semver::Version::new(1, 0, 0), spec),
+    )
+    .unwrap();
+    let d = deployer(&sim, 2).strategy(Rolling::new()).build().unwrap();
+    let outcome = d.deploy(bad).run().await;
+    match &outcome.phase {
+        Phase::Refused { reason } => {
+            assert!(reason.contains("baseline.labels.team") && reason.contains("255"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let calls = sim.calls();
+    assert_eq!((calls.launch, calls.describe), (0, 0), "nothing was asked of the provider: {calls:?}");
+}

@@ -167,6 +167,42 @@ async fn a_resumed_deployment_can_be_rolled_back_instead() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn resume_refuses_a_deployer_that_differs_from_the_journal() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let journal = MemoryJournal::new();
+    let crashing = Arc::new(CrashingJournal { inner: journal.clone(), crash_at: 6, appended: AtomicUsize::new(0) });
+    let run = tokio::spawn(
+        deployer(&sim, crashing, Arc::new(Rolling::new())).deploy(v2.clone()).with_previous(v1.clone()).run(),
+    );
+    assert!(run.await.unwrap_err().is_panic());
+    journal.clear_locks();
+
+    let other_count =
+        sim.deployer().strategy(Rolling::new()).desired(6).journal_arc(Arc::new(journal.clone())).build().unwrap();
+    let e = other_count.resume("web").unwrap_err();
+    assert_eq!(e.kind(), immut_core::ErrorKind::InvalidInput);
+    assert!(
+        e.message().starts_with("desired:") && e.message().contains("desired 4") && e.message().contains("desired 6"),
+        "{e}"
+    );
+
+    let other_strategy = deployer(&sim, Arc::new(journal.clone()), Arc::new(BlueGreen::new()));
+    let e = other_strategy.resume("web").unwrap_err();
+    assert!(
+        e.message().starts_with("strategy:") && e.message().contains("rolling") && e.message().contains("blue_green"),
+        "{e}"
+    );
+
+    // The matching deployer resumes it, and nothing was changed by the refusals.
+    let resumed = deployer(&sim, Arc::new(journal), Arc::new(Rolling::new())).resume("web").unwrap().unwrap();
+    let outcome = resumed.run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_second_deployment_of_the_service_is_refused_naming_the_first() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
@@ -229,7 +265,9 @@ fn a_torn_last_line_is_reported_and_skipped_never_fatal() {
 fn the_file_lock_names_its_holder_and_a_stale_one_is_taken_over() {
     let dir = temp_dir("lock");
     let journal = FileJournal::open(&dir).unwrap();
+    assert_eq!(journal.holder("web").unwrap(), None);
     let held = journal.lock("web", &DeploymentId::new("d-live")).unwrap();
+    assert_eq!(journal.holder("web").unwrap(), Some(DeploymentId::new("d-live")), "the audit must see the live holder");
     let e = journal.lock("web", &DeploymentId::new("d-two")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("d-live") && e.to_string().contains(&std::process::id().to_string()), "{e}");
@@ -246,6 +284,7 @@ fn the_file_lock_names_its_holder_and_a_stale_one_is_taken_over() {
         format!(r#"{{"deployment":"d-dead","pid":{pid},"start_ticks":1,"acquired_at_ms":1}}"#),
     )
     .unwrap();
+    assert_eq!(journal.holder("web").unwrap(), None, "a dead process holds nothing");
     let taken = journal.lock("web", &DeploymentId::new("d-three")).unwrap();
     let holder = std::fs::read_to_string(dir.join("web.lock")).unwrap();
     assert!(holder.contains("d-three"), "{holder}");
