@@ -3,10 +3,10 @@
 //! Against moto (no AWS account):
 //!
 //! ```text
-//! pip install 'moto[server]'
-//! python3 -m moto.server -H 127.0.0.1 -p 5000 &
+//! ./scripts/test.sh --setup        # moto, pinned, in target/test-venv
+//! target/test-venv/bin/python -m moto.server -H 127.0.0.1 -p 5000 & moto=$!
 //! IMMUT_AWS_ENDPOINT=http://127.0.0.1:5000 cargo run --example aws_blue_green --features aws
-//! kill %1
+//! kill $moto
 //! ```
 //!
 //! Against a real account, credentials and region come from the SDK's default chain
