@@ -1,0 +1,82 @@
+//! The terminal transitions: success, rollback, refusal, and the records of how it ended.
+
+use super::*;
+
+impl Deployment {
+    pub(super) async fn finish(&mut self) {
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Succeeded) {
+            Phase::Deploying => Phase::Succeeded,
+            Phase::RollingBack { reason } => Phase::RolledBack { reason },
+            terminal => terminal,
+        };
+        self.conclude().await;
+    }
+
+    pub(super) async fn failed(&mut self, error: Error) {
+        let message = error.to_string();
+        match std::mem::replace(&mut self.phase, Phase::Succeeded) {
+            Phase::Deploying => {
+                tracing::warn!(deployment = %self.id, error = %message, "rolling back");
+                self.phase = Phase::RollingBack { reason: message.clone() };
+                if let Err(e) = self.write_ahead(JournalEntry::RollingBack { reason: message.clone() }).await {
+                    tracing::error!(error = %e, "cannot journal the rollback; continuing it");
+                }
+                let limits = self.limits();
+                self.pending.push_back(Event::RollbackStarted {
+                    reason: message,
+                    floor: limits.floor,
+                    ceiling: limits.ceiling,
+                });
+                self.last_progress = Instant::now();
+                self.signature = Signature::default();
+            }
+            Phase::RollingBack { reason } => {
+                tracing::error!(deployment = %self.id, error = %message, "rollback failed");
+                self.phase = Phase::RollbackFailed { reason, rollback_error: message };
+                self.conclude().await;
+            }
+            terminal => self.phase = terminal,
+        }
+    }
+
+    pub(super) async fn refuse(&mut self, error: Error) {
+        tracing::warn!(deployment = %self.id, error = %error, "deployment refused");
+        self.phase = Phase::Refused { reason: error.to_string() };
+        self.conclude().await;
+    }
+
+    pub(super) async fn conclude(&mut self) {
+        let outcome = Outcome {
+            deployment: self.id.clone(),
+            service: self.release.service().to_owned(),
+            release: self.release.id().clone(),
+            previous: self.previous.clone(),
+            phase: self.phase.clone(),
+            elapsed: self.elapsed(),
+            steps: self.step,
+            waves: self.wave,
+            serving: {
+                let mut serving: Vec<InstanceId> = self.last_serving.iter().cloned().collect();
+                serving.sort();
+                serving
+            },
+            calls: self.calls,
+        };
+        tracing::info!(summary = %outcome.summary(), "deployment finished");
+        if self.begun {
+            if let Some(ledger) = self.inner.ledger.clone() {
+                let (o, release, strategy) = (outcome.clone(), self.release.clone(), self.strategy.name().to_owned());
+                let started = self.started_wall_ms;
+                if let Err(e) = blocking(move || ledger.record(&o, &release, &strategy, started)).await {
+                    tracing::error!(error = %e, "cannot record the deployment in the ledger");
+                }
+            }
+            if let Err(e) = self.write_ahead(JournalEntry::End { outcome: Box::new(outcome.clone()) }).await {
+                tracing::error!(error = %e, "cannot journal the end of the deployment");
+            }
+        }
+        self.lock = None;
+        self.pending.push_back(Event::Finished { outcome: outcome.clone() });
+        self.outcome = Some(outcome);
+    }
+}

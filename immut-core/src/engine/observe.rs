@@ -1,0 +1,147 @@
+//! Observing the fleet: describe, the serving set and health, turned into a [`FleetView`].
+
+use super::*;
+
+pub(super) struct Observation {
+    pub(super) instances: Vec<Instance>,
+    pub(super) serving: HashSet<InstanceId>,
+    pub(super) health: Vec<Health>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Signature(pub(super) [usize; 9]);
+
+impl Deployment {
+    pub(super) async fn observe(&mut self) -> Result<Observation> {
+        let (provider, traffic) = (&self.inner.provider, &self.inner.traffic);
+        let query = Query::service(self.release.service());
+        let settings = &self.inner.settings;
+        let (described, serving) = tokio::join!(
+            retry_call(settings, "describe", || provider.describe(&query)),
+            retry_call(settings, "serving", || traffic.serving()),
+        );
+        let mut instances = self.absorb(described)?;
+        if !self.replacing.is_empty() {
+            let query = Query::ids(self.replacing.iter().cloned()).with_unmanaged();
+            let provider = self.inner.provider.clone();
+            let extra = self.retrying("describe", || provider.describe(&query)).await?;
+            let known: HashSet<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
+            instances.extend(extra.into_iter().filter(|i| !known.contains(&i.id)));
+        }
+        let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
+        self.calls.describe += 1;
+        self.calls.serving += 1;
+        let health = self.judge(&instances, &serving).await;
+        Ok(Observation { instances, serving, health })
+    }
+
+    /// Health of the instances whose classification depends on it: those of the target
+    /// release and those serving. An old instance that does not serve is old and idle
+    /// whatever its health, so it is not checked. A check that fails after its retries
+    /// leaves the instances `Unknown` for this step (see [`crate::health`]).
+    pub(super) async fn judge(&mut self, instances: &[Instance], serving: &HashSet<InstanceId>) -> Vec<Health> {
+        let target = self.target().cloned();
+        let decides = |i: &Instance| {
+            serving.contains(&i.id)
+                || (target.is_some() && i.release() == target.as_ref() && !self.replacing.contains(&i.id))
+        };
+        let checked: Vec<usize> = (0..instances.len()).filter(|&n| decides(&instances[n])).collect();
+        let mut health = vec![Health::Unknown; instances.len()];
+        if checked.is_empty() {
+            return health;
+        }
+        let subject: Vec<Instance> = checked.iter().map(|&n| instances[n].clone()).collect();
+        let check = self.inner.health.clone();
+        let result = self.retrying("health", || check.check_many(&subject)).await;
+        self.calls.health += 1;
+        match result {
+            Ok(verdicts) if verdicts.len() == subject.len() => {
+                for (n, v) in checked.into_iter().zip(verdicts) {
+                    health[n] = v;
+                }
+            }
+            Ok(verdicts) => {
+                let error = format!("the check returned {} verdicts for {} instances", verdicts.len(), subject.len());
+                self.pending.push_back(Event::HealthUnknown { error, instances: subject.len() });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "health check unavailable; instances count as unknown this step");
+                self.pending.push_back(Event::HealthUnknown { error: e.to_string(), instances: subject.len() });
+            }
+        }
+        health
+    }
+
+    pub(super) fn build_view(&mut self, obs: &Observation) -> FleetView {
+        let now = Instant::now();
+        let min_ready = self.inner.settings.min_ready;
+        let mut view = FleetView {
+            now: self.elapsed(),
+            desired: match self.phase {
+                Phase::RollingBack { .. } => self.previous_count,
+                _ => self.inner.settings.desired,
+            },
+            last_change_at: self.last_change_at,
+            switched_at: self.switched_at,
+            passed_gates: self.passed_gates.clone(),
+            ..FleetView::default()
+        };
+        let started = self.started.unwrap_or(now);
+        let target = self.target().cloned();
+        let generation = self.step;
+        for (instance, health) in obs.instances.iter().zip(&obs.health) {
+            let id = &instance.id;
+            let healthy = health.is_healthy();
+            let since = if healthy {
+                let entry = self.healthy_since.entry(id.clone()).or_insert((now, generation));
+                entry.1 = generation;
+                Some(entry.0)
+            } else {
+                None
+            };
+            let serving = obs.serving.contains(id);
+            let replaced = !self.replacing.is_empty() && self.replacing.contains(id);
+            let is_target = target.is_some() && instance.release() == target.as_ref() && !replaced;
+            let bucket = match (is_target, serving, healthy) {
+                (true, true, true) => &mut view.new_serving_healthy,
+                (true, true, false) => &mut view.new_serving_unhealthy,
+                (true, false, false) => &mut view.launching,
+                (true, false, true) => {
+                    let ready_at = since.expect("healthy has a since") + min_ready;
+                    if ready_at <= now {
+                        &mut view.ready
+                    } else {
+                        let at = ready_at - started;
+                        view.next_ready_at = Some(view.next_ready_at.map_or(at, |t| t.min(at)));
+                        &mut view.warming
+                    }
+                }
+                (false, true, true) => &mut view.old_serving_healthy,
+                (false, true, false) => &mut view.old_serving_unhealthy,
+                (false, false, _) => &mut view.old_idle,
+            };
+            bucket.push(id.clone());
+        }
+        // Only instances healthy in this observation keep their healthy-since time.
+        self.healthy_since.retain(|_, (_, seen)| *seen == generation);
+        view
+    }
+
+    pub(super) fn note_progress(&mut self, view: &FleetView) {
+        let signature = Signature([
+            view.launching.len(),
+            view.warming.len(),
+            view.ready.len(),
+            view.new_serving_healthy.len(),
+            view.new_serving_unhealthy.len(),
+            view.old_serving_healthy.len(),
+            view.old_serving_unhealthy.len(),
+            view.old_idle.len(),
+            view.passed_gates.len(),
+        ]);
+        if signature != self.signature {
+            self.signature = signature;
+            self.last_progress = Instant::now();
+        }
+    }
+}
