@@ -374,8 +374,11 @@ pub enum InstanceState {
     Pending,
     /// Running (not necessarily healthy).
     Running,
-    /// Shutting down.
+    /// Shutting down: not serving, but not gone (it may still hold quota).
     Terminating,
+    /// Stopped (out of band, or by the cloud): not serving, not gone, holding quota until it
+    /// is terminated. The engine finishes such instances off.
+    Stopped,
     /// Gone.
     Terminated,
 }
@@ -384,6 +387,11 @@ impl InstanceState {
     /// Pending or running.
     pub fn is_live(self) -> bool {
         matches!(self, InstanceState::Pending | InstanceState::Running)
+    }
+
+    /// Terminating or stopped: no longer live, not yet gone.
+    pub fn is_lingering(self) -> bool {
+        matches!(self, InstanceState::Terminating | InstanceState::Stopped)
     }
 }
 

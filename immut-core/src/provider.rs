@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{DeploymentId, Instance, InstanceId, LabelCharset, LaunchToken, Provenance, Release, ReleaseId};
+use crate::model::{
+    DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Provenance, Release, ReleaseId,
+};
 
 /// What a backend can do; drives both runtime guards and test selection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,14 @@ pub struct Capabilities {
     pub max_label_key_len: usize,
     /// The most labels one instance may carry (the provenance's eight included).
     pub max_labels: usize,
+    /// How long a new instance may stay invisible to describe after its launch returned
+    /// (eventual consistency). Until then the engine counts it from its own record, never
+    /// launches a shortfall over it and keeps terminating it until it shows.
+    pub consistency_window: std::time::Duration,
+    /// Whether `Terminating` and `Stopped` instances still hold the account's quota (EC2:
+    /// yes, until terminated). When they do, the engine counts them toward the surge ceiling
+    /// until they are gone, so the next wave cannot hit the quota.
+    pub lingering_holds_quota: bool,
 }
 
 impl Default for Capabilities {
@@ -40,6 +50,8 @@ impl Default for Capabilities {
             max_label_value_len: 255,
             max_label_key_len: 128,
             max_labels: 50,
+            consistency_window: std::time::Duration::ZERO,
+            lingering_holds_quota: true,
         }
     }
 }
@@ -186,7 +198,9 @@ pub struct Query {
     pub release: Option<ReleaseId>,
     /// Exactly these ids (missing ids are simply absent from the answer).
     pub ids: Option<Vec<InstanceId>>,
-    /// Include terminated instances the backend still remembers.
+    /// Include instances the backend reports gone (`Terminated`) but still remembers. Without
+    /// it, describe returns every instance that is not gone: live ones and lingering ones
+    /// (`Terminating`, `Stopped`), which still exist and may hold quota.
     pub include_terminated: bool,
     /// Also return instances without provenance that the backend can see (launched outside
     /// immut), whatever the other filters say.

@@ -54,7 +54,7 @@ pub fn run_in_virtual_time<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// Simulated latencies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Latencies {
     /// Every API call (launch, describe, terminate, serving, attach, detach, switch).
     pub api: Duration,
@@ -64,6 +64,20 @@ pub struct Latencies {
     pub boot_to_healthy: Duration,
     /// How long a detach drains in-flight requests.
     pub drain: Duration,
+    /// How long a terminated instance stays `Terminating` (visible, holding quota) before it
+    /// is gone.
+    pub terminate_linger: Duration,
+    /// After an instance starts serving, how long the balancer reports it `Unknown` (its
+    /// initial health checks), as ELB's `initial` state.
+    pub lb_initial: Duration,
+    /// How long a new instance stays invisible to describe after its launch call returned
+    /// (eventual consistency, as EC2's describe shows).
+    pub describe_staleness: Duration,
+    /// Spread of every latency above: each is drawn, per use, uniformly from
+    /// `[d × (1 − jitter), d × (1 + jitter)]` by the seeded generator. 0 means constant.
+    pub jitter: f64,
+    /// Describe answers in pages of this many instances, each page one API latency (0: one page).
+    pub describe_page: usize,
 }
 
 /// An out-of-band termination: at `at` after the simulator was built, `count` live instances
@@ -97,6 +111,24 @@ pub struct Faults {
     pub never_healthy_rate: f64,
     /// Out-of-band terminations.
     pub out_of_band: Vec<OutOfBand>,
+    /// Out-of-band stops: instances that stop (but are not terminated) at these times.
+    pub out_of_band_stops: Vec<OutOfBand>,
+    /// Probability that a launch call starts fewer instances than asked (at least one), and
+    /// says so by returning only those, as EC2 does with MinCount below MaxCount.
+    pub partial_launch_rate: f64,
+    /// Probability that a launched instance stays pending forever.
+    pub stuck_pending_rate: f64,
+    /// Probability that one health verdict on a healthy instance is a blip (`Unhealthy`).
+    pub flap_rate: f64,
+    /// Whether health checks are API calls too: they cost the API latency and can be
+    /// throttled like any other call.
+    pub health_costs_calls: bool,
+    /// The most instances the account may hold at once, `Terminating` and `Stopped` ones
+    /// included; a launch beyond it fails with [`ErrorKind::QuotaExceeded`].
+    pub quota: Option<usize>,
+    /// Turns off the simulator's promise of its next change ([`Provider::next_change`]), so
+    /// the engine polls as it must against a real cloud.
+    pub no_next_change: bool,
 }
 
 /// Calls the simulator received.
@@ -171,6 +203,26 @@ impl SimBuilder {
         self.latencies.drain = d;
         self
     }
+    /// How long terminated instances linger as `Terminating`.
+    pub fn terminate_linger(mut self, d: Duration) -> Self {
+        self.latencies.terminate_linger = d;
+        self
+    }
+    /// How long new instances stay invisible to describe.
+    pub fn describe_staleness(mut self, d: Duration) -> Self {
+        self.latencies.describe_staleness = d;
+        self
+    }
+    /// The balancer's initial period after an instance starts serving.
+    pub fn lb_initial(mut self, d: Duration) -> Self {
+        self.latencies.lb_initial = d;
+        self
+    }
+    /// The spread of every latency (0 to 1).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.latencies.jitter = jitter;
+        self
+    }
     /// Injected faults.
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
@@ -193,6 +245,10 @@ impl SimBuilder {
             ("faults.launch_failure_rate", self.faults.launch_failure_rate),
             ("faults.throttle_rate", self.faults.throttle_rate),
             ("faults.never_healthy_rate", self.faults.never_healthy_rate),
+            ("faults.partial_launch_rate", self.faults.partial_launch_rate),
+            ("faults.stuck_pending_rate", self.faults.stuck_pending_rate),
+            ("faults.flap_rate", self.faults.flap_rate),
+            ("latencies.jitter", self.latencies.jitter),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(Error::invalid(field, format!("{rate} is not a probability; use 0.0 to 1.0")));
@@ -205,9 +261,17 @@ impl SimBuilder {
             ));
         }
         let epoch = Instant::now();
-        let mut oob: Vec<(Instant, usize)> = self.faults.out_of_band.iter().map(|o| (epoch + o.at, o.count)).collect();
+        let mut oob: Vec<(Instant, usize, bool)> = (self.faults.out_of_band.iter().map(|o| (o, false)))
+            .chain(self.faults.out_of_band_stops.iter().map(|o| (o, true)))
+            .map(|(o, stop)| (epoch + o.at, o.count, stop))
+            .collect();
         oob.sort();
-        let caps = Capabilities { max_launch_batch: self.max_launch_batch.unwrap_or(1000), ..Capabilities::default() };
+        let caps = Capabilities {
+            max_launch_batch: self.max_launch_batch.unwrap_or(1000),
+            consistency_window: self.latencies.describe_staleness.mul_f64(1.0 + self.latencies.jitter),
+            lingering_holds_quota: true,
+            ..Capabilities::default()
+        };
         Ok(SimProvider {
             shared: Arc::new(Shared {
                 latencies: self.latencies,
@@ -235,27 +299,57 @@ struct SimState {
     calls: SimCalls,
     rng: u64,
     transitions: BTreeSet<Instant>,
-    oob: Vec<(Instant, usize)>,
+    oob: Vec<(Instant, usize, bool)>,
     launches_by_release: HashMap<ReleaseId, u64>,
+    /// Out-of-band events applied so far.
+    out_of_band_applied: usize,
+    /// When each instance started serving, for the balancer's initial period.
+    attached_at: HashMap<InstanceId, Instant>,
 }
 
 #[derive(Debug)]
 struct SimInstance {
     instance: Instance,
-    running_at: Instant,
+    /// `None`: stuck pending forever.
+    running_at: Option<Instant>,
     healthy_at: Option<Instant>,
+    /// When describe first shows it.
+    visible_at: Instant,
+    /// When it was terminated; it lingers as `Terminating` until `gone_at`.
     terminated: bool,
+    gone_at: Instant,
+    stopped: bool,
 }
 
 impl SimInstance {
+    /// Running, healthy and visible from `now`.
+    fn ready(instance: Instance, now: Instant) -> Self {
+        SimInstance {
+            instance,
+            running_at: Some(now),
+            healthy_at: Some(now),
+            visible_at: now,
+            terminated: false,
+            gone_at: now,
+            stopped: false,
+        }
+    }
+
     fn state(&self, now: Instant) -> InstanceState {
         if self.terminated {
-            InstanceState::Terminated
-        } else if now >= self.running_at {
+            if now >= self.gone_at { InstanceState::Terminated } else { InstanceState::Terminating }
+        } else if self.stopped {
+            InstanceState::Stopped
+        } else if self.running_at.is_some_and(|t| now >= t) {
             InstanceState::Running
         } else {
             InstanceState::Pending
         }
+    }
+
+    /// Whether it still holds a place in the account's quota.
+    fn holds_quota(&self, now: Instant) -> bool {
+        !(self.terminated && now >= self.gone_at)
     }
 }
 
@@ -270,17 +364,39 @@ impl SimState {
     }
 
     fn apply_out_of_band(&mut self, now: Instant) {
-        while self.oob.first().is_some_and(|(at, _)| *at <= now) {
-            let (_, count) = self.oob.remove(0);
-            let mut live: Vec<usize> = (0..self.instances.len()).filter(|&i| !self.instances[i].terminated).collect();
+        while self.oob.first().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, count, stop) = self.oob.remove(0);
+            let mut live: Vec<usize> = (0..self.instances.len())
+                .filter(|&i| !self.instances[i].terminated && !self.instances[i].stopped)
+                .collect();
             for _ in 0..count.min(live.len()) {
                 let pick = (self.random() * live.len() as f64) as usize % live.len();
                 let idx = live.swap_remove(pick);
-                self.instances[idx].terminated = true;
-                let id = self.instances[idx].instance.id.clone();
-                self.serving.remove(&id);
+                if stop {
+                    self.instances[idx].stopped = true;
+                } else {
+                    self.instances[idx].terminated = true;
+                    self.instances[idx].gone_at = now;
+                    let id = self.instances[idx].instance.id.clone();
+                    self.serving.remove(&id);
+                }
+            }
+            if count > 0 {
+                self.out_of_band_applied += 1;
             }
         }
+    }
+
+    /// `d` spread by the jitter setting.
+    fn jittered(&mut self, d: Duration, jitter: f64) -> Duration {
+        if jitter <= 0.0 || d.is_zero() {
+            return d;
+        }
+        d.mul_f64(1.0 - jitter + 2.0 * jitter * self.random())
+    }
+
+    fn quota_used(&self, now: Instant) -> usize {
+        self.instances.iter().filter(|s| s.holds_quota(now)).count()
     }
 
     fn snapshot(&self, idx: usize, now: Instant) -> Instance {
@@ -323,16 +439,36 @@ impl SimProvider {
         self.lock().calls
     }
 
-    /// The live instances and the serving set, read directly: no latency, no faults, not
-    /// counted. For assertions about the simulated fleet.
+    /// The ground truth, read directly: every instance that is not gone (live, stopped or
+    /// still terminating, invisible to describe or not) and the serving set. No latency, no
+    /// faults, not counted. For assertions about the simulated fleet.
     pub fn inspect(&self) -> (Vec<Instance>, Vec<InstanceId>) {
         let now = Instant::now();
         let state = self.lock();
-        let live = (0..state.instances.len())
-            .filter(|&i| !state.instances[i].terminated)
+        let present = (0..state.instances.len())
+            .filter(|&i| state.instances[i].holds_quota(now))
             .map(|i| state.snapshot(i, now))
             .collect();
-        (live, state.serving.iter().cloned().collect())
+        (present, state.serving.iter().cloned().collect())
+    }
+
+    /// The health each instance really has right now (no blips, no initial period): the
+    /// ground truth an independent checker compares the engine's actions with.
+    pub fn true_health(&self, id: &InstanceId) -> Health {
+        let state = self.lock();
+        SimHealth::judge(&state, id, Instant::now())
+    }
+
+    /// How many instances were ever created (launched or seeded), whatever became of them.
+    pub fn instances_created(&self) -> usize {
+        self.lock().instances.len()
+    }
+
+    /// How many out-of-band events (terminations, stops) have happened so far.
+    pub fn out_of_band_applied(&self) -> usize {
+        let mut state = self.lock();
+        state.apply_out_of_band(Instant::now());
+        state.out_of_band_applied
     }
 
     /// The configured latencies.
@@ -375,12 +511,7 @@ impl SimProvider {
             if serving {
                 state.serving.insert(instance.id.clone());
             }
-            state.instances.push(SimInstance {
-                instance: instance.clone(),
-                running_at: now,
-                healthy_at: Some(now),
-                terminated: false,
-            });
+            state.instances.push(SimInstance::ready(instance.clone(), now));
             out.push(instance);
         }
         out
@@ -418,12 +549,9 @@ impl SimProvider {
         for instance in instances {
             let idx = state.instances.len();
             state.index.insert(instance.id.clone(), idx);
-            state.instances.push(SimInstance {
-                instance: instance.clone(),
-                running_at: now,
-                healthy_at: Some(now),
-                terminated: !instance.state.is_live(),
-            });
+            let mut s = SimInstance::ready(instance.clone(), now);
+            s.terminated = !instance.state.is_live();
+            state.instances.push(s);
         }
         state.serving.extend(serving.iter().cloned());
     }
@@ -441,9 +569,7 @@ impl SimProvider {
 
 impl Shared {
     async fn call(&self, count: impl FnOnce(&mut SimCalls)) -> Result<MutexGuard<'_, SimState>> {
-        if !self.latencies.api.is_zero() {
-            tokio::time::sleep(self.latencies.api).await;
-        }
+        self.latency(self.latencies.api).await;
         let mut state = self.state.lock().expect("simulator state lock poisoned");
         state.apply_out_of_band(Instant::now());
         count(&mut state.calls);
@@ -452,6 +578,16 @@ impl Shared {
             return Err(Error::new(ErrorKind::RateLimited, "request rate exceeded (simulated)").with_provider("sim"));
         }
         Ok(state)
+    }
+}
+
+impl Shared {
+    /// Sleeps `d`, spread by the jitter setting.
+    async fn latency(&self, d: Duration) {
+        let d = self.state.lock().expect("simulator state lock poisoned").jittered(d, self.latencies.jitter);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
     }
 }
 
@@ -475,12 +611,9 @@ fn insert(state: &mut SimState, request: &LaunchRequest, running_at: Instant, he
             address: None,
         };
         state.index.insert(id, idx);
-        state.instances.push(SimInstance {
-            instance: instance.clone(),
-            running_at,
-            healthy_at: Some(healthy_from),
-            terminated: false,
-        });
+        let mut s = SimInstance::ready(instance.clone(), running_at);
+        s.healthy_at = Some(healthy_from);
+        state.instances.push(s);
         out.push(instance);
     }
     out
@@ -521,15 +654,37 @@ impl Provider for SimProvider {
                 .with_operation("launch"));
         }
         let now = Instant::now();
-        let running_at = now + self.shared.latencies.launch_to_running;
-        let healthy_at = running_at + self.shared.latencies.boot_to_healthy;
-        let launched = insert(&mut state, request, running_at, healthy_at);
+        if let Some(quota) = faults.quota
+            && state.quota_used(now) + request.count > quota
+        {
+            state.calls.failed += 1;
+            return Err(Error::new(
+                ErrorKind::QuotaExceeded,
+                format!("launching {} would exceed the instance quota of {quota} (simulated)", request.count),
+            )
+            .with_provider("sim")
+            .with_operation("launch"));
+        }
+        let mut count = request.count;
+        if count > 1 && faults.partial_launch_rate > 0.0 && state.random() < faults.partial_launch_rate {
+            count = 1 + (state.random() * (count - 1) as f64) as usize % (count - 1);
+        }
+        let lat = self.shared.latencies;
+        let running_at = now + state.jittered(lat.launch_to_running, lat.jitter);
+        let healthy_at = running_at + state.jittered(lat.boot_to_healthy, lat.jitter);
+        let launched = insert(&mut state, &LaunchRequest { count, ..request.clone() }, running_at, healthy_at);
         let never_release = faults.never_healthy_releases.contains(request.release.id());
         let first = state.instances.len() - launched.len();
         for idx in first..state.instances.len() {
             if never_release || (faults.never_healthy_rate > 0.0 && state.random() < faults.never_healthy_rate) {
                 state.instances[idx].healthy_at = None;
             }
+            if faults.stuck_pending_rate > 0.0 && state.random() < faults.stuck_pending_rate {
+                state.instances[idx].running_at = None;
+            }
+            let visible_at = now + state.jittered(lat.describe_staleness, lat.jitter);
+            state.instances[idx].visible_at = visible_at;
+            state.transitions.insert(visible_at);
         }
         state.transitions.insert(running_at);
         state.transitions.insert(healthy_at);
@@ -537,13 +692,30 @@ impl Provider for SimProvider {
     }
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
-        let state = self.call(|c| c.describe += 1).await?;
-        let now = Instant::now();
         let mut out = Vec::new();
-        match &query.ids {
-            Some(ids) => {
-                for id in ids {
-                    if let Some(&idx) = state.index.get(id) {
+        {
+            let state = self.call(|c| c.describe += 1).await?;
+            let now = Instant::now();
+            let visible = |idx: usize| state.instances[idx].visible_at <= now;
+            match &query.ids {
+                Some(ids) => {
+                    for id in ids {
+                        if let Some(&idx) = state.index.get(id)
+                            && visible(idx)
+                        {
+                            let instance = state.snapshot(idx, now);
+                            if query.matches(&instance) {
+                                out.push(instance);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for idx in 0..state.instances.len() {
+                        let gone = !state.instances[idx].holds_quota(now);
+                        if (!query.include_terminated && gone) || !visible(idx) {
+                            continue;
+                        }
                         let instance = state.snapshot(idx, now);
                         if query.matches(&instance) {
                             out.push(instance);
@@ -551,16 +723,12 @@ impl Provider for SimProvider {
                     }
                 }
             }
-            None => {
-                for idx in 0..state.instances.len() {
-                    if !query.include_terminated && state.instances[idx].terminated {
-                        continue;
-                    }
-                    let instance = state.snapshot(idx, now);
-                    if query.matches(&instance) {
-                        out.push(instance);
-                    }
-                }
+        }
+        // Each further page is one more round trip.
+        let page = self.shared.latencies.describe_page;
+        if page > 0 {
+            for _ in 1..out.len().div_ceil(page) {
+                self.shared.latency(self.shared.latencies.api).await;
             }
         }
         Ok(out)
@@ -568,9 +736,16 @@ impl Provider for SimProvider {
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()> {
         let mut state = self.call(|c| c.terminate += 1).await?;
+        let now = Instant::now();
+        let lat = self.shared.latencies;
         for id in ids {
-            if let Some(&idx) = state.index.get(id) {
+            if let Some(&idx) = state.index.get(id)
+                && !state.instances[idx].terminated
+            {
+                let gone_at = now + state.jittered(lat.terminate_linger, lat.jitter);
                 state.instances[idx].terminated = true;
+                state.instances[idx].gone_at = gone_at;
+                state.transitions.insert(gone_at);
                 state.serving.remove(id);
             }
         }
@@ -578,12 +753,15 @@ impl Provider for SimProvider {
     }
 
     fn next_change(&self) -> Option<Instant> {
+        if self.shared.faults.no_next_change {
+            return None;
+        }
         let now = Instant::now();
         let mut state = self.lock();
         while state.transitions.first().is_some_and(|t| *t <= now) {
             state.transitions.pop_first();
         }
-        let oob = state.oob.first().map(|(at, _)| *at);
+        let oob = state.oob.first().map(|(at, _, _)| *at);
         // With nothing pending, nothing changes until someone calls: promise a distant instant.
         let idle = now + Duration::from_secs(365 * 24 * 3600);
         Some([state.transitions.first().copied(), oob].into_iter().flatten().fold(idle, Instant::min))
@@ -622,6 +800,18 @@ pub struct SimTraffic {
 }
 
 impl SimTraffic {
+    fn serve(state: &mut SimState, instances: &[Instance], initial: Duration) {
+        let now = Instant::now();
+        for i in instances {
+            if state.serving.insert(i.id.clone()) {
+                state.attached_at.insert(i.id.clone(), now);
+                if !initial.is_zero() {
+                    state.transitions.insert(now + initial);
+                }
+            }
+        }
+    }
+
     fn check_known(state: &SimState, instances: &[Instance]) -> Result<()> {
         let unknown: Vec<InstanceId> = instances
             .iter()
@@ -649,7 +839,7 @@ impl Traffic for SimTraffic {
     async fn attach(&self, instances: &[Instance]) -> Result<()> {
         let mut state = self.shared.call(|c| c.attach += 1).await?;
         Self::check_known(&state, instances)?;
-        state.serving.extend(instances.iter().map(|i| i.id.clone()));
+        Self::serve(&mut state, instances, self.shared.latencies.lb_initial);
         Ok(())
     }
 
@@ -668,7 +858,7 @@ impl Traffic for SimTraffic {
         {
             let mut state = self.shared.call(|c| c.switch += 1).await?;
             Self::check_known(&state, attach)?;
-            state.serving.extend(attach.iter().map(|i| i.id.clone()));
+            Self::serve(&mut state, attach, self.shared.latencies.lb_initial);
             for id in detach {
                 state.serving.remove(id);
             }
@@ -690,6 +880,10 @@ impl SimHealth {
             return Health::Unhealthy("unknown instance".into());
         };
         let s = &state.instances[idx];
+        if s.visible_at > now {
+            // What the API cannot show yet, its balancer has not seen either.
+            return Health::Unknown;
+        }
         match s.state(now) {
             InstanceState::Pending => Health::Unknown,
             InstanceState::Running if s.healthy_at.is_some_and(|t| now >= t) => Health::Healthy,
@@ -702,14 +896,30 @@ impl SimHealth {
 #[async_trait]
 impl HealthCheck for SimHealth {
     async fn check(&self, instance: &Instance) -> Result<Health> {
-        let state = self.shared.state.lock().expect("simulator state lock poisoned");
-        Ok(Self::judge(&state, &instance.id, Instant::now()))
+        Ok(self.check_many(std::slice::from_ref(instance)).await?.pop().unwrap_or(Health::Unknown))
     }
 
     async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
-        let mut state = self.shared.state.lock().expect("simulator state lock poisoned");
-        state.calls.health += 1;
+        let mut state = if self.shared.faults.health_costs_calls {
+            self.shared.call(|c| c.health += 1).await?
+        } else {
+            let mut state = self.shared.state.lock().expect("simulator state lock poisoned");
+            state.calls.health += 1;
+            state
+        };
         let now = Instant::now();
-        Ok(instances.iter().map(|i| Self::judge(&state, &i.id, now)).collect())
+        let (initial, flap) = (self.shared.latencies.lb_initial, self.shared.faults.flap_rate);
+        let mut out = Vec::with_capacity(instances.len());
+        for i in instances {
+            let mut health = Self::judge(&state, &i.id, now);
+            let in_initial = state.attached_at.get(&i.id).is_some_and(|at| now < *at + initial);
+            if health.is_healthy() && in_initial && state.serving.contains(&i.id) {
+                health = Health::Unknown;
+            } else if health.is_healthy() && flap > 0.0 && state.random() < flap {
+                health = Health::Unhealthy("failed one health check (simulated blip)".into());
+            }
+            out.push(health);
+        }
+        Ok(out)
     }
 }

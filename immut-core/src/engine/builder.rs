@@ -104,6 +104,11 @@ impl DeployerBuilder {
         self.traffic = Some(traffic);
         self
     }
+    /// The health check, shared.
+    pub fn health_arc(mut self, health: Arc<dyn HealthCheck>) -> Self {
+        self.health = Some(health);
+        self
+    }
     /// The health check (default: [`ProviderStatus`]).
     pub fn health(mut self, health: impl HealthCheck + 'static) -> Self {
         self.health = Some(Arc::new(health));

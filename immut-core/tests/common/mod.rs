@@ -119,7 +119,11 @@ pub async fn assert_final_fleet(
     old_count: usize,
 ) {
     let (live, serving) = sim.inspect();
-    let live: Vec<_> = live.into_iter().filter(|i| Query::service("web").matches(i)).collect();
+    // Instances on their way out are not left over; stopped ones are.
+    let live: Vec<_> = live
+        .into_iter()
+        .filter(|i| Query::service("web").matches(i) && i.state != immut_core::InstanceState::Terminating)
+        .collect();
     let serving: HashSet<InstanceId> = serving.into_iter().collect();
     let (want_release, want_count) = match &outcome.phase {
         Phase::Succeeded => (Some(new.id()), desired),

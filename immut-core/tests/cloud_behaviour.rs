@@ -1,0 +1,155 @@
+//! What real clouds do and a perfect simulator does not: describe that lags behind launches,
+//! instances that never come up, health that blips, terminations that linger near a quota,
+//! instances stopped out of band. Each test drives the engine into one of them on the
+//! simulator and checks the outcome against the simulator's ground truth.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Checker, assert_final_fleet, latencies, release};
+use immut_core::engine::{Event, Phase};
+use immut_core::sim::{Faults, OutOfBand, SimProvider};
+use immut_core::{BlueGreen, Count, Health, HealthCheck, Instance, Rolling};
+
+async fn run_checked(deployment: immut_core::Deployment, strict: bool) -> (Checker, immut_core::Outcome) {
+    let mut checker = Checker::new(strict);
+    let outcome = deployment.run_with(|e| checker.observe(e)).await;
+    (checker, outcome)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_describe_neither_duplicates_a_launch_nor_leaves_an_orphan() {
+    let sim = latencies(SimProvider::builder()).describe_staleness(Duration::from_secs(8)).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let d = sim
+        .deployer()
+        .strategy(Rolling::new().max_surge(Count::Count(2)))
+        .desired(4)
+        .poll_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
+    assert!(checker.refused.is_empty(), "{:?}", checker.refused);
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(sim.instances_created(), 4 + 4, "every new instance was launched exactly once");
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_instance_wave_with_a_few_bad_instances_succeeds_by_replacing_them() {
+    let sim = latencies(SimProvider::builder())
+        .faults(Faults { never_healthy_rate: 0.001, stuck_pending_rate: 0.001, ..Faults::default() })
+        .seed(11)
+        .build()
+        .unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 1000, true);
+    let d = sim
+        .deployer()
+        .strategy(BlueGreen::new().bake(Duration::from_secs(30)))
+        .desired(1000)
+        .min_ready(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
+    assert!(checker.violations.is_empty() && checker.refused.is_empty(), "{:?} {:?}", checker.violations, checker.refused);
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(sim.instances_created() > 2000, "some bad instances were replaced: {}", sim.instances_created());
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 1000, 1000).await;
+}
+
+/// Reports one instance unhealthy once, the first time it is asked after being armed.
+#[derive(Debug)]
+struct OneBlip {
+    inner: immut_core::sim::SimHealth,
+    armed: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for OneBlip {
+    async fn check(&self, instance: &Instance) -> immut_core::Result<Health> {
+        self.inner.check(instance).await
+    }
+    async fn check_many(&self, instances: &[Instance]) -> immut_core::Result<Vec<Health>> {
+        let mut verdicts = self.inner.check_many(instances).await?;
+        if self.armed.swap(0, Ordering::SeqCst) == 1 && !verdicts.is_empty() {
+            verdicts[0] = Health::Unhealthy("one failed health check".into());
+        }
+        Ok(verdicts)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_blip_during_the_bake_does_not_fail_it() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 3, true);
+    let blip = Arc::new(OneBlip { inner: sim.health(), armed: AtomicUsize::new(0) });
+    let d = sim
+        .deployer()
+        .strategy(BlueGreen::new().bake(Duration::from_secs(120)))
+        .health_arc(blip.clone())
+        .desired(3)
+        .build()
+        .unwrap();
+    let mut deployment = d.deploy(v2.clone()).with_previous(v1.clone());
+    let mut checker = Checker::new(true);
+    let outcome = loop {
+        let done = deployment.step().await;
+        for e in deployment.take_events() {
+            if matches!(e, Event::Switched { .. }) {
+                blip.armed.store(1, Ordering::SeqCst);
+            }
+            checker.observe(&e);
+        }
+        if let Some(outcome) = done {
+            break outcome;
+        }
+    };
+    assert!(outcome.succeeded(), "one blip failed the bake: {}", outcome.summary());
+    assert_eq!(blip.armed.load(Ordering::SeqCst), 0, "the blip was delivered");
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lingering_termination_near_the_quota_does_not_fail_the_next_wave() {
+    // Four instances, surge one: the account holds five, and a terminated instance holds its
+    // place for 30 s.
+    let sim = latencies(SimProvider::builder())
+        .terminate_linger(Duration::from_secs(30))
+        .faults(Faults { quota: Some(5), ..Faults::default() })
+        .build()
+        .unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let d = sim.deployer().strategy(Rolling::new()).desired(4).build().unwrap();
+    let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(checker.violations.is_empty(), "{:?}", checker.violations);
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_stopped_out_of_band_is_finished_off_and_replaced() {
+    let sim = latencies(SimProvider::builder())
+        .faults(Faults { out_of_band_stops: vec![OutOfBand { at: Duration::from_secs(40), count: 1 }], ..Faults::default() })
+        .seed(3)
+        .build()
+        .unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+    sim.seed(&v1, 4, true);
+    let d = sim.deployer().strategy(Rolling::new()).desired(4).build().unwrap();
+    let (_, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), false).await;
+    assert_eq!(sim.out_of_band_applied(), 1);
+    assert!(matches!(outcome.phase, Phase::Succeeded), "{}", outcome.summary());
+    let (present, _) = sim.inspect();
+    assert!(
+        present.iter().all(|i| i.state != immut_core::InstanceState::Stopped),
+        "a stopped instance was left behind: {present:?}"
+    );
+    assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
+}
