@@ -45,6 +45,7 @@ pub fn latencies() -> Latencies {
         launch_to_running: Duration::from_secs(40),
         boot_to_healthy: Duration::from_secs(20),
         drain: Duration::from_secs(15),
+        ..Latencies::default()
     }
 }
 

@@ -30,6 +30,7 @@
 //!     launch_to_running: Duration::from_secs(30),
 //!     boot_to_healthy: Duration::from_secs(20),
 //!     drain: Duration::from_secs(10),
+//!     ..Latencies::default()
 //! };
 //! let plan = deployer.dry_run(&v2, Some(&v1), latencies).await?;
 //! assert!(plan.outcome.succeeded());

@@ -175,6 +175,11 @@ pub struct Interrupted {
     pub passed_gates: BTreeSet<String>,
     /// A launch whose intent was journaled but whose result was not.
     pub pending_launch: Option<LaunchIntent>,
+    /// Every completed launch: its intent and the ids it returned. A resumed deployment counts
+    /// them from this record until describe shows them (read-your-writes survives a crash).
+    pub launched: Vec<(LaunchIntent, Vec<InstanceId>)>,
+    /// Every id a terminate intent named, so that their absence is not read as a failure.
+    pub terminated: Vec<InstanceId>,
 }
 
 /// The last deployment in the records that began and did not end.
@@ -192,17 +197,27 @@ pub fn interrupted(read: &JournalRead) -> Option<Interrupted> {
         waves: 0,
         passed_gates: BTreeSet::new(),
         pending_launch: None,
+        launched: Vec::new(),
+        terminated: Vec::new(),
     };
     let mut open: HashMap<(u64, Option<LaunchToken>), Option<LaunchIntent>> = HashMap::new();
     for r in &mine[1..] {
         match &r.entry {
-            JournalEntry::Intent { step, launch, .. } => {
+            JournalEntry::Intent { step, launch, decision } => {
+                if let Decision::Terminate { ids } = decision {
+                    found.terminated.extend(ids.iter().cloned());
+                }
                 if let Some(l) = launch {
                     found.waves = found.waves.max(l.wave);
                 }
                 open.insert((*step, launch.as_ref().map(|l| l.token.clone())), launch.clone());
             }
-            JournalEntry::Applied { step, token, .. } | JournalEntry::Failed { step, token, .. } => {
+            JournalEntry::Applied { step, token, ids } => {
+                if let Some(Some(intent)) = open.remove(&(*step, token.clone())) {
+                    found.launched.push((intent, ids.clone()));
+                }
+            }
+            JournalEntry::Failed { step, token, .. } => {
                 open.remove(&(*step, token.clone()));
             }
             JournalEntry::GatePassed { gate } => {

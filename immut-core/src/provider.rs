@@ -257,7 +257,7 @@ impl Query {
     /// Filters other than `ids` match only instances with provenance, unless
     /// `include_unmanaged` is set.
     pub fn matches(&self, instance: &Instance) -> bool {
-        if !self.include_terminated && !instance.state.is_live() {
+        if !self.include_terminated && instance.state == InstanceState::Terminated {
             return false;
         }
         if let Some(ids) = &self.ids

@@ -56,7 +56,12 @@ async fn a_thousand_instance_wave_with_a_few_bad_instances_succeeds_by_replacing
         .build()
         .unwrap();
     let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
-    assert!(checker.violations.is_empty() && checker.refused.is_empty(), "{:?} {:?}", checker.violations, checker.refused);
+    assert!(
+        checker.violations.is_empty() && checker.refused.is_empty(),
+        "{:?} {:?}",
+        checker.violations,
+        checker.refused
+    );
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert!(sim.instances_created() > 2000, "some bad instances were replaced: {}", sim.instances_created());
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 1000, 1000).await;
@@ -136,7 +141,10 @@ async fn a_lingering_termination_near_the_quota_does_not_fail_the_next_wave() {
 #[tokio::test(start_paused = true)]
 async fn an_instance_stopped_out_of_band_is_finished_off_and_replaced() {
     let sim = latencies(SimProvider::builder())
-        .faults(Faults { out_of_band_stops: vec![OutOfBand { at: Duration::from_secs(40), count: 1 }], ..Faults::default() })
+        .faults(Faults {
+            out_of_band_stops: vec![OutOfBand { at: Duration::from_secs(40), count: 1 }],
+            ..Faults::default()
+        })
         .seed(3)
         .build()
         .unwrap();

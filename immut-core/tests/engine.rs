@@ -86,7 +86,7 @@ async fn failing_canary_gate_rolls_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn never_healthy_release_hits_the_deadline_and_rolls_back() {
+async fn never_healthy_release_exhausts_its_replacement_budget_and_rolls_back() {
     let v2 = release((1, 1, 0));
     let faults = Faults { never_healthy_releases: vec![v2.id().clone()], ..Faults::default() };
     let sim = latencies(SimProvider::builder()).faults(faults).build().unwrap();
@@ -96,7 +96,9 @@ async fn never_healthy_release_hits_the_deadline_and_rolls_back() {
     let c = run(&d, &sim, true).await;
     let outcome = c.finished.clone().unwrap();
     match &outcome.phase {
-        Phase::RolledBack { reason } => assert!(reason.contains("DeadlineExceeded"), "{reason}"),
+        Phase::RolledBack { reason } => {
+            assert!(reason.contains("Unhealthy") && reason.contains("replacement budget is exhausted"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(c.violations.is_empty(), "{:?}", c.violations);

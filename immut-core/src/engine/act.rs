@@ -69,6 +69,7 @@ impl Deployment {
                 self.pending.push_back(Event::Switched { attached: attach, detached: detach });
             }
             Decision::Terminate { ids } => {
+                self.memory.terminated(&ids);
                 let provider = self.inner.provider.clone();
                 self.retrying("terminate", || provider.terminate_all(&ids)).await?;
                 self.calls.terminate += ids.len().div_ceil(provider.capabilities().max_terminate_batch.max(1)) as u64;
@@ -143,6 +144,11 @@ impl Deployment {
         // journaled) the engine looks up by token first and adopts what exists.
         let fresh = provider.capabilities().honours_token && !resumed_launch;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
+        // A look-up by token right after an ambiguous failure may miss instances the cloud
+        // has launched but not yet shows: it waits out the consistency window first, measured
+        // from the first attempt (or, for a launch a dead process began, from now).
+        let window = provider.capabilities().consistency_window;
+        let first_attempt = Instant::now();
         let result = self
             .retrying("launch", || {
                 let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
@@ -152,6 +158,9 @@ impl Deployment {
                         request.validate(&provider.capabilities())?;
                         provider.launch(request).await.map(|launched| (launched, 0))
                     } else {
+                        if !window.is_zero() && (!first || resumed_launch) {
+                            tokio::time::sleep_until(first_attempt + window).await;
+                        }
                         provider.ensure_launched(request).await
                     }
                 }
@@ -170,6 +179,7 @@ impl Deployment {
                 return Err(e);
             }
         };
+        self.memory.launched(intent.wave, &instances);
         let ids: Vec<InstanceId> = instances.into_iter().map(|i| i.id).collect();
         self.write_ahead(JournalEntry::Applied { step, token, ids: ids.clone() }).await?;
         self.changed();

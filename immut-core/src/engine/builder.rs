@@ -20,6 +20,43 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How many failed new instances a deployment may replace before it gives up and rolls back.
+/// A new instance fails when it is not healthy within the instance deadline, or when it stops
+/// or disappears without the engine terminating it. Each count resolves against the wave's size
+/// (`per_wave`) or the desired count (`per_deployment`), and is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplacementBudget {
+    /// Replacements allowed within one launch wave.
+    pub per_wave: Count,
+    /// Replacements allowed over the whole deployment.
+    pub per_deployment: Count,
+}
+
+impl Default for ReplacementBudget {
+    /// 10 % of each wave and 10 % of the desired count, at least one each: a wave of 1000 with
+    /// a per-instance failure rate of 0.1 % succeeds; a release whose instances all fail rolls
+    /// back after a few replacements.
+    fn default() -> Self {
+        ReplacementBudget { per_wave: Count::Percent(10), per_deployment: Count::Percent(10) }
+    }
+}
+
+/// How many health verdicts in a row change an instance's standing, so that one blip does not
+/// fail a bake and one lucky answer does not prove an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthThresholds {
+    /// Consecutive healthy verdicts before an instance counts as healthy (default 1).
+    pub healthy: u32,
+    /// Consecutive unhealthy verdicts before a healthy instance counts as unhealthy (default 2).
+    pub unhealthy: u32,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        HealthThresholds { healthy: 1, unhealthy: 2 }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) desired: usize,
@@ -27,6 +64,9 @@ pub(super) struct Settings {
     pub(super) progress_deadline: Duration,
     pub(super) poll_interval: Duration,
     pub(super) retry: RetryPolicy,
+    pub(super) instance_deadline: Duration,
+    pub(super) budget: ReplacementBudget,
+    pub(super) thresholds: HealthThresholds,
 }
 
 /// Builds a [`Deployer`]. Setters never fail; [`DeployerBuilder::build`] checks everything.
@@ -47,9 +87,28 @@ pub struct DeployerBuilder {
     change_policy: Option<ChangePolicy>,
     allow_downgrade: bool,
     signing_key: Option<crate::model::SigningKey>,
+    instance_deadline: Option<Duration>,
+    budget: Option<ReplacementBudget>,
+    thresholds: Option<HealthThresholds>,
 }
 
 impl DeployerBuilder {
+    /// How long a new instance may take from its launch to healthy before it is terminated and
+    /// replaced (default: 5 minutes, or half the progress deadline if that is shorter).
+    pub fn instance_deadline(mut self, deadline: Duration) -> Self {
+        self.instance_deadline = Some(deadline);
+        self
+    }
+    /// How many failed new instances may be replaced before the deployment rolls back.
+    pub fn replacement_budget(mut self, budget: ReplacementBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+    /// How many verdicts in a row make an instance healthy or unhealthy.
+    pub fn health_thresholds(mut self, thresholds: HealthThresholds) -> Self {
+        self.thresholds = Some(thresholds);
+        self
+    }
     /// Signs every instance's provenance labels with this key, so the audit can tell
     /// hand-edited labels from real ones.
     pub fn signing_key(mut self, key: crate::model::SigningKey) -> Self {
@@ -189,6 +248,19 @@ impl DeployerBuilder {
         if retry.min_delay > retry.max_delay {
             return Err(Error::invalid("retry.min_delay", "is above retry.max_delay"));
         }
+        let instance_deadline = self.instance_deadline.unwrap_or((progress_deadline / 2).min(Duration::from_secs(300)));
+        if instance_deadline.is_zero() || instance_deadline > progress_deadline {
+            return Err(Error::invalid(
+                "instance_deadline",
+                format!(
+                    "{instance_deadline:?} must be above zero and within the progress deadline ({progress_deadline:?}), or a stuck instance would roll the deployment back before it is replaced"
+                ),
+            ));
+        }
+        let thresholds = self.thresholds.unwrap_or_default();
+        if thresholds.healthy == 0 || thresholds.unhealthy == 0 {
+            return Err(Error::invalid("health_thresholds", "both counts must be at least 1"));
+        }
         Ok(Deployer {
             inner: Arc::new(Inner {
                 provider,
@@ -201,7 +273,16 @@ impl DeployerBuilder {
                 change_policy: self.change_policy,
                 allow_downgrade: self.allow_downgrade,
                 signing_key: self.signing_key,
-                settings: Settings { desired, min_ready: self.min_ready, progress_deadline, poll_interval, retry },
+                settings: Settings {
+                    desired,
+                    min_ready: self.min_ready,
+                    progress_deadline,
+                    poll_interval,
+                    retry,
+                    instance_deadline,
+                    budget: self.budget.unwrap_or_default(),
+                    thresholds,
+                },
             }),
         })
     }

@@ -78,7 +78,7 @@ pub fn check_observed(view: &FleetView, limits: Limits, initial_total: usize) ->
 pub fn check_decision(view: &FleetView, decision: &Decision, limits: Limits) -> Result<()> {
     match decision {
         Decision::Launch { count } => {
-            let after = view.total_live() + count;
+            let after = view.occupied() + count;
             if after > limits.ceiling {
                 return Err(violation(
                     Invariant::SurgeCeiling,

@@ -6,10 +6,12 @@
 
 mod act;
 mod builder;
+mod chores;
 mod end;
 mod events;
 mod gate;
 pub mod invariants;
+mod memory;
 mod observe;
 mod records;
 mod resume;
@@ -33,7 +35,7 @@ use tracing::Instrument;
 
 pub use crate::outcome::{CallCounts, Outcome, Phase};
 use builder::Settings;
-pub use builder::{DeployerBuilder, RetryPolicy};
+pub use builder::{DeployerBuilder, HealthThresholds, ReplacementBudget, RetryPolicy};
 pub use events::{Capacity, Event};
 pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
 use observe::{Observation, Signature};
@@ -44,10 +46,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthCheck, ProviderStatus};
 use crate::journal::{self, Journal, JournalEntry, JournalRecord, LaunchIntent, LockGuard};
 use crate::ledger::Ledger;
-use crate::model::{DeploymentId, Instance, InstanceId, LaunchToken, Release, ReleaseId};
+use crate::model::{DeploymentId, Instance, InstanceId, InstanceState, LaunchToken, Release, ReleaseId};
 use crate::policy::{Change, ChangePolicy};
 use crate::provider::{LaunchRequest, Provider, ProviderExt, Query};
-use crate::strategy::{Decision, FleetView, Limits, ReplacementStrategy, Rollback};
+use crate::strategy::{Count, Decision, FleetView, Limits, ReplacementStrategy, Rollback};
 use crate::traffic::Traffic;
 
 #[derive(Debug)]
@@ -199,6 +201,7 @@ pub struct Deployment {
     explicit_rollback: bool,
     started_wall_ms: u64,
     pacing: crate::provider::PacingStats,
+    memory: memory::Memory,
 }
 
 impl Deployment {
@@ -235,6 +238,7 @@ impl Deployment {
             explicit_rollback: false,
             started_wall_ms: 0,
             pacing: crate::provider::PacingStats::default(),
+            memory: memory::Memory::default(),
             inner,
         }
     }
@@ -393,13 +397,20 @@ impl Deployment {
         let mut obs = self.observe().await?;
         let view = self.build_view(&obs);
         self.note_progress(&view);
+        if matches!(self.phase, Phase::Deploying) {
+            let failures = std::mem::take(&mut obs.failures);
+            self.memory.spend(&failures, self.inner.settings.budget, self.inner.settings.desired)?;
+        }
         let limits = self.limits();
         invariants::check_observed(&view, limits, self.initial_total).map_err(|v| self.violated(v))?;
-        let decision = match &self.phase {
-            Phase::RollingBack { .. } => {
-                Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
-            }
-            _ => self.strategy.decide(&view),
+        let decision = match self.chores(&view, &obs)? {
+            Some(chore) => chore,
+            None => match &self.phase {
+                Phase::RollingBack { .. } => {
+                    Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
+                }
+                _ => self.strategy.decide(&view),
+            },
         };
         self.pending.push_back(Event::Step {
             step: self.step,

@@ -6,10 +6,12 @@ pub(super) struct Observation {
     pub(super) instances: Vec<Instance>,
     pub(super) serving: HashSet<InstanceId>,
     pub(super) health: Vec<Health>,
+    /// New instances that stopped or vanished without the engine's doing, with their wave.
+    pub(super) failures: Vec<(InstanceId, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct Signature(pub(super) [usize; 9]);
+pub(super) struct Signature(pub(super) [usize; 10]);
 
 impl Deployment {
     pub(super) async fn observe(&mut self) -> Result<Observation> {
@@ -31,8 +33,10 @@ impl Deployment {
         let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
         self.calls.describe += 1;
         self.calls.serving += 1;
+        let window = self.inner.provider.capabilities().consistency_window;
+        let failures = self.memory.reconcile(&mut instances, window);
         let health = self.judge(&instances, &serving).await;
-        Ok(Observation { instances, serving, health })
+        Ok(Observation { instances, serving, health, failures })
     }
 
     /// Health of the instances whose classification depends on it: those of the target
@@ -43,7 +47,10 @@ impl Deployment {
         let target = self.target().cloned();
         let decides = |i: &Instance| {
             serving.contains(&i.id)
-                || (target.is_some() && i.release() == target.as_ref() && !self.replacing.contains(&i.id))
+                || (i.state.is_live()
+                    && target.is_some()
+                    && i.release() == target.as_ref()
+                    && !self.replacing.contains(&i.id))
         };
         let checked: Vec<usize> = (0..instances.len()).filter(|&n| decides(&instances[n])).collect();
         let mut health = vec![Health::Unknown; instances.len()];
@@ -84,14 +91,22 @@ impl Deployment {
             last_change_at: self.last_change_at,
             switched_at: self.switched_at,
             passed_gates: self.passed_gates.clone(),
+            lingering_holds_quota: self.inner.provider.capabilities().lingering_holds_quota,
             ..FleetView::default()
         };
+        let thresholds = self.inner.settings.thresholds;
         let started = self.started.unwrap_or(now);
         let target = self.target().cloned();
         let generation = self.step;
         for (instance, health) in obs.instances.iter().zip(&obs.health) {
             let id = &instance.id;
-            let healthy = health.is_healthy();
+            let serving = obs.serving.contains(id);
+            if instance.state.is_lingering() && !serving {
+                view.lingering.push(id.clone());
+                continue;
+            }
+            let healthy = instance.state.is_live()
+                && self.memory.streaks.entry(id.clone()).or_default().record(health, thresholds, generation);
             let since = if healthy {
                 let entry = self.healthy_since.entry(id.clone()).or_insert((now, generation));
                 entry.1 = generation;
@@ -99,7 +114,6 @@ impl Deployment {
             } else {
                 None
             };
-            let serving = obs.serving.contains(id);
             let replaced = !self.replacing.is_empty() && self.replacing.contains(id);
             let is_target = target.is_some() && instance.release() == target.as_ref() && !replaced;
             let bucket = match (is_target, serving, healthy) {
@@ -122,8 +136,10 @@ impl Deployment {
             };
             bucket.push(id.clone());
         }
-        // Only instances healthy in this observation keep their healthy-since time.
+        // Only instances healthy in this observation keep their healthy-since time, and only
+        // instances still observed keep their run of verdicts.
         self.healthy_since.retain(|_, (_, seen)| *seen == generation);
+        self.memory.streaks.retain(|_, s| s.seen_at_step() == generation);
         view
     }
 
@@ -138,6 +154,7 @@ impl Deployment {
             view.old_serving_unhealthy.len(),
             view.old_idle.len(),
             view.passed_gates.len(),
+            view.lingering.len(),
         ]);
         if signature != self.signature {
             self.signature = signature;

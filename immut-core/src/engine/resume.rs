@@ -65,6 +65,24 @@ impl Deployer {
         d.resumed = true;
         d.strategy = picked;
         d.pending_launch = found.pending_launch;
+        for (intent, ids) in &found.launched {
+            let release = if intent.rollback { d.previous_release.clone() } else { Some(d.release.clone()) };
+            let Some(release) = release else { continue };
+            let provenance = Arc::new(release.provenance(&d.id, &intent.token));
+            let stand_ins: Vec<Instance> = ids
+                .iter()
+                .map(|id| Instance {
+                    id: id.clone(),
+                    state: InstanceState::Pending,
+                    provenance: Some(provenance.clone()),
+                    labels: Arc::default(),
+                    observed: Arc::default(),
+                    address: None,
+                })
+                .collect();
+            d.memory.launched(intent.wave, &stand_ins);
+        }
+        d.memory.terminated(&found.terminated);
         if let Some(reason) = &found.rolling_back {
             d.phase = Phase::RollingBack { reason: reason.clone() };
         }

@@ -99,7 +99,7 @@ impl ReplacementStrategy for BlueGreen {
             return Decision::Done;
         }
         let missing = n.saturating_sub(view.new_live());
-        let room = self.limits(n).ceiling.saturating_sub(view.total_live());
+        let room = self.limits(n).ceiling.saturating_sub(view.occupied());
         if missing > 0 && room > 0 {
             return Decision::Launch { count: missing.min(room) };
         }

@@ -95,6 +95,12 @@ pub struct FleetView {
     pub old_serving_unhealthy: Vec<InstanceId>,
     /// Old, live, not serving (detached, or never attached).
     pub old_idle: Vec<InstanceId>,
+    /// Not serving, not live, not gone: terminating or stopped, of any release. They still
+    /// exist, and where they hold quota they count toward the ceiling (see [`FleetView::occupied`]).
+    pub lingering: Vec<InstanceId>,
+    /// Whether lingering instances hold the account's quota (the provider's
+    /// [`Capabilities::lingering_holds_quota`](crate::Capabilities::lingering_holds_quota)).
+    pub lingering_holds_quota: bool,
     /// When the first warming instance becomes ready.
     pub next_ready_at: Option<Duration>,
     /// When the engine last launched, attached, detached, switched or terminated.
@@ -123,6 +129,13 @@ impl FleetView {
     /// Every live instance.
     pub fn total_live(&self) -> usize {
         self.new_live() + self.old_live()
+    }
+
+    /// What counts against the ceiling: every live instance, plus the lingering ones when they
+    /// hold quota. Strategies size launches by this, so a wave waits for a lingering
+    /// termination instead of hitting the quota.
+    pub fn occupied(&self) -> usize {
+        self.total_live() + if self.lingering_holds_quota { self.lingering.len() } else { 0 }
     }
 
     /// Instances serving and healthy, of any release.
@@ -276,7 +289,7 @@ pub(crate) fn replace_toward(
         return Some(Decision::Detach { ids: detach });
     }
     let want = target_new.saturating_sub(view.new_live());
-    let room = limits.ceiling.saturating_sub(view.total_live());
+    let room = limits.ceiling.saturating_sub(view.occupied());
     if want > 0 && room > 0 && launch_allowed {
         return Some(Decision::Launch { count: want.min(room) });
     }
