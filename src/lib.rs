@@ -23,8 +23,8 @@ pub use immut_core::{
     Rolling, SigningKey, Traffic,
 };
 pub use immut_core::{
-    audit, dry_run, engine, error, health, journal, ledger, model, outcome, policy, prelude, process, provider, semver,
-    sim, strategy, traffic,
+    audit, checker, dry_run, engine, error, health, journal, ledger, model, outcome, policy, prelude, process,
+    provider, semver, sim, strategy, traffic,
 };
 
 #[cfg(feature = "http")]

@@ -53,6 +53,7 @@
 //! end nothing is left over. A violation is refused and rolls the deployment back.
 
 pub mod audit;
+pub mod checker;
 pub mod dry_run;
 pub mod engine;
 pub mod error;

@@ -305,6 +305,9 @@ struct SimState {
     out_of_band_applied: usize,
     /// When each instance started serving, for the balancer's initial period.
     attached_at: HashMap<InstanceId, Instant>,
+    /// Blips in a row per instance: two in a row make the instance look failed to a check
+    /// with the engine's default thresholds, an event outside the engine's control.
+    blips: HashMap<InstanceId, u32>,
 }
 
 #[derive(Debug)]
@@ -464,7 +467,9 @@ impl SimProvider {
         self.lock().instances.len()
     }
 
-    /// How many out-of-band events (terminations, stops) have happened so far.
+    /// How many out-of-band events have happened so far: terminations and stops by someone
+    /// else, and health blips twice in a row on one instance (which make a healthy instance
+    /// look failed).
     pub fn out_of_band_applied(&self) -> usize {
         let mut state = self.lock();
         state.apply_out_of_band(Instant::now());
@@ -753,7 +758,8 @@ impl Provider for SimProvider {
     }
 
     fn next_change(&self) -> Option<Instant> {
-        if self.shared.faults.no_next_change {
+        // Blips can change a health answer on any call: nothing can be promised then.
+        if self.shared.faults.no_next_change || self.shared.faults.flap_rate > 0.0 {
             return None;
         }
         let now = Instant::now();
@@ -917,6 +923,13 @@ impl HealthCheck for SimHealth {
                 health = Health::Unknown;
             } else if health.is_healthy() && flap > 0.0 && state.random() < flap {
                 health = Health::Unhealthy("failed one health check (simulated blip)".into());
+                let streak = state.blips.entry(i.id.clone()).or_default();
+                *streak += 1;
+                if *streak == 2 {
+                    state.out_of_band_applied += 1;
+                }
+            } else {
+                state.blips.remove(&i.id);
             }
             out.push(health);
         }

@@ -1,21 +1,30 @@
-//! Randomized fault schedules × strategies × fleet sizes on the simulator, in virtual time.
+//! The fault campaign: randomized fault schedules × strategies × fleet sizes up to 200 on the
+//! simulator, in virtual time, every case checked by the independent [`Checker`], which reads
+//! the simulator's ground truth on every call the engine makes.
 //!
-//! Every step is checked against the invariants by an independent reader of the event stream,
-//! and every run must end either on the new release (all serving, nothing else left) or on the
-//! old release serving, with no orphans. 256 cases by default; raise `PROPTEST_CASES` for more.
+//! Faults: failed and partial launches, throttling, a quota error at a given launch, releases
+//! that never turn healthy, instances stuck pending, health blips, a balancer initial period,
+//! describe staleness, lingering terminations, jittered latencies, instances killed or stopped
+//! out of band, a cancel at a random moment, a crash at a random journal record (rollback
+//! included) resumed in the same case, and a gate that rejects. Failing seeds are persisted
+//! next to this file and replayed first. 2000 cases by default; `PROPTEST_CASES` overrides.
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Checker, assert_final_fleet, latencies, release};
-use immut_core::engine::RetryPolicy;
+use common::{latencies, release};
+use immut_core::checker::Checker;
+use immut_core::engine::{Event, Gate, GateVerdict, Phase, RetryPolicy};
+use immut_core::journal::{Journal, JournalRead, JournalRecord, LockGuard, MemoryJournal};
 use immut_core::sim::{Faults, OutOfBand, SimProvider};
-use immut_core::strategy::{Promotion, ReplacementStrategy};
-use immut_core::{BlueGreen, Canary, Count, Rolling};
+use immut_core::strategy::{FleetView, Promotion, ReplacementStrategy};
+use immut_core::{BlueGreen, Canary, Count, DeploymentId, Rolling};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 #[derive(Debug, Clone)]
 enum Plan {
@@ -25,13 +34,13 @@ enum Plan {
 }
 
 impl Plan {
-    fn strategy(&self) -> Arc<dyn ReplacementStrategy> {
+    fn strategy(&self, gated: bool) -> Arc<dyn ReplacementStrategy> {
         match self {
             Plan::BlueGreen { bake, keep_old } => Arc::new(
                 BlueGreen::new()
                     .bake(Duration::from_secs(*bake))
                     .keep_old(Duration::from_secs(*keep_old))
-                    .promotion(Promotion::Auto),
+                    .promotion(if gated { Promotion::Manual } else { Promotion::Auto }),
             ),
             Plan::Rolling { surge, unavailable, pause } => Arc::new(
                 Rolling::new().max_surge(*surge).max_unavailable(*unavailable).pause(Duration::from_secs(*pause)),
@@ -39,6 +48,14 @@ impl Plan {
             Plan::Canary { steps, pause } => {
                 Arc::new(Canary::new(steps.iter().map(|p| Count::Percent(*p))).pause(Duration::from_secs(*pause)))
             }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Plan::BlueGreen { .. } => "blue_green",
+            Plan::Rolling { .. } => "rolling",
+            Plan::Canary { .. } => "canary",
         }
     }
 }
@@ -66,106 +83,312 @@ struct Schedule {
     throttle_rate: f64,
     quota_at_launch: Option<u64>,
     new_never_healthy: bool,
+    partial_launch_rate: f64,
+    stuck_pending_rate: f64,
+    flap_rate: f64,
+    staleness: u64,
+    linger: u64,
+    lb_initial: u64,
+    jitter: f64,
     out_of_band: Vec<(u64, usize)>,
+    stops: Vec<(u64, usize)>,
+    cancel_at: Option<u64>,
+    crash_at: Option<usize>,
+    reject_gate: bool,
     seed: u64,
 }
 
 fn schedule() -> impl Strategy<Value = Schedule> {
-    (
-        prop_oneof![Just(0.0), Just(0.2), Just(0.4)],
-        prop_oneof![Just(0.0), Just(0.1), Just(0.3)],
-        proptest::option::weighted(0.2, 1u64..6),
-        proptest::bool::weighted(0.2),
-        proptest::collection::vec((0u64..400, 1usize..3), 0..3),
+    let rates = (
+        prop_oneof![3 => Just(0.0), 1 => Just(0.2), 1 => Just(0.4)],
+        prop_oneof![3 => Just(0.0), 1 => Just(0.1), 1 => Just(0.3)],
+        proptest::option::weighted(0.1, 1u64..6),
+        proptest::bool::weighted(0.15),
+        prop_oneof![4 => Just(0.0), 1 => Just(0.3)],
+        prop_oneof![4 => Just(0.0), 1 => Just(0.02)],
+        prop_oneof![4 => Just(0.0), 1 => Just(0.05)],
+    );
+    let times = (
+        prop_oneof![3 => Just(0u64), 1 => 1u64..10],
+        prop_oneof![3 => Just(0u64), 1 => 1u64..40],
+        prop_oneof![3 => Just(0u64), 1 => 1u64..15],
+        prop_oneof![2 => Just(0.0), 1 => Just(0.3)],
+    );
+    let events = (
+        proptest::collection::vec((0u64..400, 1usize..3), 0..2),
+        proptest::collection::vec((0u64..400, 1usize..2), 0..2),
+        proptest::option::weighted(0.1, 1u64..300),
+        proptest::option::weighted(0.15, 0usize..40),
+        proptest::bool::weighted(0.1),
         any::<u64>(),
+    );
+    (rates, times, events).prop_map(
+        |(
+            (launch_failure_rate, throttle_rate, quota_at_launch, new_never_healthy, partial, stuck, flap),
+            (staleness, linger, lb_initial, jitter),
+            (out_of_band, stops, cancel_at, crash_at, reject_gate, seed),
+        )| Schedule {
+            launch_failure_rate,
+            throttle_rate,
+            quota_at_launch,
+            new_never_healthy,
+            partial_launch_rate: partial,
+            stuck_pending_rate: stuck,
+            flap_rate: flap,
+            staleness,
+            linger,
+            lb_initial,
+            jitter,
+            out_of_band,
+            stops,
+            cancel_at,
+            crash_at,
+            reject_gate,
+            seed,
+        },
     )
-        .prop_map(|(launch_failure_rate, throttle_rate, quota_at_launch, new_never_healthy, out_of_band, seed)| {
-            Schedule { launch_failure_rate, throttle_rate, quota_at_launch, new_never_healthy, out_of_band, seed }
-        })
 }
 
-fn campaign(plan: Plan, desired: usize, old: usize, min_ready: u64, schedule: Schedule) -> Result<(), TestCaseError> {
-    let strategy = plan.strategy();
+impl Schedule {
+    /// The faults this case injects, by name, for the campaign's printed mix.
+    fn mix(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        let flags = [
+            (self.launch_failure_rate > 0.0, "launch failures"),
+            (self.throttle_rate > 0.0, "throttling"),
+            (self.quota_at_launch.is_some(), "quota error"),
+            (self.new_never_healthy, "never healthy"),
+            (self.partial_launch_rate > 0.0, "partial launches"),
+            (self.stuck_pending_rate > 0.0, "stuck pending"),
+            (self.flap_rate > 0.0, "health blips"),
+            (self.staleness > 0, "stale describe"),
+            (self.linger > 0, "lingering terminations"),
+            (self.lb_initial > 0, "balancer initial period"),
+            (self.jitter > 0.0, "jitter"),
+            (!self.out_of_band.is_empty(), "out-of-band kills"),
+            (!self.stops.is_empty(), "out-of-band stops"),
+            (self.cancel_at.is_some(), "cancel"),
+            (self.crash_at.is_some(), "crash and resume"),
+            (self.reject_gate, "gate rejection"),
+        ];
+        for (on, name) in flags {
+            if on {
+                m.push(name);
+            }
+        }
+        m
+    }
+}
+
+/// A strategy and a desired count that `build()` accepts: invalid settings are refused there,
+/// which has its own tests, so they are filtered out here rather than counted as passes.
+fn valid_settings() -> impl Strategy<Value = (Plan, usize)> {
+    let desired = prop_oneof![8 => 1usize..12, 2 => 12usize..=200];
+    (plan(), desired)
+        .prop_filter("settings build() accepts", |(plan, desired)| plan.strategy(false).validate(*desired).is_ok())
+}
+
+/// Dies (panics) before its `crash_at`-th record, like a process killed between two records.
+#[derive(Debug)]
+struct CrashingJournal {
+    inner: MemoryJournal,
+    crash_at: usize,
+    appended: AtomicUsize,
+}
+
+impl Journal for CrashingJournal {
+    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
+        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
+            panic!("simulated crash before journal record {}", self.crash_at);
+        }
+        self.inner.append(service, record)
+    }
+    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
+        self.inner.read(service)
+    }
+    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
+        self.inner.lock(service, deployment)
+    }
+    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
+        self.inner.holder(service)
+    }
+}
+
+/// Rejects every gate it is asked about.
+#[derive(Debug)]
+struct Reject;
+
+#[async_trait::async_trait]
+impl Gate for Reject {
+    async fn evaluate(&self, name: &str, _: &FleetView) -> GateVerdict {
+        GateVerdict::Fail(format!("{name} rejected by the campaign"))
+    }
+}
+
+fn quiet_simulated_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let simulated = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("simulated crash"));
+            if !simulated {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Result<(), TestCaseError> {
+    let gated = schedule.reject_gate;
+    let strategy = plan.strategy(gated);
     prop_assert!(strategy.validate(desired).is_ok(), "valid_settings() let invalid settings through");
+    let schedule = schedule.clone();
     immut_core::sim::run_in_virtual_time(async move {
         let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+        let oob = |v: &[(u64, usize)]| -> Vec<OutOfBand> {
+            v.iter().map(|&(at, count)| OutOfBand { at: Duration::from_secs(at), count }).collect()
+        };
         let faults = Faults {
             launch_failure_rate: schedule.launch_failure_rate,
             throttle_rate: schedule.throttle_rate,
             failing_launch_calls: schedule.quota_at_launch.into_iter().collect(),
             failing_launch_release: Some(v2.id().clone()),
             never_healthy_releases: if schedule.new_never_healthy { vec![v2.id().clone()] } else { vec![] },
-            out_of_band: schedule
-                .out_of_band
-                .iter()
-                .map(|&(at, count)| OutOfBand { at: Duration::from_secs(at), count })
-                .collect(),
+            partial_launch_rate: schedule.partial_launch_rate,
+            stuck_pending_rate: schedule.stuck_pending_rate,
+            flap_rate: schedule.flap_rate,
+            out_of_band: oob(&schedule.out_of_band),
+            out_of_band_stops: oob(&schedule.stops),
             ..Faults::default()
         };
-        let sim = latencies(SimProvider::builder()).faults(faults).seed(schedule.seed).build().unwrap();
+        let sim = latencies(SimProvider::builder())
+            .describe_staleness(Duration::from_secs(schedule.staleness))
+            .terminate_linger(Duration::from_secs(schedule.linger))
+            .lb_initial(Duration::from_secs(schedule.lb_initial))
+            .jitter(schedule.jitter)
+            .faults(faults)
+            .seed(schedule.seed)
+            .build()
+            .unwrap();
         if old > 0 {
             sim.seed(&v1, old, true);
         }
-        let deployer = sim
-            .deployer()
-            .strategy_arc(strategy)
-            .desired(desired)
-            .min_ready(Duration::from_secs(min_ready))
-            .progress_deadline(Duration::from_secs(240))
-            .retry(RetryPolicy {
-                max_retries: 30,
-                min_delay: Duration::from_millis(100),
-                max_delay: Duration::from_secs(5),
-            })
-            .build()
-            .unwrap();
-        let mut checker = Checker::new(schedule.out_of_band.is_empty());
-        let mut deployment = deployer.deploy(v2.clone());
+        let checker = Checker::new(sim.clone(), "web", desired, strategy.limits(desired));
+        let (provider, traffic) = checker.wrap(sim.clone(), sim.traffic());
+        let (provider, traffic) = (Arc::new(provider), Arc::new(traffic));
+        let journal = MemoryJournal::new();
+        let deployer = |journal: Arc<dyn Journal>| {
+            let mut b = immut_core::Deployer::builder()
+                .provider_arc(provider.clone())
+                .traffic_arc(traffic.clone())
+                .health(sim.health())
+                .strategy_arc(strategy.clone())
+                .desired(desired)
+                .min_ready(Duration::from_secs(5))
+                .progress_deadline(Duration::from_secs(240))
+                .journal_arc(journal)
+                .retry(RetryPolicy {
+                    max_retries: 30,
+                    min_delay: Duration::from_millis(100),
+                    max_delay: Duration::from_secs(5),
+                });
+            if gated {
+                b = b.gate(Reject);
+            }
+            b.build().unwrap()
+        };
+        let first: Arc<dyn Journal> = match schedule.crash_at {
+            Some(crash_at) => {
+                Arc::new(CrashingJournal { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) })
+            }
+            None => Arc::new(journal.clone()),
+        };
+        let mut deployment = deployer(first).deploy(v2.clone());
         if old > 0 {
             deployment = deployment.with_previous(v1.clone());
         }
-        let outcome = deployment.run_with(|e| checker.observe(e)).await;
-        prop_assert!(checker.violations.is_empty(), "{:?}\n{}", checker.violations, outcome.summary());
-        prop_assert!(checker.refused.is_empty(), "the engine refused its own strategy: {:?}", checker.refused);
-        prop_assert_eq!(checker.finished.as_ref(), Some(&outcome));
-        if schedule.new_never_healthy || schedule.quota_at_launch.is_some_and(|k| k == 1) {
+        if let Some(at) = schedule.cancel_at {
+            let cancel = deployment.cancel_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(at)).await;
+                cancel.cancel();
+            });
+        }
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let seen = refused.clone();
+        let run = tokio::spawn(deployment.run_with(move |e| {
+            serde_json::to_string(e).expect("every event serializes");
+            if let Event::InvariantViolated { invariant, detail } = e {
+                seen.lock().unwrap().push(format!("{invariant}: {detail}"));
+            }
+        }));
+        let outcome = match run.await {
+            Ok(outcome) => Some(outcome),
+            Err(e) if e.is_panic() => {
+                // The process died between two records: a new one resumes from the journal.
+                match deployer(Arc::new(journal.clone())).resume("web").unwrap() {
+                    Some(resumed) => Some(resumed.run().await),
+                    None => None,
+                }
+            }
+            Err(e) => panic!("the run failed: {e}"),
+        };
+        let refused = refused.lock().unwrap().clone();
+        prop_assert!(refused.is_empty(), "the engine refused its own decisions: {refused:?}");
+        let Some(outcome) = outcome else {
+            // Died before its first record: nothing may have changed.
+            prop_assert_eq!(sim.calls().launch, 0);
+            return Ok(());
+        };
+        let violations = checker.finish(&outcome, &v2, (old > 0).then_some(&v1));
+        prop_assert!(violations.is_empty(), "{violations:?}\n{}", outcome.summary());
+        prop_assert!(matches!(outcome.phase, Phase::Succeeded | Phase::RolledBack { .. }), "{}", outcome.summary());
+        // A quota error on the first launch fails the deployment, unless a crash interrupted
+        // it before it journaled its rollback: the resumed one launches again, and may succeed.
+        if schedule.new_never_healthy || (schedule.quota_at_launch == Some(1) && schedule.crash_at.is_none()) {
             prop_assert!(!outcome.succeeded(), "a release that cannot come up succeeded: {}", outcome.summary());
         }
-        assert_final_fleet(&sim, &outcome, &v2, (old > 0).then_some(&v1), desired, checker.previous_count).await;
         Ok(())
     })
 }
 
-/// A strategy and a desired count that `build()` accepts: invalid settings are refused there,
-/// which has its own tests, so they are filtered out here rather than counted as passes.
-fn valid_settings(desired: std::ops::Range<usize>) -> impl Strategy<Value = (Plan, usize)> {
-    (plan(), desired)
-        .prop_filter("settings build() accepts", |(plan, desired)| plan.strategy().validate(*desired).is_ok())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: ProptestConfig::default().cases.max(256),
+#[test]
+fn randomized_fault_schedules_keep_every_invariant() {
+    quiet_simulated_crashes();
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);
+    let config = ProptestConfig {
+        cases,
         // The checked-in seeds next to this file are replayed before new cases.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        source_file: Some(file!()),
         ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn random_fault_schedules_keep_the_invariants(
-        (plan, desired) in valid_settings(1..12),
-        min_ready in prop_oneof![Just(0u64), Just(5), Just(20)],
-        schedule in schedule(),
-    ) {
-        campaign(plan, desired, desired, min_ready, schedule)?;
+    };
+    let mix: Arc<Mutex<BTreeMap<&'static str, usize>>> = Arc::default();
+    let run = Arc::new(AtomicUsize::new(0));
+    let (m, r) = (mix.clone(), run.clone());
+    let old_sizes = prop_oneof![3 => Just(None), 1 => (0usize..8).prop_map(Some)];
+    let result = TestRunner::new(config).run(
+        &(valid_settings(), old_sizes, schedule()),
+        move |((plan, desired), old, schedule)| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let mut m = m.lock().unwrap();
+            *m.entry(plan.name()).or_default() += 1;
+            *m.entry(if desired > 11 { "fleet 12-200" } else { "fleet 1-11" }).or_default() += 1;
+            if old.is_some() {
+                *m.entry("resized or first deployment").or_default() += 1;
+            }
+            for f in schedule.mix() {
+                *m.entry(f).or_default() += 1;
+            }
+            drop(m);
+            campaign(&plan, desired, old.unwrap_or(desired), &schedule)
+        },
+    );
+    println!("fault campaign: {} cases run", run.load(Ordering::SeqCst));
+    for (what, n) in mix.lock().unwrap().iter() {
+        println!("  {what:<28} {n}");
     }
-
-    #[test]
-    fn resized_and_first_deployments_keep_the_invariants(
-        (plan, desired) in valid_settings(1..8),
-        old in 0usize..8,
-        schedule in schedule(),
-    ) {
-        campaign(plan, desired, old, 0, schedule)?;
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -31,6 +31,12 @@ pub(super) struct Streak {
 }
 
 impl Streak {
+    /// The run an instance starts with when first observed: one already serving is presumed
+    /// healthy (it takes the unhealthy threshold to count it out), a new one must prove itself.
+    pub(super) fn first(serving: bool) -> Self {
+        Streak { healthy: serving, ..Streak::default() }
+    }
+
     pub(super) fn seen_at_step(&self) -> u64 {
         self.seen_at_step
     }
@@ -88,6 +94,17 @@ impl Memory {
         }
     }
 
+    /// Remembers launches a dead process journaled. Its crash and this restart outlast any
+    /// consistency window, so describe is trusted for them: no stand-ins.
+    pub(super) fn recovered(&mut self, wave: u32, instances: &[Instance]) {
+        self.launched(wave, instances);
+        for i in instances {
+            if let Some(l) = self.launched.get_mut(&i.id) {
+                l.seen = true;
+            }
+        }
+    }
+
     /// Remembers what a terminate call was given.
     pub(super) fn terminated(&mut self, ids: &[InstanceId]) {
         let now = Instant::now();
@@ -99,9 +116,15 @@ impl Memory {
     /// Completes an observation with what describe cannot show yet, and notes what it shows:
     /// instances launched within the consistency window and not yet visible are added as
     /// pending; launched instances that stopped or vanished without the engine's doing are
-    /// returned as failures.
-    pub(super) fn reconcile(&mut self, instances: &mut Vec<Instance>, window: Duration) -> Vec<(InstanceId, u32)> {
-        let now = Instant::now();
+    /// returned as failures. `asked_at` is when the describe call went out: the window is
+    /// measured against it, since the answer may be older than its arrival.
+    pub(super) fn reconcile(
+        &mut self,
+        instances: &mut Vec<Instance>,
+        window: Duration,
+        asked_at: Instant,
+    ) -> Vec<(InstanceId, u32)> {
+        let now = asked_at;
         let present: HashMap<InstanceId, InstanceState> = instances.iter().map(|i| (i.id.clone(), i.state)).collect();
         let mut failures = Vec::new();
         let mut forget = Vec::new();
@@ -139,6 +162,13 @@ impl Memory {
             !leaving && (now < *at + window || present.contains_key(id))
         });
         failures
+    }
+
+    /// The next instant after `now` at which one of the engine's own timers runs out: a
+    /// launched instance's deadline (`at + deadline`). The consistency windows end before
+    /// those, and are seen at the next observation.
+    pub(super) fn next_timer(&self, deadline: Duration, now: Instant) -> Option<Instant> {
+        self.launched.values().filter(|l| !l.failed).map(|l| l.at + deadline).filter(|t| *t > now).min()
     }
 
     /// Ids this deployment terminated that describe now shows live again.

@@ -1,5 +1,6 @@
 //! Observing the fleet: describe, the serving set and health, turned into a [`FleetView`].
 
+use super::memory::Streak;
 use super::*;
 
 pub(super) struct Observation {
@@ -18,6 +19,9 @@ impl Deployment {
         let (provider, traffic) = (&self.inner.provider, &self.inner.traffic);
         let query = Query::service(self.release.service());
         let settings = &self.inner.settings;
+        // A describe answer shows the fleet as it was when the call went out, however long
+        // the answer (or its retries, or the serving read beside it) took.
+        let asked_at = Instant::now();
         let (described, serving) = tokio::join!(
             retry_call(settings, "describe", || provider.describe(&query)),
             retry_call(settings, "serving", || traffic.serving()),
@@ -34,7 +38,7 @@ impl Deployment {
         self.calls.describe += 1;
         self.calls.serving += 1;
         let window = self.inner.provider.capabilities().consistency_window;
-        let failures = self.memory.reconcile(&mut instances, window);
+        let failures = self.memory.reconcile(&mut instances, window, asked_at);
         let health = self.judge(&instances, &serving).await;
         Ok(Observation { instances, serving, health, failures })
     }
@@ -106,7 +110,12 @@ impl Deployment {
                 continue;
             }
             let healthy = instance.state.is_live()
-                && self.memory.streaks.entry(id.clone()).or_default().record(health, thresholds, generation);
+                && self
+                    .memory
+                    .streaks
+                    .entry(id.clone())
+                    .or_insert_with(|| Streak::first(serving))
+                    .record(health, thresholds, generation);
             let since = if healthy {
                 let entry = self.healthy_since.entry(id.clone()).or_insert((now, generation));
                 entry.1 = generation;

@@ -80,7 +80,7 @@ impl Deployer {
                     address: None,
                 })
                 .collect();
-            d.memory.launched(intent.wave, &stand_ins);
+            d.memory.recovered(intent.wave, &stand_ins);
         }
         d.memory.terminated(&found.terminated);
         if let Some(reason) = &found.rolling_back {

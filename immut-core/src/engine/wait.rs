@@ -23,6 +23,11 @@ impl Deployment {
         if let (Some(until), Some(started)) = (until, self.started) {
             wake = wake.min(started + until);
         }
+        // The engine's own clocks: a new instance's deadline, and the end of a consistency
+        // window, change what it decides even when the provider changes nothing.
+        if let Some(at) = self.memory.next_timer(self.inner.settings.instance_deadline, now) {
+            wake = wake.min(at);
+        }
         let wake = wake.max(now + Duration::from_millis(1));
         tracing::debug!(reason, "waiting");
         let cancel = self.cancel.clone();

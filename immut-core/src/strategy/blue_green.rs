@@ -96,6 +96,13 @@ impl ReplacementStrategy for BlueGreen {
                 }
                 return Decision::Terminate { ids: view.old_idle.clone() };
             }
+            if !view.new_serving_unhealthy.is_empty() {
+                // Done only with every new instance healthy; the progress deadline bounds this.
+                return Decision::wait(format!(
+                    "{} new serving instances unhealthy after the bake",
+                    view.new_serving_unhealthy.len()
+                ));
+            }
             return Decision::Done;
         }
         let missing = n.saturating_sub(view.new_live());
