@@ -63,19 +63,29 @@ fn main() -> std::process::ExitCode {
 
         println!("\n== someone works around the pipeline");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut by_hand = std::process::Command::new(std::env::current_exe()?)
-            .arg(sample::SAMPLE_FLAG)
-            .env("PORT", port.to_string())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        println!("started a server by hand: pid {} on 127.0.0.1:{port}", by_hand.id());
+        let mut by_hand = HandStarted(
+            std::process::Command::new(std::env::current_exe()?)
+                .arg(sample::SAMPLE_FLAG)
+                .env("PORT", port.to_string())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
+        println!("started a server by hand: pid {} on 127.0.0.1:{port}", by_hand.0.id());
+        // The audit must find a server that answers, not one still starting.
+        if !poll(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await
+        {
+            demo.finish().await?;
+            return Err(format!("the server started by hand never listened on 127.0.0.1:{port}").into());
+        }
         let victim = demo.live().await?.into_iter().next().ok_or("no instance to tamper with")?;
         let record = state.join("instances").join(format!("{}.json", victim.id));
         let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record)?)?;
         json["labels"][label_keys::VERSION] = "1.0.1".into();
         std::fs::write(&record, serde_json::to_vec_pretty(&json)?)?;
         println!("edited {}'s labels to claim version 1.0.1", victim.id);
-        tokio::time::sleep(Duration::from_millis(300)).await;
 
         let found = audit.run(&v1).await?;
         println!("\n{}", found.table());
@@ -90,7 +100,15 @@ fn main() -> std::process::ExitCode {
             let mut printer = common::Printer::default();
             deployer.reconcile(&found, v1.clone()).run_with(|e| printer.print(e)).await
         };
-        let _ = by_hand.wait();
+        // The reconcile replaced the hand-started server too: it exits on its SIGTERM.
+        let stopped = poll(Duration::from_secs(15), || {
+            let exited = matches!(by_hand.0.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await;
+        if !stopped {
+            println!("the server started by hand still runs after the reconcile");
+        }
 
         let after = audit.run(&v1).await?;
         println!("\n{}", after.table());
@@ -104,9 +122,41 @@ fn main() -> std::process::ExitCode {
         demo.finish().await?;
         Ok(before.is_clean()
             && flagged_both
+            && stopped
             && outcome.succeeded()
             && after.is_clean()
             && after.findings.len() == 3
             && verification.is_intact())
     })
+}
+
+/// A process started by hand; killed by its pid when dropped, so that an early return or a
+/// failure leaves nothing running.
+struct HandStarted(std::process::Child);
+
+impl Drop for HandStarted {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; says whether it held.
+async fn poll<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

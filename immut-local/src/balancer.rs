@@ -34,6 +34,9 @@ struct Shared {
     drain_timeout: Duration,
     shutdown: Notify,
     served: AtomicUsize,
+    /// Held from a change of the serving set until it is persisted, so that the file always
+    /// ends with the newest set even when two changes overlap.
+    persisting: tokio::sync::Mutex<()>,
 }
 
 /// A TCP load balancer on tokio: round-robin over the serving set.
@@ -70,11 +73,13 @@ impl LocalBalancer {
                 "listen",
                 format!("cannot listen on {}: {e}; stop what listens there or pick another address", builder.listen),
             )
+            .with_provider("local")
+            .with_source(e)
         })?;
         let addr =
             listener.local_addr().map_err(|e| map_io(e, "read the balancer address", std::path::Path::new("-")))?;
-        let restored = match &builder.state_dir {
-            Some(dir) => restore(dir)?,
+        let restored = match builder.state_dir.clone() {
+            Some(dir) => client::blocking("restore the serving set", move || restore(&dir)).await?,
             None => Vec::new(),
         };
         let shared = Arc::new(Shared {
@@ -85,6 +90,7 @@ impl LocalBalancer {
             drain_timeout: builder.drain_timeout,
             shutdown: Notify::new(),
             served: AtomicUsize::new(0),
+            persisting: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(%addr, "balancer listening");
@@ -105,29 +111,25 @@ impl LocalBalancer {
         self.shared.backends.read().expect("balancer lock poisoned")
     }
 
-    fn persist(&self, backends: &[Backend]) -> Result<()> {
-        let Some(dir) = &self.shared.state_dir else { return Ok(()) };
-        let path = dir.join("balancer.json");
-        let body = Persisted { serving: backends.iter().map(|b| (b.id.clone(), b.addr)).collect() };
-        let tmp = dir.join(".balancer.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&body).expect("serializes"))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| map_io(e, "persist the serving set", &path))
-    }
-
     /// Checks the instances are live managed processes with an address.
-    fn backends_for(&self, instances: &[Instance]) -> Result<Vec<Backend>> {
-        let live: Vec<client::Record> = match &self.shared.state_dir {
-            Some(dir) => client::read_records(dir)?
-                .into_iter()
-                .filter(|r| !r.terminated && client::is_alive(r.pid, r.start_ticks))
-                .collect(),
+    async fn backends_for(&self, instances: &[Instance]) -> Result<Vec<Backend>> {
+        let live: Vec<String> = match self.shared.state_dir.clone() {
+            Some(dir) => {
+                client::blocking("attach", move || {
+                    Ok(client::read_records(&dir)?
+                        .into_iter()
+                        .filter(|r| !r.terminated && client::is_alive(r.pid, r.start_ticks))
+                        .map(|r| r.id)
+                        .collect())
+                })
+                .await?
+            }
             None => Vec::new(),
         };
         let mut unknown = Vec::new();
         let mut backends = Vec::new();
         for instance in instances {
-            let known = self.shared.state_dir.is_none() || live.iter().any(|r| r.id == instance.id.as_str());
+            let known = self.shared.state_dir.is_none() || live.iter().any(|id| id == instance.id.as_str());
             let addr = instance.address.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
             match (known, addr) {
                 (true, Some(addr)) => {
@@ -149,22 +151,29 @@ impl LocalBalancer {
     }
 
     /// Changes the serving set in one write: adds `attach`, removes `detach`; returns the removed.
-    fn apply(&self, attach: Vec<Backend>, detach: &[InstanceId]) -> Result<Vec<Backend>> {
-        let mut backends = self.shared.backends.write().expect("balancer lock poisoned");
-        for b in attach {
-            if !backends.iter().any(|x| x.id == b.id) {
-                backends.push(b);
+    /// New connections see the change at once; it is persisted before this returns.
+    async fn apply(&self, attach: Vec<Backend>, detach: &[InstanceId]) -> Result<Vec<Backend>> {
+        let _in_order = self.shared.persisting.lock().await;
+        let (removed, serving) = {
+            let mut backends = self.shared.backends.write().expect("balancer lock poisoned");
+            for b in attach {
+                if !backends.iter().any(|x| x.id == b.id) {
+                    backends.push(b);
+                }
             }
+            let mut removed = Vec::new();
+            backends.retain(|b| {
+                let keep = !detach.contains(&b.id);
+                if !keep {
+                    removed.push(b.clone());
+                }
+                keep
+            });
+            (removed, backends.iter().map(|b| (b.id.clone(), b.addr)).collect::<Vec<_>>())
+        };
+        if let Some(dir) = self.shared.state_dir.clone() {
+            client::blocking("persist the serving set", move || persist(&dir, serving)).await?;
         }
-        let mut removed = Vec::new();
-        backends.retain(|b| {
-            let keep = !detach.contains(&b.id);
-            if !keep {
-                removed.push(b.clone());
-            }
-            keep
-        });
-        self.persist(&backends)?;
         Ok(removed)
     }
 
@@ -182,6 +191,12 @@ impl LocalBalancer {
     }
 }
 
+fn persist(dir: &std::path::Path, serving: Vec<(InstanceId, SocketAddr)>) -> Result<()> {
+    let path = dir.join("balancer.json");
+    let body = serde_json::to_vec_pretty(&Persisted { serving }).expect("serializes");
+    client::write_atomic(&path, &body).map_err(|e| map_io(e, "persist the serving set", &path))
+}
+
 fn restore(dir: &std::path::Path) -> Result<Vec<Backend>> {
     let path = dir.join("balancer.json");
     match std::fs::read(&path) {
@@ -191,6 +206,8 @@ fn restore(dir: &std::path::Path) -> Result<Vec<Backend>> {
                     "state_dir",
                     format!("{} is not a serving set ({e}); delete it to start empty", path.display()),
                 )
+                .with_provider("local")
+                .with_source(e)
             })?;
             Ok(p.serving
                 .into_iter()
@@ -258,20 +275,20 @@ impl Traffic for LocalBalancer {
     }
 
     async fn attach(&self, instances: &[Instance]) -> Result<()> {
-        let backends = self.backends_for(instances)?;
-        self.apply(backends, &[])?;
+        let backends = self.backends_for(instances).await?;
+        self.apply(backends, &[]).await?;
         Ok(())
     }
 
     async fn detach(&self, ids: &[InstanceId]) -> Result<()> {
-        let removed = self.apply(Vec::new(), ids)?;
+        let removed = self.apply(Vec::new(), ids).await?;
         self.drain(removed).await;
         Ok(())
     }
 
     async fn switch(&self, attach: &[Instance], detach: &[InstanceId]) -> Result<()> {
-        let backends = self.backends_for(attach)?;
-        let removed = self.apply(backends, detach)?;
+        let backends = self.backends_for(attach).await?;
+        let removed = self.apply(backends, detach).await?;
         self.drain(removed).await;
         Ok(())
     }

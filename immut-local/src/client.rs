@@ -1,13 +1,13 @@
 //! Operating-system calls: processes, signals, ports and the state directory, plus the one
 //! function that maps their errors to [`immut_core::Error`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use immut_core::{Error, ErrorKind, Result};
+use immut_core::{Error, ErrorKind, InstanceId, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,9 @@ pub(crate) fn map_io(error: io::Error, operation: &str, path: &Path) -> Error {
         .with_source(error)
 }
 
-/// What the provider remembers of one instance, one JSON file each.
+/// What the provider remembers of one instance, one JSON file each. The file lives while the
+/// instance may still run: [`crate::LocalProvider::terminate`] deletes it once the process is
+/// gone, and `describe` deletes what a terminate that died half-way left behind.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub id: String,
@@ -39,9 +41,20 @@ pub(crate) struct Record {
     pub image: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub launched_at_ms: u64,
+    /// A terminate was asked for. Written before the first signal, so that a deployer that dies
+    /// mid-terminate leaves a record that reads as terminating, never as running.
     #[serde(default)]
     pub terminated: bool,
+    /// When a describe first found the process gone without a terminate: it died on its own.
+    /// Such a record is reported as terminated for [`GONE_RETENTION`], then deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_at_ms: Option<u64>,
 }
+
+/// How long the record of a process that died on its own stays describable (with
+/// `Query::with_terminated`): long enough to see what crashed, short enough that the
+/// instances directory does not grow with every crash.
+pub(crate) const GONE_RETENTION: Duration = Duration::from_secs(15 * 60);
 
 pub(crate) fn instances_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("instances")
@@ -51,9 +64,31 @@ pub(crate) fn logs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs")
 }
 
+/// Which executables each service's instances ran: what tells a process started by hand from
+/// a managed executable apart, after the records of the managed instances are gone.
+pub(crate) fn images_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("images")
+}
+
+/// Runs blocking file-system and `/proc` work on tokio's blocking pool, so that it never stalls
+/// the async threads that drive deployments, health checks and the balancer.
+pub(crate) async fn blocking<T: Send + 'static>(
+    operation: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::new(ErrorKind::Unavailable, "the runtime is shutting down; try again")
+            .with_provider("local")
+            .with_operation(operation)
+            .with_source(e)),
+    }
+}
+
 /// Creates the state directory and proves it writable.
 pub(crate) fn prepare_state_dir(state_dir: &Path) -> Result<()> {
-    for dir in [instances_dir(state_dir), logs_dir(state_dir)] {
+    for dir in [instances_dir(state_dir), logs_dir(state_dir), images_dir(state_dir)] {
         std::fs::create_dir_all(&dir).map_err(|e| map_io(e, "create state directory", &dir).with_field("state_dir"))?;
     }
     let probe = state_dir.join(".write-test");
@@ -63,20 +98,50 @@ pub(crate) fn prepare_state_dir(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a record atomically (temporary file, fsync, rename).
-pub(crate) fn write_record(state_dir: &Path, record: &Record) -> Result<()> {
+/// Writes a file atomically: a temporary file of this writer's own (so that two processes
+/// writing the same record never interleave), fsync, rename.
+pub(crate) fn write_atomic(path: &Path, body: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let dir = instances_dir(state_dir);
-    let path = dir.join(format!("{}.json", record.id));
-    let tmp = dir.join(format!(".{}.tmp", record.id));
-    let body = serde_json::to_vec_pretty(record).expect("records serialize");
-    let write = || -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp =
+        path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
+        f.write_all(body)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| map_io(e, "write instance record", &path).with_field("state_dir"))
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn record_path(state_dir: &Path, id: &str) -> PathBuf {
+    instances_dir(state_dir).join(format!("{id}.json"))
+}
+
+/// Writes a record atomically.
+pub(crate) fn write_record(state_dir: &Path, record: &Record) -> Result<()> {
+    let path = record_path(state_dir, &record.id);
+    let body = serde_json::to_vec_pretty(record).expect("records serialize");
+    write_atomic(&path, &body).map_err(|e| {
+        map_io(e, "write instance record", &path).with_field("state_dir").with_ids([InstanceId::new(&record.id)])
+    })
+}
+
+/// Deletes a record; one that is already gone is fine.
+pub(crate) fn delete_record(state_dir: &Path, id: &str) -> Result<()> {
+    let path = record_path(state_dir, id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => {
+            Err(map_io(e, "delete instance record", &path).with_field("state_dir").with_ids([InstanceId::new(id)]))
+        }
+    }
 }
 
 /// Every record in the state directory; unreadable files are skipped with a warning.
@@ -96,11 +161,49 @@ pub(crate) fn read_records(state_dir: &Path) -> Result<Vec<Record>> {
         match std::fs::read(&path).map(|b| serde_json::from_slice::<Record>(&b)) {
             Ok(Ok(record)) => records.push(record),
             Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "skipping a malformed instance record"),
+            // Its instance was terminated between the listing and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable instance record"),
         }
     }
     records.sort_by(|a, b| (a.launched_at_ms, &a.id).cmp(&(b.launched_at_ms, &b.id)));
     Ok(records)
+}
+
+/// One entry of the images index: a service ran this executable.
+#[derive(Debug, Serialize, Deserialize)]
+struct ImageEntry {
+    service: String,
+    image: PathBuf,
+}
+
+/// Records that `service` runs `image`, once: one small file per (service, executable), so the
+/// index grows with the artifacts, not with the instances.
+pub(crate) fn remember_image(state_dir: &Path, service: &str, image: &Path) -> Result<()> {
+    let mut hasher = Sha256::new();
+    hasher.update(service.as_bytes());
+    hasher.update([0]);
+    hasher.update(image.as_os_str().as_encoded_bytes());
+    let key: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let path = images_dir(state_dir).join(format!("{key}.json"));
+    if path.exists() {
+        return Ok(());
+    }
+    let body = serde_json::to_vec(&ImageEntry { service: service.to_owned(), image: image.to_owned() })
+        .expect("image entries serialize");
+    write_atomic(&path, &body).map_err(|e| map_io(e, "write the images index", &path).with_field("state_dir"))
+}
+
+/// The executables that instances of `service` (of any service when `None`) ran.
+pub(crate) fn remembered_images(state_dir: &Path, service: Option<&str>) -> HashSet<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(images_dir(state_dir)) else { return HashSet::new() };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice::<ImageEntry>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|e| service.is_none_or(|s| s == e.service))
+        .map(|e| e.image)
+        .collect()
 }
 
 /// The `sha256:<hex>` digest of a file.
@@ -125,6 +228,8 @@ pub(crate) fn check_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::invalid("artifact.image", format!("no executable at {}: {e}; build it or fix the path", path.display()))
+            .with_provider("local")
+            .with_source(e)
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err(Error::invalid(
@@ -142,30 +247,45 @@ pub(crate) fn process_image(pid: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
 }
 
-/// SIGTERM, then SIGKILL after `timeout`; returns once the process is gone.
-pub(crate) async fn stop(pid: i32, start_ticks: Option<u64>, timeout: Duration) {
-    if !is_alive(pid, start_ticks) {
-        return;
+/// A process as this provider identifies it: its pid and its start time.
+pub(crate) type ProcessId = (i32, Option<u64>);
+
+/// SIGTERM, then SIGKILL after `timeout`, to every process of `targets`;
+/// returns once all are gone. The liveness checks read `/proc`, so each round of them runs on
+/// the blocking pool, one hop for all the processes.
+pub(crate) async fn stop_all(targets: Vec<ProcessId>, timeout: Duration) {
+    let alive_of = |targets: Vec<ProcessId>| async move {
+        let checked = targets.clone();
+        // A check that could not run proves nothing: the processes count as alive, since
+        // the caller deletes the records of what this reports gone.
+        tokio::task::spawn_blocking(move || checked.into_iter().filter(|&(pid, start)| is_alive(pid, start)).collect())
+            .await
+            .unwrap_or(targets)
+    };
+    let mut alive: Vec<ProcessId> = alive_of(targets).await;
+    for &(pid, _) in &alive {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + timeout;
-    while is_alive(pid, start_ticks) {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(pid, "process ignored SIGTERM; sending SIGKILL");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            break;
+    let mut killed = false;
+    while !alive.is_empty() {
+        if !killed && tokio::time::Instant::now() >= deadline {
+            for &(pid, _) in &alive {
+                tracing::warn!(pid, "process ignored SIGTERM; sending SIGKILL");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            killed = true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    while is_alive(pid, start_ticks) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(if killed { 10 } else { 20 })).await;
+        alive = alive_of(alive).await;
     }
 }
 
 /// Processes (other than this one) that run one of `images`, have `PORT` in their environment
 /// and no `IMMUT_RELEASE`: what an instance started by hand from a managed artifact looks like.
 /// Instances of any local provider (another state directory too) carry `IMMUT_RELEASE`.
-pub(crate) fn processes_running(images: &std::collections::HashSet<PathBuf>) -> Vec<(i32, PathBuf, Option<u16>)> {
+/// It scans `/proc`: call it from blocking code only.
+pub(crate) fn processes_running(images: &HashSet<PathBuf>) -> Vec<(i32, PathBuf, Option<u16>)> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
@@ -260,6 +380,8 @@ impl PortPolicy {
                         "params.port",
                         format!("127.0.0.1:{port} is not available ({e}); stop what listens there or use port=auto"),
                     )
+                    .with_provider("local")
+                    .with_source(e)
                 })?;
                 Ok(vec![listener])
             }
@@ -297,6 +419,35 @@ mod tests {
             let e = PortPolicy::parse(Some(bad)).unwrap_err();
             assert!(e.to_string().contains("params.port"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_mapped_error_keeps_its_source_ids_and_retryable_flag() {
+        let record = Record {
+            id: "web-1".into(),
+            pid: 1,
+            start_ticks: None,
+            port: 1,
+            image: PathBuf::from("/bin/true"),
+            labels: BTreeMap::new(),
+            launched_at_ms: 0,
+            terminated: false,
+            gone_at_ms: None,
+        };
+        let nowhere = std::env::temp_dir().join(format!("immut-no-state-dir-{}", std::process::id()));
+        let e = write_record(&nowhere, &record).unwrap_err();
+        assert!(e.message().starts_with("state_dir: write instance record"), "{e}");
+        assert_eq!(
+            (e.kind(), e.provider(), e.operation()),
+            (ErrorKind::InvalidInput, Some("local"), Some("write instance record"))
+        );
+        assert_eq!(e.ids(), [InstanceId::new("web-1")]);
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(source.map(io::Error::kind), Some(io::ErrorKind::NotFound));
+
+        let transient = map_io(io::Error::other("disk hiccup"), "read", Path::new("x")).with_field("state_dir");
+        assert!(transient.is_retryable(), "{transient}");
+        assert!(std::error::Error::source(&transient).is_some());
     }
 
     #[test]

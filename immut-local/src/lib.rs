@@ -5,8 +5,8 @@
 //! whole blue/green, rolling and canary machinery runs on a fresh machine.
 //!
 //! - [`LocalProvider`]: launches, describes and terminates processes, recording each in a
-//!   state directory (default `.immut/`). The artifact is an executable file whose sha256 is
-//!   verified before every launch ([`artifact`] computes it).
+//!   state directory (default `.immut/`) for as long as it may run. The artifact is an
+//!   executable file whose sha256 is verified before every launch ([`artifact`] computes it).
 //! - [`LocalBalancer`]: the [`Traffic`](immut_core::Traffic) side, with draining detaches.
 //! - [`sample`]: the tiny HTTP service the examples deploy.
 //!
@@ -39,8 +39,11 @@ pub use provider::{LocalProvider, env};
 pub fn artifact(name: &str, version: Version, path: impl AsRef<Path>) -> Result<ArtifactSpec> {
     let path = path.as_ref();
     client::check_executable(path)?;
-    let absolute = std::fs::canonicalize(path)
-        .map_err(|e| immut_core::Error::invalid("artifact.image", format!("{}: {e}", path.display())))?;
+    let absolute = std::fs::canonicalize(path).map_err(|e| {
+        immut_core::Error::invalid("artifact.image", format!("{}: {e}", path.display()))
+            .with_provider("local")
+            .with_source(e)
+    })?;
     let digest = client::sha256_file(&absolute)?;
     Ok(ArtifactSpec::new(name, version, absolute.display().to_string()).with_digest(digest))
 }

@@ -1,86 +1,184 @@
-//! Kill the deploying process with SIGKILL at every journal record of a blue/green and a
-//! rolling deployment, then resume in a new process. Each time the deployment must end on the
-//! new release or cleanly on the old one, with no duplicate instance and no orphan.
+//! Kill the deploying process with SIGKILL just before each journal record of a blue/green and
+//! a rolling deployment, then resume in a new process.
+//!
+//! The expected outcome of each kill point follows from the record the kill prevented, since
+//! resume sees exactly the records before it:
+//!
+//! - before record 0 (`begin`): nothing of the deployment is durable, so there is nothing to
+//!   resume and the previous release keeps serving, untouched;
+//! - before any later record: the deployment began and no `rolling_back` record is durable,
+//!   so resume continues it in `Deploying` to `Succeeded` on the new release. When the record
+//!   is the `applied` answer of a launch intent, the launch was in flight: resume completes it
+//!   under its token, adopting what the dead process launched;
+//! - (were a `rolling_back` record durable, resume would go on rolling back to the previous
+//!   release; a healthy deployment journals none, and the test asserts that it does not.)
+//!
+//! Every time the fleet ends with exactly the desired count, all serving, all of one release:
+//! no duplicate instance, no orphan, and no record of a terminated instance left behind.
 
 mod support;
 
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 
-use immut_core::{InstanceId, Provider, ProviderExt, Query, Traffic};
+use immut_core::engine::Event;
+use immut_core::journal::{FileJournal, Journal, JournalEntry, JournalRecord};
+use immut_core::{InstanceId, Phase, Provider, ProviderExt, Query, Traffic};
 use immut_local::LocalProvider;
 
 const DESIRED: usize = 2;
+const SERVICE: &str = "crash";
 
-fn deploy(state_dir: &Path, strategy: &str, extra: &[&str]) -> ExitStatus {
-    Command::new(env!("CARGO_BIN_EXE_immut-local-deploy"))
-        .args(["--state-dir", state_dir.to_str().unwrap(), "--service", "crash", "--strategy", strategy])
-        .args(["--desired", &DESIRED.to_string()])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap()
+/// A finished run of the deployer binary: its exit status and the events it printed.
+struct Run {
+    status: ExitStatus,
+    events: Vec<Event>,
 }
 
-fn journal_lines(state_dir: &Path) -> usize {
-    std::fs::read_to_string(state_dir.join("journal").join("crash.journal.jsonl")).map_or(0, |t| t.lines().count())
+fn deploy(state_dir: &Path, strategy: &str, extra: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_immut-local-deploy"))
+        .args(["--state-dir", state_dir.to_str().unwrap(), "--service", SERVICE, "--strategy", strategy])
+        .args(["--desired", &DESIRED.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // A SIGKILL can cut the last line short; only whole lines are events.
+    let events = stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    Run { status: output.status, events }
+}
+
+fn journal(state_dir: &Path) -> Vec<JournalRecord> {
+    FileJournal::open(state_dir.join("journal")).unwrap().read(SERVICE).unwrap().records
+}
+
+/// A record as a person names it: `begin`, `intent launch`, `applied`, `end`...
+fn shape(record: &JournalRecord) -> String {
+    let kind = serde_json::to_value(&record.entry).unwrap()["kind"].as_str().unwrap().to_owned();
+    match &record.entry {
+        JournalEntry::Intent { decision, .. } => {
+            format!("{kind} {}", serde_json::to_value(decision).unwrap()["action"].as_str().unwrap_or("?"))
+        }
+        _ => kind,
+    }
+}
+
+/// What a kill just before record `n` of `records` (one uninterrupted deployment) must lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// Nothing durable: no resume, the previous release serves as before.
+    Untouched,
+    /// Resumed in `Deploying` and carried to `Succeeded`.
+    Succeeded {
+        /// A launch intent without its answer was durable.
+        pending_launch: bool,
+    },
+}
+
+fn expected(records: &[JournalRecord], n: usize) -> Expected {
+    let durable = &records[..n];
+    assert!(
+        !durable.iter().any(|r| matches!(r.entry, JournalEntry::RollingBack { .. })),
+        "a healthy deployment journals no rollback: {:?}",
+        durable.iter().map(shape).collect::<Vec<_>>()
+    );
+    match durable.last() {
+        None => Expected::Untouched,
+        Some(last) => {
+            Expected::Succeeded { pending_launch: matches!(&last.entry, JournalEntry::Intent { launch: Some(_), .. }) }
+        }
+    }
 }
 
 /// The fleet after the resumed run: exactly DESIRED live instances, all serving, all of one
-/// release; returns that release's artifact version.
+/// release, and only their records in the state directory. Cleans it up; returns the
+/// release's artifact version.
 async fn settled_fleet(state_dir: &Path, context: &str) -> String {
     let provider = LocalProvider::builder().state_dir(state_dir).build().unwrap();
     let balancer = provider.balancer().build().await.unwrap();
-    let live = provider.describe(&Query::service("crash")).await.unwrap();
+    let live = provider.describe(&Query::service(SERVICE)).await.unwrap();
     let serving = balancer.serving().await.unwrap();
-    assert_eq!(live.len(), DESIRED, "{context}: live {:?}", live.iter().map(|i| &i.id).collect::<Vec<_>>());
+    let ids: Vec<InstanceId> = live.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(live.len(), DESIRED, "{context}: live {ids:?}");
     let versions: std::collections::BTreeSet<String> =
         live.iter().map(|i| i.provenance.as_ref().unwrap().artifact_version.to_string()).collect();
     assert_eq!(versions.len(), 1, "{context}: mixed releases {versions:?}");
     for i in &live {
         assert!(serving.contains(&i.id), "{context}: {} is live but not serving (orphan)", i.id);
     }
-    // Clean up for the next kill point.
-    let ids: Vec<InstanceId> = live.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(support::records(state_dir).len(), DESIRED, "{context}: records of terminated instances remain");
     balancer.detach(&ids).await.unwrap();
     provider.terminate_all(&ids).await.unwrap();
+    assert!(support::records(state_dir).is_empty(), "{context}: terminated instances left records");
     versions.into_iter().next().unwrap()
 }
 
 async fn kill_at_every_record(strategy: &str) -> usize {
     let artifact = ["--artifact", support::sample_path()];
-    // One uninterrupted run counts the records of the v1 -> v2 deployment.
-    let dir = support::state_dir(&format!("count-{strategy}"));
-    assert!(deploy(&dir, strategy, &[&artifact[..], &["--version", "1.0.0"]].concat()).success());
-    let before = journal_lines(&dir);
-    assert!(
-        deploy(&dir, strategy, &[&artifact[..], &["--version", "2.0.0", "--previous-version", "1.0.0"]].concat())
-            .success()
-    );
-    let records = journal_lines(&dir) - before;
-    settled_fleet(&dir, "uninterrupted").await;
+    let v1 = [&artifact[..], &["--version", "1.0.0"]].concat();
+    let v2 = [&artifact[..], &["--version", "2.0.0", "--previous-version", "1.0.0"]].concat();
 
-    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
-    for kill_at in 0..records {
+    // One uninterrupted run gives the records of the v1 -> v2 deployment, in order.
+    let dir = support::state_dir(&format!("count-{strategy}"));
+    let _stop = support::stop_on_drop(&dir);
+    assert!(deploy(&dir, strategy, &v1).status.success());
+    let before = journal(&dir).len();
+    assert!(deploy(&dir, strategy, &v2).status.success());
+    let records: Vec<JournalRecord> = journal(&dir).split_off(before);
+    settled_fleet(&dir, "uninterrupted").await;
+    let shapes: Vec<String> = records.iter().map(shape).collect();
+    assert_eq!(shapes.first().map(String::as_str), Some("begin"), "{shapes:?}");
+    assert_eq!(shapes.last().map(String::as_str), Some("end"), "{shapes:?}");
+
+    for (kill_at, killed_record) in shapes.iter().enumerate() {
+        let context = format!("{strategy}, killed before record {kill_at} ({killed_record})");
+        let expect = expected(&records, kill_at);
         let dir = support::state_dir(&format!("{strategy}-{kill_at}"));
-        assert!(deploy(&dir, strategy, &[&artifact[..], &["--version", "1.0.0"]].concat()).success());
-        let kill = kill_at.to_string();
-        let killed = deploy(
-            &dir,
-            strategy,
-            &[&artifact[..], &["--version", "2.0.0", "--previous-version", "1.0.0", "--kill-at-record", &kill]]
-                .concat(),
-        );
+        let _stop = support::stop_on_drop(&dir);
+        assert!(deploy(&dir, strategy, &v1).status.success(), "{context}: the first deployment failed");
+        let before = journal(&dir).len();
+
+        let killed = deploy(&dir, strategy, &[&v2[..], &["--kill-at-record", &kill_at.to_string()]].concat());
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(killed.signal(), Some(9), "{strategy} kill point {kill_at}: the deployer was not killed ({killed})");
+        assert_eq!(killed.status.signal(), Some(9), "{context}: the deployer was not killed ({})", killed.status);
+        // Resume sees what the uninterrupted run wrote before this point, and nothing more.
+        let durable: Vec<String> = journal(&dir)[before..].iter().map(shape).collect();
+        assert_eq!(durable, shapes[..kill_at], "{context}: the durable records differ from the uninterrupted run");
+
         let resumed = deploy(&dir, strategy, &["--resume"]);
-        assert!(resumed.code().is_some(), "{strategy} kill point {kill_at}: the resumed deployer died ({resumed})");
-        let version = settled_fleet(&dir, &format!("{strategy} kill point {kill_at}")).await;
-        *outcomes.entry(version).or_default() += 1;
+        assert!(resumed.status.success(), "{context}: the resumed deployer exited with {}", resumed.status);
+        let resume_event = resumed.events.iter().find_map(|e| match e {
+            Event::Resumed { rolling_back, pending_launch, .. } => Some((*rolling_back, *pending_launch)),
+            _ => None,
+        });
+        let finished = resumed.events.iter().find_map(|e| match e {
+            Event::Finished { outcome } => Some(outcome.phase.clone()),
+            _ => None,
+        });
+        let version = settled_fleet(&dir, &context).await;
+        match expect {
+            Expected::Untouched => {
+                assert_eq!(resume_event, None, "{context}: resumed a deployment that never began");
+                assert_eq!(finished, None, "{context}: ran a deployment that never began");
+                assert_eq!(version, "1.0.0", "{context}: the previous release must serve untouched");
+            }
+            Expected::Succeeded { pending_launch } => {
+                assert_eq!(
+                    resume_event,
+                    Some((false, pending_launch)),
+                    "{context}: expected a resume in Deploying with launch in flight = {pending_launch}"
+                );
+                assert_eq!(finished, Some(Phase::Succeeded), "{context}: the resumed deployment did not succeed");
+                assert_eq!(version, "2.0.0", "{context}: the new release must serve");
+            }
+        }
+        println!("{context}: {expect:?}, ended on {version}");
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("{strategy}: {records} kill points exercised with real processes; ended on {outcomes:?}");
-    records
+    println!("{strategy}: {} kill points exercised with real processes", records.len());
+    records.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
