@@ -64,6 +64,29 @@ impl AwsBuilder {
         self
     }
 
+    /// Whether EC2 honours RunInstances' ClientToken (default `true`). Pass `false` against an
+    /// emulator that ignores it (moto launches again on a repeated token), so that the provider
+    /// does not promise idempotent launches it cannot keep; see
+    /// [`AwsConfig::honours_client_token`].
+    pub fn honours_client_token(mut self, honours: bool) -> Self {
+        self.config.honours_client_token = Some(honours);
+        self
+    }
+
+    /// The most ids per TerminateInstances call, 1 to 1000 (default 1000). Lower it only to
+    /// exercise batching in tests.
+    pub fn max_terminate_batch(mut self, batch: usize) -> Self {
+        self.config.max_terminate_batch = Some(batch);
+        self
+    }
+
+    /// How long a new instance may stay invisible to describe (default 30 s); zero against a
+    /// strongly consistent emulator. See [`AwsConfig::consistency_window`].
+    pub fn consistency_window(mut self, window: std::time::Duration) -> Self {
+        self.config.consistency_window = Some(window);
+        self
+    }
+
     /// Checks the settings, loads the SDK configuration and builds the provider.
     pub async fn build(self) -> Result<AwsProvider> {
         Ok(AwsProvider::new(Arc::new(self.clients().await?), &self.config))
@@ -89,6 +112,14 @@ impl AwsBuilder {
         let page_size = c.describe_page_size.unwrap_or(200);
         if !(5..=1000).contains(&page_size) {
             return Err(Error::invalid("describe_page_size", format!("{page_size} is outside 5 to 1000")));
+        }
+        if let Some(batch) = c.max_terminate_batch
+            && !(1..=1000).contains(&batch)
+        {
+            return Err(Error::invalid(
+                "max_terminate_batch",
+                format!("{batch} is outside 1 to 1000 (EC2 terminates at most 1000 ids per call)"),
+            ));
         }
         // The engine owns retries (with backoff and jitter); the SDK's are turned off so that
         // one throttled call is not retried by two layers.
@@ -137,5 +168,7 @@ mod tests {
         pacing.describe.per_second = 0;
         let e = AwsBuilder::new().region("us-east-1").pacing(pacing).build().await.unwrap_err();
         assert!(e.to_string().contains("pacing.describe"), "{e}");
+        let e = AwsBuilder::new().region("us-east-1").max_terminate_batch(1001).build().await.unwrap_err();
+        assert!(e.to_string().contains("max_terminate_batch"), "{e}");
     }
 }

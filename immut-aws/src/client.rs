@@ -93,6 +93,11 @@ where
     if code.as_deref() == Some("InvalidInstanceID.NotFound") { error.with_retryable(true) } else { error }
 }
 
+/// The most values EC2 accepts in one filter (`instance-id` with more fails whole). Target lists
+/// of RegisterTargets and DeregisterTargets, and the resources of CreateTags, are sent in
+/// chunks of the same size, so that no id-list call grows with the fleet.
+pub(crate) const ID_CHUNK: usize = 200;
+
 fn limiter(bucket: Bucket) -> DefaultDirectRateLimiter {
     let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
     RateLimiter::direct(Quota::per_second(nz(bucket.per_second)).allow_burst(nz(bucket.burst)))
@@ -263,44 +268,80 @@ impl Clients {
             .map_err(|e| map_error(e, "TerminateInstances"))
     }
 
+    /// The status of these instances, in calls of at most [`ID_CHUNK`] ids (an `instance-id`
+    /// filter, which EC2 caps at 200 values).
     pub async fn instance_status(&self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
-        self.pace(Pace::Describe, "DescribeInstanceStatus").await;
-        // A filter, not InstanceIds: an id EC2 does not know yet is absent, not an error.
-        let out = self
-            .ec2
-            .describe_instance_status()
-            .filters(Filter::builder().name("instance-id").set_values(Some(ids.to_vec())).build())
-            .include_all_instances(true)
-            .send()
-            .await
-            .map_err(|e| map_error(e, "DescribeInstanceStatus"))?;
-        Ok(out.instance_statuses().to_vec())
+        let mut found = Vec::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut token = None;
+            loop {
+                self.pace(Pace::Describe, "DescribeInstanceStatus").await;
+                // A filter, not InstanceIds: an id EC2 does not know yet is absent, not an error.
+                let out = self
+                    .ec2
+                    .describe_instance_status()
+                    .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
+                    .include_all_instances(true)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| map_error(e, "DescribeInstanceStatus"))?;
+                found.extend(out.instance_statuses().iter().cloned());
+                token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
+    /// Registers targets, in calls of at most [`ID_CHUNK`].
     pub async fn register(&self, target_group: &str, ids: &[String]) -> Result<()> {
-        self.pace(Pace::Mutate, "RegisterTargets").await;
-        let targets = ids.iter().map(|id| TargetDescription::builder().id(id).build()).collect();
-        self.elb
-            .register_targets()
-            .target_group_arn(target_group)
-            .set_targets(Some(targets))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_error(e, "RegisterTargets"))
+        for chunk in ids.chunks(ID_CHUNK) {
+            self.pace(Pace::Mutate, "RegisterTargets").await;
+            let targets = chunk.iter().map(|id| TargetDescription::builder().id(id).build()).collect();
+            self.elb
+                .register_targets()
+                .target_group_arn(target_group)
+                .set_targets(Some(targets))
+                .send()
+                .await
+                .map_err(|e| map_error(e, "RegisterTargets"))?;
+        }
+        Ok(())
     }
 
+    /// Deregisters targets, in calls of at most [`ID_CHUNK`].
     pub async fn deregister(&self, target_group: &str, ids: &[String]) -> Result<()> {
-        self.pace(Pace::Mutate, "DeregisterTargets").await;
-        let targets = ids.iter().map(|id| TargetDescription::builder().id(id).build()).collect();
-        self.elb
-            .deregister_targets()
-            .target_group_arn(target_group)
-            .set_targets(Some(targets))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_error(e, "DeregisterTargets"))
+        for chunk in ids.chunks(ID_CHUNK) {
+            self.pace(Pace::Mutate, "DeregisterTargets").await;
+            let targets = chunk.iter().map(|id| TargetDescription::builder().id(id).build()).collect();
+            self.elb
+                .deregister_targets()
+                .target_group_arn(target_group)
+                .set_targets(Some(targets))
+                .send()
+                .await
+                .map_err(|e| map_error(e, "DeregisterTargets"))?;
+        }
+        Ok(())
+    }
+
+    /// Tags instances (adoption), in calls of at most [`ID_CHUNK`] resources.
+    pub async fn create_tags(&self, ids: &[String], labels: &BTreeMap<String, String>) -> Result<()> {
+        let tags: Vec<Tag> = labels.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        for chunk in ids.chunks(ID_CHUNK) {
+            self.pace(Pace::Mutate, "CreateTags").await;
+            self.ec2
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .set_tags(Some(tags.clone()))
+                .send()
+                .await
+                .map_err(|e| map_error(e, "CreateTags"))?;
+        }
+        Ok(())
     }
 
     /// (instance id, target state) of every target in the group.

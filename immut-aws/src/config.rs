@@ -68,6 +68,20 @@ pub struct AwsConfig {
     pub pacing: Pacing,
     /// DescribeInstances page size, 5 to 1000 (default 200).
     pub describe_page_size: Option<i32>,
+    /// Whether EC2 honours the ClientToken of RunInstances as an idempotency key (default
+    /// `true`, as AWS does). Set `false` against emulators that ignore it, such as moto: the
+    /// provider then declares `honours_token: false` and the engine looks up by token before
+    /// every launch, instead of trusting a retried RunInstances not to launch twice.
+    pub honours_client_token: Option<bool>,
+    /// The most ids one TerminateInstances call carries, 1 to 1000 (default 1000, EC2's limit).
+    /// Lower only to exercise batching without a thousand instances, as the tests on moto do.
+    pub max_terminate_batch: Option<usize>,
+    /// How long a new instance may be missing from DescribeInstances after RunInstances
+    /// returned it (EC2's eventual consistency; default 30 s). After an ambiguous launch
+    /// failure the engine waits this long before it looks up by token, so that it adopts what
+    /// the lost call launched instead of launching it again. Zero against an emulator that is
+    /// strongly consistent, such as moto.
+    pub consistency_window: Option<std::time::Duration>,
 }
 
 impl AwsConfig {

@@ -6,8 +6,17 @@
 //!   provenance as instance and volume tags and the engine's token as ClientToken; describe by
 //!   tag filters with pagination; terminate in batches of 1000, already-gone ids are `Ok`. The
 //!   AMI is checked with DescribeImages before launching: an unknown image is `InvalidInput`.
+//!   Every call that carries an id list (describe by ids, DescribeInstanceStatus, the
+//!   registration checks of attach and switch, RegisterTargets, DeregisterTargets, CreateTags)
+//!   sends it in chunks of 200, EC2's limit of values per filter. Against an emulator that
+//!   ignores ClientToken (moto), build with [`AwsBuilder::honours_client_token`]`(false)`.
 //! - [`AwsTraffic`]: one target group (rolling, canary), or two behind a listener for
-//!   blue/green, where a switch is one ModifyListener and a rollback is one switch back.
+//!   blue/green, where a switch is one ModifyListener and a rollback is one switch back. Drain
+//!   follows `Traffic::switch`: detach deregisters and waits while the targets drain; a
+//!   listener switch keeps the old targets registered (for the switch back) and waits the
+//!   configured drain time before it returns, since ELBv2 shows no drain state for them.
+//! - Adoption ([`immut_core::Adopt`]): instances launched outside immut are tagged with a
+//!   provenance by CreateTags, and nothing else about them changes.
 //! - Health: [`Ec2StatusChecks`] and target health (`AwsTraffic` is a `HealthCheck` too),
 //!   composable with the HTTP probe through `immut_core::AllOf`.
 //!

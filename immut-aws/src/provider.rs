@@ -7,12 +7,12 @@ use aws_sdk_ec2::types::{Filter, Instance as Ec2Instance, InstanceStateName, Sum
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use immut_core::model::{LabelCharset, Observed, label_keys};
 use immut_core::{
-    Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
+    Adopt, Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
     Provenance, Provider, Query, Result, Traffic,
 };
 use sha2::{Digest, Sha256};
 
-use crate::client::Clients;
+use crate::client::{Clients, ID_CHUNK};
 use crate::config::AwsConfig;
 
 /// EC2 instances, launched a wave per RunInstances call and tagged with their provenance.
@@ -23,6 +23,10 @@ pub struct AwsProvider {
     default_type: String,
     /// AMIs DescribeImages has confirmed, so a deployment checks each image once, not per wave.
     known_images: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Whether EC2 (or the emulator in its place) honours ClientToken.
+    honours_token: bool,
+    terminate_batch: usize,
+    consistency_window: Duration,
 }
 
 impl AwsProvider {
@@ -32,6 +36,9 @@ impl AwsProvider {
             subnet: config.subnet_id.clone(),
             default_type: config.default_instance_type.clone().unwrap_or_else(|| "t3.micro".to_owned()),
             known_images: Arc::default(),
+            honours_token: config.honours_client_token.unwrap_or(true),
+            terminate_batch: config.max_terminate_batch.unwrap_or(1000),
+            consistency_window: config.consistency_window.unwrap_or(Duration::from_secs(30)),
         }
     }
 
@@ -71,6 +78,13 @@ impl AwsProvider {
     /// Blue/green traffic: two target groups behind one listener. A switch registers the new
     /// instances in the idle group and points the listener at it with one ModifyListener, and
     /// leaves the old instances registered in their group, so a rollback is one switch back.
+    ///
+    /// `drain_timeout` is the drain of a switch: the requests in flight to the old group's
+    /// targets finish on their own time, and ELBv2 reports no state for them while the targets
+    /// stay registered (they are kept for the switch back), so `switch` waits this long after
+    /// ModifyListener before it returns, as the [`Traffic::switch`] contract asks. Set it to the
+    /// old group's deregistration delay, or to your longest request. Detach deregisters, and
+    /// waits while the targets show `draining`, at most `drain_timeout`.
     pub fn listener_switch(
         &self,
         listener_arn: impl Into<String>,
@@ -105,10 +119,12 @@ impl AwsProvider {
     fn filters(query: &Query) -> Vec<Filter> {
         let filter = |name: &str, values: Vec<String>| Filter::builder().name(name).set_values(Some(values)).build();
         let mut filters = Vec::new();
+        // Without include_terminated, every instance that is not gone: lingering ones
+        // (shutting down, stopped) still exist and hold quota.
         let states: &[&str] = if query.include_terminated {
             &["pending", "running", "shutting-down", "stopping", "stopped", "terminated"]
         } else {
-            &["pending", "running"]
+            &["pending", "running", "shutting-down", "stopping", "stopped"]
         };
         filters.push(filter("instance-state-name", states.iter().map(|s| (*s).to_owned()).collect()));
         if let Some(ids) = &query.ids {
@@ -131,8 +147,18 @@ impl AwsProvider {
     }
 }
 
-/// The most values EC2 accepts in one filter.
-const FILTER_VALUES: usize = 200;
+/// DescribeInstances for `query`, every page, with a long id list sent in chunks of
+/// [`ID_CHUNK`] (EC2 takes at most 200 values per filter). Every path that describes by ids
+/// goes through here.
+async fn describe_raw(clients: &Clients, query: &Query) -> Result<Vec<Ec2Instance>> {
+    let Some(ids) = &query.ids else { return clients.describe_instances(AwsProvider::filters(query)).await };
+    let mut found = Vec::new();
+    for chunk in ids.chunks(ID_CHUNK) {
+        let part = Query { ids: Some(chunk.to_vec()), ..query.clone() };
+        found.extend(clients.describe_instances(AwsProvider::filters(&part)).await?);
+    }
+    Ok(found)
+}
 
 fn check_arn(field: &str, arn: &str) -> Result<()> {
     if arn.starts_with("arn:") {
@@ -156,7 +182,8 @@ pub(crate) fn to_instance(i: &Ec2Instance) -> Instance {
         Some(InstanceStateName::Pending) => InstanceState::Pending,
         Some(InstanceStateName::Running) => InstanceState::Running,
         Some(InstanceStateName::Terminated) => InstanceState::Terminated,
-        // Shutting down, stopping and stopped: not live, not gone.
+        Some(InstanceStateName::Stopping | InstanceStateName::Stopped) => InstanceState::Stopped,
+        // Shutting down (or a state this SDK does not know): not live, not gone.
         _ => InstanceState::Terminating,
     };
     Instance {
@@ -181,12 +208,15 @@ impl Provider for AwsProvider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_launch_batch: 100,
-            max_terminate_batch: 1000,
-            honours_token: true,
+            max_terminate_batch: self.terminate_batch,
+            honours_token: self.honours_token,
             label_charset: LabelCharset::Any,
             max_label_value_len: 256,
             max_label_key_len: 128,
             max_labels: 50,
+            consistency_window: self.consistency_window,
+            // Shutting-down and stopped instances count against the account's vCPU quota.
+            lingering_holds_quota: true,
         }
     }
 
@@ -223,18 +253,7 @@ impl Provider for AwsProvider {
     }
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
-        // EC2 takes at most 200 values per filter: describe long id lists in chunks.
-        if let Some(ids) = query.ids.as_ref().filter(|ids| ids.len() > FILTER_VALUES) {
-            let mut found = Vec::new();
-            for chunk in ids.chunks(FILTER_VALUES) {
-                found.extend(self.describe(&Query { ids: Some(chunk.to_vec()), ..query.clone() }).await?);
-            }
-            return Ok(found);
-        }
-        if query.ids.as_ref().is_some_and(|ids| ids.is_empty()) {
-            return Ok(Vec::new());
-        }
-        let found = self.clients.describe_instances(Self::filters(query)).await?;
+        let found = describe_raw(&self.clients, query).await?;
         Ok(found.iter().map(to_instance).filter(|i| query.matches(i)).collect())
     }
 
@@ -254,13 +273,54 @@ impl Provider for AwsProvider {
         if live.is_empty() {
             return Ok(());
         }
-        for batch in live.chunks(self.capabilities().max_terminate_batch) {
+        for batch in live.chunks(self.terminate_batch) {
             match self.clients.terminate(batch).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 other => other?,
             }
         }
         Ok(())
+    }
+}
+
+/// Imports instances launched outside immut by tagging them with the provenance (and the
+/// signature) through CreateTags, the only change made to them; their volumes keep their tags.
+/// Only live instances without provenance are adopted: an unknown or gone id is `NotFound`, an
+/// instance that already carries immut's provenance is `Conflict`, and nothing is tagged then.
+#[async_trait]
+impl Adopt for AwsProvider {
+    async fn adopt(
+        &self,
+        ids: &[InstanceId],
+        provenance: &Provenance,
+        signature: Option<&str>,
+    ) -> Result<Vec<Instance>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = Query::ids(ids.iter().cloned()).with_unmanaged();
+        let found: Vec<Instance> = self.describe(&query).await?.into_iter().filter(|i| i.state.is_live()).collect();
+        let unknown: Vec<InstanceId> = ids.iter().filter(|id| !found.iter().any(|i| &i.id == *id)).cloned().collect();
+        if !unknown.is_empty() {
+            return Err(Error::new(ErrorKind::NotFound, "cannot adopt instances that do not exist or are not live")
+                .with_provider("aws")
+                .with_operation("CreateTags")
+                .with_ids(unknown));
+        }
+        let managed: Vec<InstanceId> = found.iter().filter(|i| i.provenance.is_some()).map(|i| i.id.clone()).collect();
+        if !managed.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "these instances already carry immut's provenance; adopt only instances launched outside immut",
+            )
+            .with_provider("aws")
+            .with_operation("CreateTags")
+            .with_ids(managed));
+        }
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.clients.create_tags(&ids, &provenance.signed_labels(LabelCharset::Any, signature)).await?;
+        // Described again, so the answer shows the tags as EC2 stores them.
+        self.describe(&query).await
     }
 }
 
@@ -308,13 +368,12 @@ impl AwsTraffic {
     /// Checks that the instances exist and are live, as ELBv2 requires of targets.
     async fn live_ids(&self, instances: &[Instance]) -> Result<Vec<String>> {
         let ids: Vec<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
-        let filters = AwsProvider::filters(&Query::ids(ids.clone()).with_unmanaged());
-        let live: HashSet<String> = self
-            .clients
-            .describe_instances(filters)
+        let live: HashSet<String> = describe_raw(&self.clients, &Query::ids(ids.clone()).with_unmanaged())
             .await?
             .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .map(to_instance)
+            .filter(|i| i.state.is_live())
+            .map(|i| i.id.to_string())
             .collect();
         let unknown: Vec<InstanceId> = ids.iter().filter(|id| !live.contains(id.as_str())).cloned().collect();
         if !unknown.is_empty() {
@@ -388,6 +447,12 @@ impl Traffic for AwsTraffic {
         }
     }
 
+    /// In a target group: attach, then detach (which waits out the drain). Behind a listener:
+    /// register the new instances in the idle group, drop whatever else still serves there,
+    /// point the listener at it, then wait the drain time before returning (see
+    /// [`AwsProvider::listener_switch`]). The old group keeps its targets, so the switch back is
+    /// one ModifyListener too. The same switch again changes nothing and returns after the
+    /// same drain, since the first call may have been cut short before its wait.
     async fn switch(&self, attach: &[Instance], detach: &[InstanceId]) -> Result<()> {
         let TrafficMode::ListenerSwitch { listener, groups } = &self.mode else {
             self.attach(attach).await?;
@@ -400,27 +465,40 @@ impl Traffic for AwsTraffic {
         let active = self.active_group(true).await?;
         let idle = groups.iter().find(|g| **g != active).unwrap_or(&groups[0]).clone();
         let ids = self.live_ids(attach).await?;
-        // Whatever else sits in the idle group (instances of an older release) must not
-        // receive traffic after the switch.
-        let stale: Vec<String> = self
-            .clients
-            .target_health(&idle)
-            .await?
-            .into_iter()
-            .filter(|(id, s)| !ids.contains(id) && receives_traffic(s))
-            .map(|(id, _)| id)
-            .collect();
-        if !stale.is_empty() {
-            self.clients.deregister(&idle, &stale).await?;
+        let detach: Vec<String> = detach.iter().map(|i| i.to_string()).collect();
+        let serving = |targets: &[(String, TargetHealthStateEnum)]| -> HashSet<String> {
+            targets.iter().filter(|(_, s)| receives_traffic(s)).map(|(id, _)| id.clone()).collect()
+        };
+        let on_active = serving(&self.clients.target_health(&active).await?);
+        let switched = ids.iter().all(|id| on_active.contains(id)) && !detach.iter().any(|id| on_active.contains(id));
+        // The group the listener does not forward to once this call is done.
+        let left = if switched {
+            // Already switched (a retry after a lost answer, or the same switch twice).
+            idle
+        } else {
+            let on_idle = serving(&self.clients.target_health(&idle).await?);
+            // Whatever else sits in the idle group (instances of an older release) must not
+            // receive traffic after the switch; it gets none before it, so no drain is due.
+            let wanted: HashSet<&String> = ids.iter().collect();
+            let stale: Vec<String> = on_idle.iter().filter(|id| !wanted.contains(id)).cloned().collect();
+            if !stale.is_empty() {
+                self.clients.deregister(&idle, &stale).await?;
+            }
+            // A switch back finds the old instances still registered (keep-old): nothing to add.
+            let missing: Vec<String> = ids.iter().filter(|id| !on_idle.contains(*id)).cloned().collect();
+            if !missing.is_empty() {
+                self.clients.register(&idle, &missing).await?;
+            }
+            self.clients.forward(listener, &idle).await?;
+            *self.active.lock().expect("poisoned") = Some(idle);
+            active
+        };
+        // The detached instances stay registered in the group the listener left, for the switch
+        // back; their requests in flight drain on their own time, which ELBv2 cannot show.
+        let left_serving = serving(&self.clients.target_health(&left).await?);
+        if detach.iter().any(|id| left_serving.contains(id)) {
+            tokio::time::sleep(self.drain_timeout).await;
         }
-        if !ids.is_empty() {
-            self.clients.register(&idle, &ids).await?;
-        }
-        self.clients.forward(listener, &idle).await?;
-        *self.active.lock().expect("poisoned") = Some(idle.clone());
-        // Instances to detach that are in no group the listener reaches are already detached;
-        // the old group keeps its targets so a switch back is instant.
-        let _ = detach;
         Ok(())
     }
 }

@@ -288,3 +288,155 @@ async fn describe_follows_every_page_and_pacing_holds_calls_back() {
     assert!(pages >= 2, "expected several pages, made {pages} calls");
     assert!(provider.pacing().waits > 0, "a burst of 2 describes must make later calls wait");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_target_health_read_during_the_bake_is_retried_and_the_deployment_succeeds() {
+    let turn = support::turn().await;
+    let proxy = FaultProxy::start(&turn.endpoint).await;
+    let provider = support::provider(&proxy.endpoint).await;
+    let stack = stack::create(&provider, "bake-throttle").await.unwrap();
+    let traffic = provider
+        .listener_switch(
+            &stack.listener_arn,
+            &stack.blue_target_group_arn,
+            &stack.green_target_group_arn,
+            Duration::from_millis(300),
+        )
+        .unwrap();
+    let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
+    let d = deployer(&provider, &traffic, BlueGreen::new().bake(Duration::from_secs(3))).build().unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    // Once traffic has moved, the balancer's health API is throttled: the serving read and the
+    // target-health check of the bake fail a few times. Neither is a verdict on the targets.
+    const THROTTLED: usize = 4;
+    let mut retries = Vec::new();
+    let mut baking = false;
+    let outcome = d
+        .deploy(v2.clone())
+        .with_previous(v1.clone())
+        .run_with(|e| match e {
+            Event::Switched { .. } => {
+                baking = true;
+                proxy.plan("DescribeTargetHealth", FaultPlan { throttle: THROTTLED, ..FaultPlan::default() });
+            }
+            Event::Retrying { operation, error, .. } if baking => retries.push(format!("{operation}: {error}")),
+            _ => {}
+        })
+        .await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(proxy.injected().get("DescribeTargetHealth:throttle"), Some(&THROTTLED), "{:?}", proxy.injected());
+    let throttled: Vec<&String> =
+        retries.iter().filter(|r| r.contains("DescribeTargetHealth") && r.contains("Throttling")).collect();
+    assert_eq!(throttled.len(), THROTTLED, "each throttled read was retried once by the engine: {retries:?}");
+    assert!(serving_release(&provider, &traffic, &v2).await, "v2 serves after the bake");
+    assert_eq!(live(&provider, &v1).await, 0, "blue terminated after the bake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_lists_over_200_are_sent_in_chunks_on_every_path() {
+    use aws_sdk_ec2::types::Filter;
+    use immut_core::{DeploymentId, HealthCheck, LaunchRequest, LaunchToken, ProviderExt};
+    let turn = support::turn().await;
+    let proxy = FaultProxy::start(&turn.endpoint).await;
+    let provider = support::provider(&proxy.endpoint).await;
+    // The proxy refuses what EC2 refuses, a filter of 201 values, so the calls below prove the
+    // chunking.
+    let too_many: Vec<String> = (0..=support::MAX_FILTER_VALUES).map(|i| format!("i-{i:017x}")).collect();
+    let refused = provider
+        .ec2()
+        .describe_instances()
+        .filters(Filter::builder().name("instance-id").set_values(Some(too_many)).build())
+        .send()
+        .await;
+    assert!(refused.is_err(), "the proxy lets a filter of 201 values through");
+    let stack = stack::create(&provider, "chunks").await.unwrap();
+    let release = support::release("chunks", (1, 0, 0), AMI);
+    let mut launched = Vec::new();
+    for (wave, count) in [100, 100, 10].into_iter().enumerate() {
+        let request = LaunchRequest::new(
+            Arc::new(release.clone()),
+            count,
+            &DeploymentId::new("d-chunks"),
+            LaunchToken::new(format!("t-chunks-{wave}")),
+        );
+        launched.extend(provider.launch(&request).await.unwrap());
+    }
+    let mut ids: Vec<_> = launched.iter().map(|i| i.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 210);
+
+    let found = provider.describe(&Query::ids(ids.clone())).await.unwrap();
+    assert_eq!(found.len(), 210, "describe by 210 ids");
+    let health = provider.status_checks().check_many(&found).await.unwrap();
+    assert!(health.iter().all(Health::is_healthy), "DescribeInstanceStatus for 210 ids: {health:?}");
+
+    let traffic = provider
+        .listener_switch(
+            &stack.listener_arn,
+            &stack.blue_target_group_arn,
+            &stack.green_target_group_arn,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+    let (few, many) = found.split_at(5);
+    traffic.attach(few).await.unwrap();
+    let few_ids: Vec<_> = few.iter().map(|i| i.id.clone()).collect();
+    traffic.switch(many, &few_ids).await.unwrap();
+    let mut serving = traffic.serving().await.unwrap();
+    serving.sort();
+    let mut many_ids: Vec<_> = many.iter().map(|i| i.id.clone()).collect();
+    many_ids.sort();
+    assert_eq!(serving, many_ids, "205 instances serve after the switch");
+    traffic.detach(&ids).await.unwrap();
+    assert!(traffic.serving().await.unwrap().is_empty(), "detach of 210 ids");
+
+    provider.terminate_all(&ids).await.unwrap();
+    assert!(provider.describe(&Query::ids(ids.clone())).await.unwrap().is_empty(), "terminate of 210 ids");
+    let limits: Vec<(String, usize)> =
+        proxy.injected().into_iter().filter(|(k, _)| k.ends_with(":too_many_filter_values")).collect();
+    assert_eq!(limits, vec![("DescribeInstances:too_many_filter_values".to_owned(), 1)], "only the deliberate call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_switch_returns_only_after_the_drain() {
+    use immut_core::{DeploymentId, LaunchRequest, LaunchToken};
+    const DRAIN: Duration = Duration::from_millis(1500);
+    let turn = support::turn().await;
+    let provider = support::provider(&turn.endpoint).await;
+    let stack = stack::create(&provider, "drain").await.unwrap();
+    let traffic = provider
+        .listener_switch(&stack.listener_arn, &stack.blue_target_group_arn, &stack.green_target_group_arn, DRAIN)
+        .unwrap();
+    let release = support::release("drain", (1, 0, 0), AMI);
+    let launch = |token: &'static str| {
+        let request =
+            LaunchRequest::new(Arc::new(release.clone()), 2, &DeploymentId::new("d-drain"), LaunchToken::new(token));
+        let provider = provider.clone();
+        async move { provider.launch(&request).await.unwrap() }
+    };
+    let (blue, green) = (launch("t-blue").await, launch("t-green").await);
+    let ids = |set: &[Instance]| set.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    // Described again: moto reports them running from the first describe on.
+    let blue = provider.describe(&Query::ids(ids(&blue))).await.unwrap();
+    let green = provider.describe(&Query::ids(ids(&green))).await.unwrap();
+    traffic.attach(&blue).await.unwrap();
+
+    let started = std::time::Instant::now();
+    traffic.switch(&green, &ids(&blue)).await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= DRAIN, "the switch returned after {took:?}, before the {DRAIN:?} drain of the old targets");
+    let started = std::time::Instant::now();
+    traffic.switch(&green, &ids(&blue)).await.unwrap();
+    assert!(started.elapsed() >= DRAIN, "a repeated switch may follow a cut-short one: it drains too");
+    assert_eq!(provider.calls()["ModifyListener"], 1, "the repeated switch did not move the listener");
+    // The old group kept its targets: the switch back registers nothing and moves the listener.
+    let registered = provider.calls()["RegisterTargets"];
+    traffic.switch(&blue, &ids(&green)).await.unwrap();
+    assert_eq!(provider.calls()["RegisterTargets"], registered, "the old targets were still registered");
+    assert_eq!(provider.calls()["ModifyListener"], 2);
+    let mut serving = traffic.serving().await.unwrap();
+    serving.sort();
+    let mut want = ids(&blue);
+    want.sort();
+    assert_eq!(serving, want, "blue serves again");
+}

@@ -80,8 +80,17 @@ pub async fn provider_with(endpoint: &str, pacing: Pacing) -> AwsProvider {
     builder(endpoint).pacing(pacing).build().await.unwrap()
 }
 
+/// A builder for moto, which differs from EC2 in two ways the provider declares: it ignores
+/// ClientToken (a repeated RunInstances launches again), so the provider must not promise
+/// idempotent launches and the engine looks up by token first; and it is strongly consistent
+/// (an instance shows in the first describe), so there is no window to wait out.
 pub fn builder(endpoint: &str) -> immut_aws::AwsBuilder {
-    AwsProvider::builder().region("us-east-1").endpoint_url(endpoint).credentials("testing", "testing")
+    AwsProvider::builder()
+        .region("us-east-1")
+        .endpoint_url(endpoint)
+        .credentials("testing", "testing")
+        .honours_client_token(false)
+        .consistency_window(Duration::ZERO)
 }
 
 pub fn release(service: &str, version: (u64, u64, u64), ami: &str) -> Release {
@@ -103,7 +112,26 @@ pub struct FaultPlan {
     pub no_capacity: usize,
 }
 
-/// A fault-injecting HTTP proxy in front of moto.
+/// EC2's limit of values in one filter; moto does not enforce it, the proxy does.
+pub const MAX_FILTER_VALUES: usize = 200;
+
+/// The largest number of values any one `Filter.N` of an EC2 query holds.
+fn most_filter_values(form: &str) -> usize {
+    let mut per_filter: BTreeMap<&str, usize> = BTreeMap::new();
+    for key in form.split('&').filter_map(|kv| kv.split('=').next()) {
+        // Filter.<n>.Value.<m>
+        let mut parts = key.split('.');
+        if let (Some("Filter"), Some(n), Some("Value"), Some(_)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            *per_filter.entry(n).or_default() += 1;
+        }
+    }
+    per_filter.into_values().max().unwrap_or(0)
+}
+
+/// A fault-injecting HTTP proxy in front of moto. It also refuses, as EC2 does, a filter with
+/// more than [`MAX_FILTER_VALUES`] values (counted under `{action}:too_many_filter_values`).
 #[derive(Clone)]
 pub struct FaultProxy {
     pub endpoint: String,
@@ -152,6 +180,16 @@ impl FaultProxy {
         let form = String::from_utf8_lossy(&body).to_string();
         let action = form.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_owned();
         let is_ec2 = form.contains("Version=2016-11-15");
+        if is_ec2 && most_filter_values(&form) > MAX_FILTER_VALUES {
+            *self.injected.lock().unwrap().entry(format!("{action}:too_many_filter_values")).or_default() += 1;
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>InvalidParameterValue</Code><Message>The maximum number of filter values specified on a single call is {MAX_FILTER_VALUES}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+            );
+            let mut response = Response::new(Full::new(Bytes::from(xml)));
+            *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            response.headers_mut().insert("content-type", "text/xml".parse().unwrap());
+            return response;
+        }
         let fault = {
             let mut plans = self.plans.lock().unwrap();
             plans.get_mut(&action).and_then(|p| {
