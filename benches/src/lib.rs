@@ -19,6 +19,14 @@
 //!
 //! Observing the fleet (describe and the serving set) is not in the bound: it is the engine's
 //! overhead, and the ratio measures it.
+//!
+//! # Modes
+//!
+//! [`Mode::Oracle`]: the simulator promises its next change, so the engine never waits longer
+//! than it must. [`Mode::Polled`]: no promise, the engine polls every 2 s (its default), as
+//! against a real cloud; the bound is the same. [`Mode::PolledJittered`]: polled, and every
+//! latency is drawn from `[0.8 d, 1.2 d]`; its bound takes every latency at `0.8 d`, which no
+//! engine can beat, but which is loose: a wave waits for its slowest instance.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +57,18 @@ pub fn latencies() -> Latencies {
     }
 }
 
+/// The latencies scaled to their lowest draw under `jitter`: what a true lower bound may assume.
+pub fn fastest(l: &Latencies, jitter: f64) -> Latencies {
+    let f = 1.0 - jitter;
+    Latencies {
+        api: l.api.mul_f64(f),
+        launch_to_running: l.launch_to_running.mul_f64(f),
+        boot_to_healthy: l.boot_to_healthy.mul_f64(f),
+        drain: l.drain.mul_f64(f),
+        ..*l
+    }
+}
+
 fn wave_bound(l: &Latencies) -> Duration {
     4 * l.api + l.launch_to_running + l.boot_to_healthy + MIN_READY + l.drain
 }
@@ -65,18 +85,26 @@ pub struct Scenario {
 
 /// Rolling with a surge of 10% and no unavailability: 10 waves.
 pub fn rolling(desired: usize) -> Scenario {
-    let l = latencies();
+    rolling_with(desired, &latencies())
+}
+
+/// [`rolling`], bounded under latencies `l`.
+pub fn rolling_with(desired: usize, l: &Latencies) -> Scenario {
     let waves = desired.div_ceil(Count::Percent(10).resolve(desired)) as u32;
     Scenario {
         name: "rolling",
         strategy: Arc::new(Rolling::new().max_surge(Count::Percent(10)).max_unavailable(Count::Count(0))),
-        lower_bound: waves * wave_bound(&l),
+        lower_bound: waves * wave_bound(l),
     }
 }
 
 /// Blue/green with a bake and a keep-old window.
 pub fn blue_green() -> Scenario {
-    let l = latencies();
+    blue_green_with(&latencies())
+}
+
+/// [`blue_green`], bounded under latencies `l`.
+pub fn blue_green_with(l: &Latencies) -> Scenario {
     Scenario {
         name: "blue_green",
         strategy: Arc::new(BlueGreen::new().bake(BAKE).keep_old(KEEP_OLD)),
@@ -93,12 +121,17 @@ pub fn blue_green() -> Scenario {
 
 /// Canary through 1%, 10% and 50% to 100%, pausing at each step.
 pub fn canary(desired: usize) -> Scenario {
+    canary_with(desired, &latencies())
+}
+
+/// [`canary`], bounded under latencies `l`.
+pub fn canary_with(desired: usize, l: &Latencies) -> Scenario {
     let strategy = Canary::new([Count::Percent(1), Count::Percent(10), Count::Percent(50)]).pause(CANARY_PAUSE);
     let steps = strategy.targets(desired).len() as u32;
     Scenario {
         name: "canary",
         strategy: Arc::new(strategy),
-        lower_bound: steps * wave_bound(&latencies()) + (steps - 1) * CANARY_PAUSE,
+        lower_bound: steps * wave_bound(l) + (steps - 1) * CANARY_PAUSE,
     }
 }
 
@@ -110,11 +143,54 @@ pub fn releases() -> (Release, Release) {
     (v1, v2)
 }
 
+/// How the engine learns that something changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The simulator promises its next change and the engine sleeps until then: what no real
+    /// cloud offers, and the best any engine could do.
+    Oracle,
+    /// No promise: the engine polls at its default interval (2 s), as against a real cloud.
+    Polled,
+    /// Polled, and every latency jittered by ±20 % (seeded), as a real cloud's are.
+    PolledJittered,
+}
+
+impl Mode {
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Oracle => "oracle",
+            Mode::Polled => "polled",
+            Mode::PolledJittered => "polled_jittered",
+        }
+    }
+
+    /// The latency jitter of the mode.
+    pub fn jitter(self) -> f64 {
+        if self == Mode::PolledJittered { 0.2 } else { 0.0 }
+    }
+}
+
 /// Runs `strategy` from `desired` old instances to the new release on the simulator, in
-/// virtual time, on the current thread.
+/// virtual time, on the current thread, with the oracle.
 pub fn run(strategy: Arc<dyn ReplacementStrategy>, desired: usize) -> (Outcome, SimCalls) {
+    run_mode(strategy, desired, Mode::Oracle, None)
+}
+
+/// Runs as [`run`] does, in `mode`, with an optional launch batch limit.
+pub fn run_mode(
+    strategy: Arc<dyn ReplacementStrategy>,
+    desired: usize,
+    mode: Mode,
+    launch_batch: Option<usize>,
+) -> (Outcome, SimCalls) {
     immut_core::sim::run_in_virtual_time(async move {
-        let sim = SimProvider::builder().latencies(latencies()).build().expect("valid sim");
+        let faults = immut_core::sim::Faults { no_next_change: mode != Mode::Oracle, ..Default::default() };
+        let mut sim = SimProvider::builder().latencies(latencies()).jitter(mode.jitter()).faults(faults).seed(7);
+        if let Some(batch) = launch_batch {
+            sim = sim.max_launch_batch(batch);
+        }
+        let sim = sim.build().expect("valid sim");
         let (v1, v2) = releases();
         sim.seed(&v1, desired, true);
         let deployer = sim

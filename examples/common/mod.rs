@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use immut::engine::{Event, Outcome};
+use immut::engine::Outcome;
 use immut::health::HttpProbe;
 use immut::local::{LocalBalancer, LocalProvider, sample};
 use immut::prelude::*;
-use immut::strategy::{Decision, ReplacementStrategy};
+use immut::strategy::ReplacementStrategy;
 use immut::{BaselineSpec, InstanceId};
 use tokio::sync::Mutex;
 
