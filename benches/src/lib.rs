@@ -177,6 +177,11 @@ pub fn run(strategy: Arc<dyn ReplacementStrategy>, desired: usize) -> (Outcome, 
     run_mode(strategy, desired, Mode::Oracle, None)
 }
 
+/// The oracle on the jittered simulator of [`Mode::PolledJittered`] (same seed, same draws).
+pub fn run_jittered_oracle(strategy: Arc<dyn ReplacementStrategy>, desired: usize) -> (Outcome, SimCalls) {
+    run_with(strategy, desired, false, Mode::PolledJittered.jitter(), None)
+}
+
 /// Runs as [`run`] does, in `mode`, with an optional launch batch limit.
 pub fn run_mode(
     strategy: Arc<dyn ReplacementStrategy>,
@@ -184,9 +189,19 @@ pub fn run_mode(
     mode: Mode,
     launch_batch: Option<usize>,
 ) -> (Outcome, SimCalls) {
+    run_with(strategy, desired, mode != Mode::Oracle, mode.jitter(), launch_batch)
+}
+
+fn run_with(
+    strategy: Arc<dyn ReplacementStrategy>,
+    desired: usize,
+    polled: bool,
+    jitter: f64,
+    launch_batch: Option<usize>,
+) -> (Outcome, SimCalls) {
     immut_core::sim::run_in_virtual_time(async move {
-        let faults = immut_core::sim::Faults { no_next_change: mode != Mode::Oracle, ..Default::default() };
-        let mut sim = SimProvider::builder().latencies(latencies()).jitter(mode.jitter()).faults(faults).seed(7);
+        let faults = immut_core::sim::Faults { no_next_change: polled, ..Default::default() };
+        let mut sim = SimProvider::builder().latencies(latencies()).jitter(jitter).faults(faults).seed(7);
         if let Some(batch) = launch_batch {
             sim = sim.max_launch_batch(batch);
         }

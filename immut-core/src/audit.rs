@@ -191,6 +191,9 @@ impl<'a> Audit<'a> {
     /// that the provider can see or that receive the service's traffic.
     pub async fn run(&self, expected: &Release) -> Result<AuditReport> {
         let service = expected.service();
+        // The holder is read before the fleet and again after it: a deployment that starts or
+        // ends in between still owns what it launched in either answer.
+        let holder_before = self.holder(service)?;
         let mut instances = self.provider.describe(&Query::service(service).with_unmanaged()).await?;
         let serving: HashSet<InstanceId> = self.traffic.serving().await?.into_iter().collect();
         let known: HashSet<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
@@ -202,10 +205,8 @@ impl<'a> Audit<'a> {
             Some(h) => h.check_many(&instances).await?,
             None => vec![Health::Healthy; instances.len()],
         };
-        let running = match self.journal {
-            Some(j) => j.holder(service)?,
-            None => None,
-        };
+        let holder_after = self.holder(service)?;
+        let holders: Vec<String> = holder_before.into_iter().chain(holder_after).map(|d| d.to_string()).collect();
         let charset = self.provider.capabilities().label_charset;
         let mut findings: Vec<Finding> = instances
             .iter()
@@ -214,7 +215,7 @@ impl<'a> Audit<'a> {
                 let serving = serving.contains(&i.id);
                 Finding {
                     id: i.id.clone(),
-                    verdict: self.judge(i, serving, h, expected, running.as_ref().map(|d| d.as_str()), charset),
+                    verdict: self.judge(i, serving, h, expected, &holders, charset),
                     release: i.release().cloned(),
                     version: i.provenance.as_ref().map(|p| p.artifact_version.to_string()),
                     serving,
@@ -254,7 +255,7 @@ impl<'a> Audit<'a> {
         serving: bool,
         health: Health,
         expected: &Release,
-        running: Option<&str>,
+        running: &[String],
         charset: LabelCharset,
     ) -> Verdict {
         let Some(p) = &i.provenance else { return Verdict::Unmanaged };
@@ -269,7 +270,7 @@ impl<'a> Audit<'a> {
             return Verdict::Tampered { detail: detail.to_owned() };
         }
         let artifact = expected.artifact();
-        if &p.release != expected.id() && !serving && running != Some(p.deployment.as_str()) {
+        if &p.release != expected.id() && !serving && !running.iter().any(|d| d == p.deployment.as_str()) {
             return Verdict::Orphaned { deployment: p.deployment.to_string() };
         }
         if p.artifact != artifact.name || p.artifact_version != artifact.version {
@@ -301,7 +302,16 @@ impl<'a> Audit<'a> {
         }
     }
 
-    /// Finds the orphans of `expected`'s service and, when `terminate` is set, terminates them.
+    fn holder(&self, service: &str) -> Result<Option<crate::model::DeploymentId>> {
+        match self.journal {
+            Some(j) => j.holder(service),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds the orphans of `expected`'s service and, when `terminate` is set, terminates them
+    /// (checking again, just before, that none serves or belongs to a deployment that took
+    /// the lock meanwhile).
     pub async fn reap(&self, expected: &Release, terminate: bool) -> Result<Vec<Finding>> {
         let orphans: Vec<Finding> = self
             .run(expected)
@@ -311,8 +321,21 @@ impl<'a> Audit<'a> {
             .filter(|f| matches!(f.verdict, Verdict::Orphaned { .. }))
             .collect();
         if terminate && !orphans.is_empty() {
-            let ids: Vec<InstanceId> = orphans.iter().map(|f| f.id.clone()).collect();
-            self.provider.terminate_all(&ids).await?;
+            // Right before terminating, look again: a deployment may have taken the lock, or
+            // attached an instance, since the audit read the fleet.
+            let holder = self.holder(expected.service())?.map(|d| d.to_string());
+            let serving: HashSet<InstanceId> = self.traffic.serving().await?.into_iter().collect();
+            let ids: Vec<InstanceId> = orphans
+                .iter()
+                .filter(|f| !serving.contains(&f.id))
+                .filter(
+                    |f| !matches!(&f.verdict, Verdict::Orphaned { deployment } if Some(deployment) == holder.as_ref()),
+                )
+                .map(|f| f.id.clone())
+                .collect();
+            if !ids.is_empty() {
+                self.provider.terminate_all(&ids).await?;
+            }
         }
         Ok(orphans)
     }

@@ -277,7 +277,12 @@ impl SimBuilder {
                 latencies: self.latencies,
                 faults: self.faults,
                 caps,
-                state: Mutex::new(SimState { rng: self.seed ^ 0x9e37_79b9_7f4a_7c15, oob, ..SimState::default() }),
+                state: Mutex::new(SimState {
+                    rng: self.seed ^ 0x9e37_79b9_7f4a_7c15,
+                    seed: self.seed,
+                    oob,
+                    ..SimState::default()
+                }),
             }),
         })
     }
@@ -305,6 +310,8 @@ struct SimState {
     out_of_band_applied: usize,
     /// When each instance started serving, for the balancer's initial period.
     attached_at: HashMap<InstanceId, Instant>,
+    /// The seed, for draws that must not depend on the order of calls.
+    seed: u64,
     /// Blips in a row per instance: two in a row make the instance look failed to a check
     /// with the engine's default thresholds, an event outside the engine's control.
     blips: HashMap<InstanceId, u32>,
@@ -388,6 +395,21 @@ impl SimState {
                 self.out_of_band_applied += 1;
             }
         }
+    }
+
+    /// `d` spread by the jitter setting, drawn for the `n`-th launch call's `k`-th latency
+    /// from the seed alone: the same launch gets the same latencies whatever else the caller
+    /// did before (how often it observed, how it was retried), so two engines can be compared
+    /// on the same simulated cloud.
+    fn launch_jitter(&self, d: Duration, jitter: f64, n: u64, k: u64) -> Duration {
+        if jitter <= 0.0 || d.is_zero() {
+            return d;
+        }
+        let mut z = self.seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_add(k);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let unit = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(1.0 - jitter + 2.0 * jitter * unit)
     }
 
     /// `d` spread by the jitter setting.
@@ -675,8 +697,9 @@ impl Provider for SimProvider {
             count = 1 + (state.random() * (count - 1) as f64) as usize % (count - 1);
         }
         let lat = self.shared.latencies;
-        let running_at = now + state.jittered(lat.launch_to_running, lat.jitter);
-        let healthy_at = running_at + state.jittered(lat.boot_to_healthy, lat.jitter);
+        let n = state.calls.launch;
+        let running_at = now + state.launch_jitter(lat.launch_to_running, lat.jitter, n, 0);
+        let healthy_at = running_at + state.launch_jitter(lat.boot_to_healthy, lat.jitter, n, 1);
         let launched = insert(&mut state, &LaunchRequest { count, ..request.clone() }, running_at, healthy_at);
         let never_release = faults.never_healthy_releases.contains(request.release.id());
         let first = state.instances.len() - launched.len();

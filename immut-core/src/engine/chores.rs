@@ -12,14 +12,26 @@ impl Deployment {
         let now = Instant::now();
         let deadline = self.inner.settings.instance_deadline;
         let mut expired = Vec::new();
+        let (mut next, mut expected) = (None::<Instant>, None::<Instant>);
+        let typical = self.memory.typical_boot();
         for id in &view.launching {
             if let Some(l) = self.memory.launched.get(id)
                 && !l.failed
-                && now >= l.at + deadline
             {
-                expired.push((id.clone(), l.wave));
+                let due = l.at + deadline;
+                if now >= due {
+                    expired.push((id.clone(), l.wave));
+                } else {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+                if let Some(t) = typical {
+                    let at = l.at + t;
+                    expected = Some(expected.map_or(at, |e| e.min(at)));
+                }
             }
         }
+        self.memory.next_deadline = next;
+        self.memory.next_expected = expected;
         if matches!(self.phase, Phase::Deploying) {
             self.memory.spend(&expired, self.inner.settings.budget, self.inner.settings.desired)?;
         }

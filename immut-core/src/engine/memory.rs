@@ -18,6 +18,10 @@ pub(super) struct Launched {
     pub(super) seen: bool,
     /// Whether it already counted as a failure.
     pub(super) failed: bool,
+    /// The last step whose observation showed it.
+    pub(super) observed_at_step: u64,
+    /// Whether this deployment terminated it: its going away is no failure.
+    pub(super) terminated: bool,
 }
 
 /// A run of health verdicts on one instance.
@@ -26,6 +30,8 @@ pub(super) struct Streak {
     ok: u32,
     bad: u32,
     healthy: bool,
+    /// Since when it has counted as healthy, for the min-ready time.
+    healthy_since: Option<Instant>,
     /// The step that last judged it, so that instances gone from the fleet are forgotten.
     seen_at_step: u64,
 }
@@ -41,9 +47,14 @@ impl Streak {
         self.seen_at_step
     }
 
+    /// Since when the instance has counted as healthy, if it does.
+    pub(super) fn healthy_since(&self) -> Option<Instant> {
+        self.healthy_since
+    }
+
     /// Adds a verdict and says whether the instance now counts as healthy. `Unknown` (no
     /// answer) neither proves an instance nor fails one.
-    pub(super) fn record(&mut self, health: &Health, thresholds: HealthThresholds, step: u64) -> bool {
+    pub(super) fn record(&mut self, health: &Health, thresholds: HealthThresholds, step: u64, now: Instant) -> bool {
         self.seen_at_step = step;
         match health {
             Health::Healthy => {
@@ -62,6 +73,11 @@ impl Streak {
             }
             Health::Unknown => self.ok = 0,
         }
+        if !self.healthy {
+            self.healthy_since = None;
+        } else if self.healthy_since.is_none() {
+            self.healthy_since = Some(now);
+        }
         self.healthy
     }
 }
@@ -70,6 +86,16 @@ impl Streak {
 #[derive(Debug, Default)]
 pub(super) struct Memory {
     pub(super) launched: HashMap<InstanceId, Launched>,
+    /// When the first launching instance's deadline runs out: the engine wakes for it even
+    /// when the provider promises no change.
+    pub(super) next_deadline: Option<Instant>,
+    /// When the first launching instance is expected to turn healthy, from how long this
+    /// deployment's earlier instances took: the engine polls closely around it.
+    pub(super) next_expected: Option<Instant>,
+    /// When the previous observation was made.
+    pub(super) previous_observation: Option<Instant>,
+    /// How long recent instances took from launch to healthy (at the earliest).
+    boot_samples: std::collections::VecDeque<Duration>,
     /// Ids this deployment terminated, and when.
     pub(super) terminated: HashMap<InstanceId, Instant>,
     pub(super) wave_sizes: HashMap<u32, usize>,
@@ -90,6 +116,8 @@ impl Memory {
                 instance: i.clone(),
                 seen: false,
                 failed: false,
+                observed_at_step: 0,
+                terminated: false,
             });
         }
     }
@@ -105,11 +133,31 @@ impl Memory {
         }
     }
 
+    /// Notes that `id` turned healthy no earlier than `now`, to learn how long instances take.
+    pub(super) fn turned_healthy(&mut self, id: &InstanceId, now: Instant) {
+        if let Some(l) = self.launched.get(id) {
+            if self.boot_samples.len() == 64 {
+                self.boot_samples.pop_front();
+            }
+            self.boot_samples.push_back(now.saturating_duration_since(l.at));
+        }
+    }
+
+    /// The median launch-to-healthy time learned so far.
+    pub(super) fn typical_boot(&self) -> Option<Duration> {
+        let mut samples: Vec<Duration> = self.boot_samples.iter().copied().collect();
+        samples.sort();
+        samples.get(samples.len() / 2).copied()
+    }
+
     /// Remembers what a terminate call was given.
     pub(super) fn terminated(&mut self, ids: &[InstanceId]) {
         let now = Instant::now();
         for id in ids {
             self.terminated.insert(id.clone(), now);
+            if let Some(l) = self.launched.get_mut(id) {
+                l.terminated = true;
+            }
         }
     }
 
@@ -123,52 +171,54 @@ impl Memory {
         instances: &mut Vec<Instance>,
         window: Duration,
         asked_at: Instant,
+        step: u64,
     ) -> Vec<(InstanceId, u32)> {
         let now = asked_at;
-        let present: HashMap<InstanceId, InstanceState> = instances.iter().map(|i| (i.id.clone(), i.state)).collect();
         let mut failures = Vec::new();
+        if self.launched.is_empty() && self.terminated.is_empty() {
+            return failures;
+        }
+        // One pass over the fleet marks what it shows; no map of the fleet is built.
+        for i in instances.iter() {
+            if let Some(l) = self.launched.get_mut(&i.id) {
+                l.seen = true;
+                l.observed_at_step = step;
+                if i.state.is_lingering() && !l.failed && !l.terminated {
+                    l.failed = true;
+                    failures.push((i.id.clone(), l.wave));
+                }
+            }
+            if let Some(at) = self.terminated.get_mut(&i.id)
+                && !i.state.is_live()
+            {
+                // On its way out: no longer watched.
+                *at = now - window - Duration::from_nanos(1);
+            }
+        }
         let mut forget = Vec::new();
         for (id, l) in self.launched.iter_mut() {
-            let ours = self.terminated.contains_key(id);
-            match present.get(id) {
-                Some(state) => {
-                    l.seen = true;
-                    if state.is_lingering() && !ours && !l.failed {
-                        l.failed = true;
-                        failures.push((id.clone(), l.wave));
-                    }
+            if l.observed_at_step == step {
+                continue;
+            }
+            if l.terminated {
+                forget.push(id.clone());
+            } else if !l.seen && now < l.at + window {
+                let mut stand_in = l.instance.clone();
+                stand_in.state = InstanceState::Pending;
+                instances.push(stand_in);
+            } else {
+                if !l.failed {
+                    failures.push((id.clone(), l.wave));
                 }
-                None if ours => forget.push(id.clone()),
-                None if !l.seen && now < l.at + window => {
-                    let mut stand_in = l.instance.clone();
-                    stand_in.state = InstanceState::Pending;
-                    instances.push(stand_in);
-                }
-                None => {
-                    if !l.failed {
-                        failures.push((id.clone(), l.wave));
-                    }
-                    forget.push(id.clone());
-                }
+                forget.push(id.clone());
             }
         }
         for id in forget {
             self.launched.remove(&id);
         }
-        // A terminated id is watched for the window (it may show up live later), or until
-        // describe shows it on its way out.
-        self.terminated.retain(|id, at| {
-            let leaving = present.get(id).is_some_and(|s| !s.is_live());
-            !leaving && (now < *at + window || present.contains_key(id))
-        });
+        // A terminated id is watched for the window (it may show up live later).
+        self.terminated.retain(|_, at| now < *at + window);
         failures
-    }
-
-    /// The next instant after `now` at which one of the engine's own timers runs out: a
-    /// launched instance's deadline (`at + deadline`). The consistency windows end before
-    /// those, and are seen at the next observation.
-    pub(super) fn next_timer(&self, deadline: Duration, now: Instant) -> Option<Instant> {
-        self.launched.values().filter(|l| !l.failed).map(|l| l.at + deadline).filter(|t| *t > now).min()
     }
 
     /// Ids this deployment terminated that describe now shows live again.

@@ -21,7 +21,7 @@ mod wait;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,7 +181,6 @@ pub struct Deployment {
     started: Option<Instant>,
     step: u64,
     wave: u32,
-    healthy_since: HashMap<InstanceId, (Instant, u64)>,
     switched_at: Option<Duration>,
     last_change_at: Option<Duration>,
     last_progress: Instant,
@@ -218,7 +217,6 @@ impl Deployment {
             started: None,
             step: 0,
             wave: 0,
-            healthy_since: HashMap::new(),
             switched_at: None,
             last_change_at: None,
             last_progress: Instant::now(),

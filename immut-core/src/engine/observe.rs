@@ -38,7 +38,7 @@ impl Deployment {
         self.calls.describe += 1;
         self.calls.serving += 1;
         let window = self.inner.provider.capabilities().consistency_window;
-        let failures = self.memory.reconcile(&mut instances, window, asked_at);
+        let failures = self.memory.reconcile(&mut instances, window, asked_at, self.step);
         let health = self.judge(&instances, &serving).await;
         Ok(Observation { instances, serving, health, failures })
     }
@@ -61,9 +61,16 @@ impl Deployment {
         if checked.is_empty() {
             return health;
         }
-        let subject: Vec<Instance> = checked.iter().map(|&n| instances[n].clone()).collect();
+        // Most steps check every instance: then the fleet is passed as it is, uncopied.
+        let copied: Vec<Instance>;
+        let subject: &[Instance] = if checked.len() == instances.len() {
+            instances
+        } else {
+            copied = checked.iter().map(|&n| instances[n].clone()).collect();
+            &copied
+        };
         let check = self.inner.health.clone();
-        let result = self.retrying("health", || check.check_many(&subject)).await;
+        let result = self.retrying("health", || check.check_many(subject)).await;
         self.calls.health += 1;
         match result {
             Ok(verdicts) if verdicts.len() == subject.len() => {
@@ -115,14 +122,14 @@ impl Deployment {
                     .streaks
                     .entry(id.clone())
                     .or_insert_with(|| Streak::first(serving))
-                    .record(health, thresholds, generation);
-            let since = if healthy {
-                let entry = self.healthy_since.entry(id.clone()).or_insert((now, generation));
-                entry.1 = generation;
-                Some(entry.0)
-            } else {
-                None
-            };
+                    .record(health, thresholds, generation, now);
+            let since = if healthy { self.memory.streaks.get(id).and_then(Streak::healthy_since) } else { None };
+            if since == Some(now) {
+                // It turned healthy after the previous observation: that is the earliest it
+                // may have, which is what the close polling should aim at.
+                let earliest = self.memory.previous_observation.unwrap_or(now);
+                self.memory.turned_healthy(id, earliest);
+            }
             let replaced = !self.replacing.is_empty() && self.replacing.contains(id);
             let is_target = target.is_some() && instance.release() == target.as_ref() && !replaced;
             let bucket = match (is_target, serving, healthy) {
@@ -145,9 +152,8 @@ impl Deployment {
             };
             bucket.push(id.clone());
         }
-        // Only instances healthy in this observation keep their healthy-since time, and only
-        // instances still observed keep their run of verdicts.
-        self.healthy_since.retain(|_, (_, seen)| *seen == generation);
+        self.memory.previous_observation = Some(now);
+        // Only instances still observed keep their run of verdicts.
         self.memory.streaks.retain(|_, s| s.seen_at_step() == generation);
         view
     }

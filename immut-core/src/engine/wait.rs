@@ -23,10 +23,25 @@ impl Deployment {
         if let (Some(until), Some(started)) = (until, self.started) {
             wake = wake.min(started + until);
         }
-        // The engine's own clocks: a new instance's deadline, and the end of a consistency
-        // window, change what it decides even when the provider changes nothing.
-        if let Some(at) = self.memory.next_timer(self.inner.settings.instance_deadline, now) {
+        // The engine's own clock: a launching instance's deadline changes what it decides even
+        // when the provider changes nothing.
+        if let Some(at) = self.memory.next_deadline {
             wake = wake.min(at);
+        }
+        // Without a promise from the provider, the engine polls, and polls closely when a
+        // launching instance is due to turn healthy (from how long the earlier ones took),
+        // for one poll interval; otherwise at the interval. This keeps the delay between a
+        // change and its observation short without polling fast all the time.
+        if promised.is_none()
+            && let Some(expected) = self.memory.next_expected
+        {
+            let interval = self.inner.settings.poll_interval;
+            let close = (interval / 10).max(Duration::from_millis(100)).min(interval);
+            if expected > now {
+                wake = wake.min(expected);
+            } else if now < expected + interval {
+                wake = wake.min(now + close);
+            }
         }
         let wake = wake.max(now + Duration::from_millis(1));
         tracing::debug!(reason, "waiting");
