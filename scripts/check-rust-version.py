@@ -18,6 +18,7 @@ import sys
 # A selection with no entry here must fit the package's own `rust-version`.
 FEATURE_SETS = [
     ("immut", "aws", "1.94.1"),
+    ("immut", "gcp", "1.91"),
 ]
 
 

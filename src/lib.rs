@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `local` (default) | [`local`]: real local processes behind a balancer; implies `http` |
 //! | `aws` | [`aws`]: EC2 instances and ELBv2 traffic (needs Rust 1.94.1, like the AWS SDK) |
+//! | `gcp` | [`gcp`]: Compute Engine instances behind a backend service, and a fake Compute API (Rust 1.91) |
 //! | `http` | [`HttpProbe`], the HTTP health probe |
 //! | `conformance` | [`conformance`], the suite every provider runs, and [`test_tools`] |
 //!
@@ -40,3 +41,7 @@ pub use immut_local as local;
 /// EC2 instances and ELBv2 traffic.
 #[cfg(feature = "aws")]
 pub use immut_aws as aws;
+
+/// Compute Engine instances behind a backend service, and the fake Compute API.
+#[cfg(feature = "gcp")]
+pub use immut_gcp as gcp;
