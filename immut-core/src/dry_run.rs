@@ -4,7 +4,9 @@
 //! move at each step, how many provider calls the deployment makes, and how long it takes
 //! under the stated latencies. It serializes to JSON. Gates pass automatically in a dry-run.
 //! Instances the plan launches have simulator ids (`sim-…`); instances it terminates keep
-//! their real ids.
+//! their real ids. The simulated engine polls at the deployer's poll interval, as it will
+//! against the real provider, so the plan's duration and call counts are predictions under the
+//! stated latencies, not minimums.
 //!
 //! ```
 //! use std::time::Duration;
@@ -170,7 +172,10 @@ pub fn plan(
     let previous = previous.cloned();
     std::thread::spawn(move || {
         crate::sim::run_in_virtual_time(async move {
-            let sim = SimProvider::builder().latencies(latencies).build()?;
+            // The plan polls as the deployer will against its real provider (no next-change
+            // promise), so its duration and call counts are predictions, not minimums.
+            let faults = crate::sim::Faults { no_next_change: true, ..Default::default() };
+            let sim = SimProvider::builder().latencies(latencies).faults(faults).build()?;
             sim.seed_instances(&live, &serving);
             let simulated =
                 deployer.with_backends(Arc::new(sim.clone()), Arc::new(sim.traffic()), Arc::new(sim.health()));
