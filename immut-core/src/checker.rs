@@ -295,6 +295,10 @@ impl Traffic for CheckedTraffic {
         self.checker.around("attach", self.inner.attach(instances)).await
     }
 
+    async fn prepare(&self, instances: &[Instance]) -> Result<()> {
+        self.checker.around("prepare", self.inner.prepare(instances)).await
+    }
+
     async fn detach(&self, ids: &[InstanceId]) -> Result<()> {
         self.checker.around("detach", self.inner.detach(ids)).await
     }

@@ -73,6 +73,9 @@ pub struct CallCounts {
     pub switch: u64,
     /// Batched health checks.
     pub health: u64,
+    /// Calls that made new instances known to the balancer for probing.
+    #[serde(default)]
+    pub prepare: u64,
     /// Retried attempts.
     pub retries: u64,
 }

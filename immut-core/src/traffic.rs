@@ -22,6 +22,17 @@ pub trait Traffic: Send + Sync + Debug {
     /// requests have drained. Detaching an instance that does not serve is `Ok`.
     async fn detach(&self, ids: &[InstanceId]) -> Result<()>;
 
+    /// Makes new instances known to the balancer so that its own health checks probe them,
+    /// without sending them any traffic: an ALB target group at weight 0, a GCE backend at
+    /// capacity 0, an Azure rule on a test port. A balancer checks only what it serves, so
+    /// without this a switch would send traffic to instances it never checked. The engine calls
+    /// it once for each new instance of the release it moves to, when the instance first runs.
+    /// Idempotent; the default does nothing.
+    async fn prepare(&self, instances: &[Instance]) -> Result<()> {
+        let _ = instances;
+        Ok(())
+    }
+
     /// Moves traffic from `detach` to `attach` in one step where the backend can (a listener
     /// switch); the default attaches, then detaches.
     ///

@@ -749,6 +749,25 @@ impl GcpTraffic {
 
 #[async_trait]
 impl Traffic for GcpTraffic {
+    /// Blue/green: stages new instances into the idle colour (capacity 0: the balancer probes
+    /// them, no traffic), so they are proven by the balancer before the switch. Rolling and
+    /// canary: nothing to do.
+    async fn prepare(&self, instances: &[Instance]) -> Result<()> {
+        let Mode::Switch { groups } = &self.mode else { return Ok(()) };
+        let served = self.served().await?;
+        let active = self.active(&served);
+        let Some(idle) = groups.iter().find(|g| Some(g.as_str()) != active) else { return Ok(()) };
+        let stage: Vec<InstanceId> = instances
+            .iter()
+            .filter(|i| split_id(&i.id).0.is_some_and(|z| served.scalers.contains_key(&self.group_path(z, idle))))
+            .map(|i| i.id.clone())
+            .collect();
+        if !stage.is_empty() {
+            self.add(idle, &stage, false).await?;
+        }
+        Ok(())
+    }
+
     async fn serving(&self) -> Result<Vec<InstanceId>> {
         let served = self.served().await?;
         let mut ids = Vec::new();
@@ -870,10 +889,10 @@ impl Traffic for GcpTraffic {
 }
 
 /// Health from the backend service's own health check (`backendServices.getHealth`), for the
-/// groups it serves. Blue/green: an instance in neither colour is staged into the idle group
-/// (capacity 0: probed, no traffic) and is unknown until the balancer has judged it. Rolling
-/// and canary: an instance not in the group yet passes, so this check composes with checks
-/// that gate the attach (instance status, the HTTP probe).
+/// groups it serves. Blue/green: an instance in neither colour is unknown until it is staged
+/// ([`Traffic::prepare`]) and the balancer has judged it. Rolling and canary: an instance not
+/// in the group yet passes, so this check composes with checks that gate the attach (instance
+/// status, the HTTP probe). The check never changes anything.
 #[async_trait]
 impl HealthCheck for GcpTraffic {
     async fn check(&self, instance: &Instance) -> Result<Health> {
@@ -910,7 +929,6 @@ impl HealthCheck for GcpTraffic {
             }
             Mode::Single { .. } => None,
         };
-        let mut stage: Vec<InstanceId> = Vec::new();
         let verdicts = instances
             .iter()
             .map(|i| {
@@ -922,23 +940,12 @@ impl HealthCheck for GcpTraffic {
                         Health::Unhealthy(format!("the backend service's health check says {state}"))
                     }
                     Some(_) => Health::Unknown,
-                    None => match &idle {
-                        Some(group)
-                            if i.provenance.is_some()
-                                && i.state == InstanceState::Running
-                                && zone.is_some_and(|z| served.scalers.contains_key(&self.group_path(z, group))) =>
-                        {
-                            stage.push(i.id.clone());
-                            Health::Unknown
-                        }
-                        _ => Health::Healthy,
-                    },
+                    // Not probed yet (blue/green: not staged, or staged and not judged yet).
+                    None if idle.is_some() => Health::Unknown,
+                    None => Health::Healthy,
                 }
             })
             .collect();
-        if let (Some(group), false) = (idle, stage.is_empty()) {
-            self.add(&group, &stage, false).await?;
-        }
         Ok(verdicts)
     }
 }

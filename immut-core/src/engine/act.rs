@@ -39,6 +39,31 @@ impl Deployment {
         Ok(())
     }
 
+    /// Tells the balancer to probe the new instances that run now and were not prepared yet.
+    pub(super) async fn prepare_new(&mut self, obs: &Observation) -> Result<()> {
+        let target = self.target().cloned();
+        let fresh: Vec<Instance> = obs
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Running && !obs.serving.contains(&i.id))
+            .filter(|i| target.is_some() && i.release() == target.as_ref())
+            .filter(|i| self.memory.launched.get(&i.id).is_some_and(|l| !l.prepared))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let traffic = self.inner.traffic.clone();
+        self.retrying("prepare", || traffic.prepare(&fresh)).await?;
+        self.calls.prepare += 1;
+        for i in &fresh {
+            if let Some(l) = self.memory.launched.get_mut(&i.id) {
+                l.prepared = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Carries out a traffic change or a termination.
     pub(super) async fn mutate(&mut self, decision: Decision, obs: &Observation) -> Result<()> {
         match decision {

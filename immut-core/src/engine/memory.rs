@@ -22,6 +22,8 @@ pub(super) struct Launched {
     pub(super) observed_at_step: u64,
     /// Whether this deployment terminated it: its going away is no failure.
     pub(super) terminated: bool,
+    /// Whether the balancer was told to probe it ([`Traffic::prepare`]).
+    pub(super) prepared: bool,
 }
 
 /// A run of health verdicts on one instance.
@@ -118,6 +120,7 @@ impl Memory {
                 failed: false,
                 observed_at_step: 0,
                 terminated: false,
+                prepared: false,
             });
         }
     }

@@ -393,6 +393,7 @@ impl Deployment {
             self.finish_launch(intent).await?;
         }
         let mut obs = self.observe().await?;
+        self.prepare_new(&obs).await?;
         let view = self.build_view(&obs);
         self.note_progress(&view);
         if matches!(self.phase, Phase::Deploying) {
