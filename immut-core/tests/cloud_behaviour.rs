@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Checker, assert_final_fleet, latencies, release};
+use immut_core::checker::Checker as GroundTruth;
 use immut_core::engine::{Event, Phase};
 use immut_core::sim::{Faults, OutOfBand, SimProvider};
-use immut_core::{BlueGreen, Count, Health, HealthCheck, Instance, Rolling};
+use immut_core::{BlueGreen, Count, Health, HealthCheck, Instance, ReplacementStrategy, Rolling};
 
 async fn run_checked(deployment: immut_core::Deployment, strict: bool) -> (Checker, immut_core::Outcome) {
     let mut checker = Checker::new(strict);
@@ -20,21 +21,35 @@ async fn run_checked(deployment: immut_core::Deployment, strict: bool) -> (Check
     (checker, outcome)
 }
 
+/// A deployer builder whose provider and traffic go through the independent checker, which
+/// reads the simulator's ground truth on every call.
+fn checked(
+    sim: &SimProvider,
+    desired: usize,
+    strategy: impl ReplacementStrategy + 'static,
+) -> (immut_core::DeployerBuilder, GroundTruth) {
+    let truth = GroundTruth::new(sim.clone(), "web", desired, strategy.limits(desired));
+    let (provider, traffic) = truth.wrap(sim.clone(), sim.traffic());
+    let builder = immut_core::Deployer::builder()
+        .provider(provider)
+        .traffic(traffic)
+        .health(sim.health())
+        .strategy(strategy)
+        .desired(desired);
+    (builder, truth)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stale_describe_neither_duplicates_a_launch_nor_leaves_an_orphan() {
     let sim = latencies(SimProvider::builder()).describe_staleness(Duration::from_secs(8)).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 4, true);
-    let d = sim
-        .deployer()
-        .strategy(Rolling::new().max_surge(Count::Count(2)))
-        .desired(4)
-        .poll_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let (builder, truth) = checked(&sim, 4, Rolling::new().max_surge(Count::Count(2)));
+    let d = builder.poll_interval(Duration::from_secs(1)).build().unwrap();
     let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
     assert!(checker.refused.is_empty(), "{:?}", checker.refused);
     assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert_eq!(truth.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_eq!(sim.instances_created(), 4 + 4, "every new instance was launched exactly once");
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
@@ -48,14 +63,10 @@ async fn a_thousand_instance_wave_with_a_few_bad_instances_succeeds_by_replacing
         .unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 1000, true);
-    let d = sim
-        .deployer()
-        .strategy(BlueGreen::new().bake(Duration::from_secs(30)))
-        .desired(1000)
-        .min_ready(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let (builder, truth) = checked(&sim, 1000, BlueGreen::new().bake(Duration::from_secs(30)));
+    let d = builder.min_ready(Duration::from_secs(5)).build().unwrap();
     let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
+    assert_eq!(truth.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert!(
         checker.violations.is_empty() && checker.refused.is_empty(),
         "{:?} {:?}",
@@ -94,13 +105,8 @@ async fn a_health_blip_during_the_bake_does_not_fail_it() {
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 3, true);
     let blip = Arc::new(OneBlip { inner: sim.health(), armed: AtomicUsize::new(0) });
-    let d = sim
-        .deployer()
-        .strategy(BlueGreen::new().bake(Duration::from_secs(120)))
-        .health_arc(blip.clone())
-        .desired(3)
-        .build()
-        .unwrap();
+    let (builder, truth) = checked(&sim, 3, BlueGreen::new().bake(Duration::from_secs(120)));
+    let d = builder.health_arc(blip.clone()).build().unwrap();
     let mut deployment = d.deploy(v2.clone()).with_previous(v1.clone());
     let mut checker = Checker::new(true);
     let outcome = loop {
@@ -116,6 +122,7 @@ async fn a_health_blip_during_the_bake_does_not_fail_it() {
         }
     };
     assert!(outcome.succeeded(), "one blip failed the bake: {}", outcome.summary());
+    assert_eq!(truth.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_eq!(blip.armed.load(Ordering::SeqCst), 0, "the blip was delivered");
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
 }
@@ -131,10 +138,12 @@ async fn a_lingering_termination_near_the_quota_does_not_fail_the_next_wave() {
         .unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 4, true);
-    let d = sim.deployer().strategy(Rolling::new()).desired(4).build().unwrap();
+    let (builder, truth) = checked(&sim, 4, Rolling::new());
+    let d = builder.build().unwrap();
     let (checker, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), true).await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert!(checker.violations.is_empty(), "{:?}", checker.violations);
+    assert_eq!(truth.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
 
@@ -150,9 +159,11 @@ async fn an_instance_stopped_out_of_band_is_finished_off_and_replaced() {
         .unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 4, true);
-    let d = sim.deployer().strategy(Rolling::new()).desired(4).build().unwrap();
+    let (builder, truth) = checked(&sim, 4, Rolling::new());
+    let d = builder.build().unwrap();
     let (_, outcome) = run_checked(d.deploy(v2.clone()).with_previous(v1.clone()), false).await;
     assert_eq!(sim.out_of_band_applied(), 1);
+    assert_eq!(truth.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert!(matches!(outcome.phase, Phase::Succeeded), "{}", outcome.summary());
     let (present, _) = sim.inspect();
     assert!(
