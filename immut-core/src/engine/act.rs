@@ -70,8 +70,12 @@ impl Deployment {
             Decision::Attach { ids } => {
                 let instances = pick(obs, &ids);
                 let traffic = self.inner.traffic.clone();
-                self.retrying("attach", || traffic.attach(&instances)).await?;
+                let attached = self.retrying("attach", || traffic.attach(&instances)).await;
                 self.calls.attach += 1;
+                if vanished(&attached) {
+                    return Ok(());
+                }
+                attached?;
                 self.changed();
                 self.pending.push_back(Event::Attached { ids });
             }
@@ -85,8 +89,12 @@ impl Deployment {
             Decision::Switch { attach, detach } => {
                 let instances = pick(obs, &attach);
                 let traffic = self.inner.traffic.clone();
-                self.retrying("switch", || traffic.switch(&instances, &detach)).await?;
+                let switched = self.retrying("switch", || traffic.switch(&instances, &detach)).await;
                 self.calls.switch += 1;
+                if vanished(&switched) {
+                    return Ok(());
+                }
+                switched?;
                 self.changed();
                 if matches!(self.phase, Phase::Deploying) {
                     self.switched_at = self.last_change_at;
@@ -228,4 +236,17 @@ impl Deployment {
 pub(super) fn pick(obs: &Observation, ids: &[InstanceId]) -> Vec<Instance> {
     let wanted: HashSet<&InstanceId> = ids.iter().collect();
     obs.instances.iter().filter(|i| wanted.contains(&i.id)).cloned().collect()
+}
+
+/// Whether a traffic change failed because an instance it named is gone (killed or stopped
+/// by someone else since the observation). That is no failure of the deployment: nothing
+/// changed, and the next observation shows the fleet as it is now.
+fn vanished(result: &Result<()>) -> bool {
+    match result {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            tracing::warn!(error = %e, "an instance vanished before the traffic change; observing again");
+            true
+        }
+        _ => false,
+    }
 }

@@ -62,13 +62,17 @@ fn violation(invariant: Invariant, detail: String) -> Violation {
     Violation { invariant, detail }
 }
 
-/// Checks the observed fleet: the ceiling (or the fleet size at the start, if that was larger).
+/// Checks the observed fleet: the ceiling (or the fleet size at the start, if that was larger),
+/// counting only instances describe shows.
 pub fn check_observed(view: &FleetView, limits: Limits, initial_total: usize) -> Result<()> {
     let ceiling = limits.ceiling.max(initial_total);
-    if view.total_live() > ceiling {
+    // Instances counted from the engine's own record only may not exist: they hold room for
+    // launches, but cannot prove the ceiling broken.
+    let live = view.total_live() - view.unconfirmed.len().min(view.total_live());
+    if live > ceiling {
         return Err(violation(
             Invariant::SurgeCeiling,
-            format!("{} live instances exceed the ceiling of {ceiling}", view.total_live()),
+            format!("{live} live instances exceed the ceiling of {ceiling}"),
         ));
     }
     Ok(())

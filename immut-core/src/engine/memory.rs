@@ -125,17 +125,6 @@ impl Memory {
         }
     }
 
-    /// Remembers launches a dead process journaled. Its crash and this restart outlast any
-    /// consistency window, so describe is trusted for them: no stand-ins.
-    pub(super) fn recovered(&mut self, wave: u32, instances: &[Instance]) {
-        self.launched(wave, instances);
-        for i in instances {
-            if let Some(l) = self.launched.get_mut(&i.id) {
-                l.seen = true;
-            }
-        }
-    }
-
     /// Notes that `id` turned healthy no earlier than `now`, to learn how long instances take.
     pub(super) fn turned_healthy(&mut self, id: &InstanceId, now: Instant) {
         if let Some(l) = self.launched.get(id) {
@@ -167,7 +156,7 @@ impl Memory {
     /// Completes an observation with what describe cannot show yet, and notes what it shows:
     /// instances launched within the consistency window and not yet visible are added as
     /// pending; launched instances that stopped or vanished without the engine's doing are
-    /// returned as failures. `asked_at` is when the describe call went out: the window is
+    /// returned as failures, with the ids of the stand-ins. `asked_at` is when the describe call went out: the window is
     /// measured against it, since the answer may be older than its arrival.
     pub(super) fn reconcile(
         &mut self,
@@ -175,11 +164,12 @@ impl Memory {
         window: Duration,
         asked_at: Instant,
         step: u64,
-    ) -> Vec<(InstanceId, u32)> {
+    ) -> (Vec<(InstanceId, u32)>, HashSet<InstanceId>) {
         let now = asked_at;
         let mut failures = Vec::new();
+        let mut stand_ins = HashSet::new();
         if self.launched.is_empty() && self.terminated.is_empty() {
-            return failures;
+            return (failures, stand_ins);
         }
         // One pass over the fleet marks what it shows; no map of the fleet is built.
         for i in instances.iter() {
@@ -209,6 +199,7 @@ impl Memory {
                 let mut stand_in = l.instance.clone();
                 stand_in.state = InstanceState::Pending;
                 instances.push(stand_in);
+                stand_ins.insert(id.clone());
             } else {
                 if !l.failed {
                     failures.push((id.clone(), l.wave));
@@ -221,7 +212,7 @@ impl Memory {
         }
         // A terminated id is watched for the window (it may show up live later).
         self.terminated.retain(|_, at| now < *at + window);
-        failures
+        (failures, stand_ins)
     }
 
     /// Ids this deployment terminated that describe now shows live again.

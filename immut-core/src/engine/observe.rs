@@ -9,6 +9,8 @@ pub(super) struct Observation {
     pub(super) health: Vec<Health>,
     /// New instances that stopped or vanished without the engine's doing, with their wave.
     pub(super) failures: Vec<(InstanceId, u32)>,
+    /// Instances added from the engine's own record because describe does not show them yet.
+    pub(super) stand_ins: HashSet<InstanceId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,9 +40,9 @@ impl Deployment {
         self.calls.describe += 1;
         self.calls.serving += 1;
         let window = self.inner.provider.capabilities().consistency_window;
-        let failures = self.memory.reconcile(&mut instances, window, asked_at, self.step);
+        let (failures, stand_ins) = self.memory.reconcile(&mut instances, window, asked_at, self.step);
         let health = self.judge(&instances, &serving).await;
-        Ok(Observation { instances, serving, health, failures })
+        Ok(Observation { instances, serving, health, failures, stand_ins })
     }
 
     /// Health of the instances whose classification depends on it: those of the target
@@ -151,6 +153,9 @@ impl Deployment {
                 (false, false, _) => &mut view.old_idle,
             };
             bucket.push(id.clone());
+            if !obs.stand_ins.is_empty() && obs.stand_ins.contains(id) {
+                view.unconfirmed.push(id.clone());
+            }
         }
         self.memory.previous_observation = Some(now);
         // Only instances still observed keep their run of verdicts.

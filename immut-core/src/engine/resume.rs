@@ -80,7 +80,9 @@ impl Deployer {
                     address: None,
                 })
                 .collect();
-            d.memory.recovered(intent.wave, &stand_ins);
+            // Counted from the record until describe shows them, or the consistency window
+            // (from now: the restart may have been quick) passes.
+            d.memory.launched(intent.wave, &stand_ins);
         }
         d.memory.terminated(&found.terminated);
         if let Some(reason) = &found.rolling_back {

@@ -98,6 +98,10 @@ pub struct FleetView {
     /// Not serving, not live, not gone: terminating or stopped, of any release. They still
     /// exist, and where they hold quota they count toward the ceiling (see [`FleetView::occupied`]).
     pub lingering: Vec<InstanceId>,
+    /// New instances this deployment launched that describe does not show yet (within the
+    /// provider's consistency window). They are counted among `launching` so that nothing is
+    /// launched twice, and listed here because they may never have existed.
+    pub unconfirmed: Vec<InstanceId>,
     /// Whether lingering instances hold the account's quota (the provider's
     /// [`Capabilities::lingering_holds_quota`](crate::Capabilities::lingering_holds_quota)).
     pub lingering_holds_quota: bool,
