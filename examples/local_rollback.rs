@@ -8,7 +8,8 @@
 //! `GET /healthz` answer 503. Blue/green launches the 3 new processes beside the old ones; they
 //! never pass the health check, so after the progress deadline (15 s without progress) the
 //! engine rolls back: the old release keeps its traffic throughout, and the new processes are
-//! terminated. A load generator runs the whole time.
+//! terminated. A load generator (8 clients, 4 of them on keep-alive connections) runs the whole
+//! time.
 //!
 //! Exits 0 only when the deployment rolled back, 1.0.0 still serves, no request failed and no
 //! process of 2.0.0 is left.

@@ -8,8 +8,9 @@
 //! Deploys 1.0.0 of the sample service on 6 processes, then rolls to 2.0.0 with a max surge of
 //! 1 and max unavailable of 0: each wave launches one new process, waits until it has passed
 //! `GET /healthz` for a second, attaches it, detaches and drains one old process, and only then
-//! terminates it. A load generator runs through the whole rollout; the summary shows how the
-//! traffic moved from one version to the other with 0 failed requests.
+//! terminates it. A load generator (8 clients, 4 of them on keep-alive connections) runs through
+//! the whole rollout; the summary shows how the traffic moved from one version to the other
+//! with 0 failed requests.
 //!
 //! Exits 0 only when the deployment succeeded, no request failed and no instance was left over.
 

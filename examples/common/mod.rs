@@ -20,20 +20,50 @@ use tokio::sync::Mutex;
 mod progress;
 pub use progress::Printer;
 
+/// The progress deadline of the examples' deployers; the balancer's drain timeout must fit in it.
+pub const PROGRESS_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a detach waits for the detached instances' in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The local provider, its balancer and the releases of the sample service.
+///
+/// The balancer is a process of its own (this executable, started again with a hidden flag),
+/// which outlives the example when it is run with `--keep`. Whatever happens, dropping the demo
+/// without `--keep` kills what it started, by pid: its instances and its balancer.
 pub struct Demo {
     pub name: &'static str,
     pub provider: LocalProvider,
     pub balancer: LocalBalancer,
     pub service: &'static str,
     artifact_path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if !self.keep {
+            // After `finish` nothing is left and this finds nothing; on a failure path it
+            // stops what the example started.
+            let killed = self.provider.kill_all_now();
+            if killed > 0 {
+                eprintln!("stopped {killed} processes left by a failed run (instances and balancer, by pid)");
+            }
+        }
+    }
 }
 
 impl Demo {
-    /// State in `.immut/<name>`; anything a previous interrupted run left is cleaned first.
+    /// State in `.immut/<name>`; anything a previous interrupted run left is cleaned first. The
+    /// balancer of a previous `--keep` run is found and reused, on its address.
     pub async fn start(name: &'static str) -> immut::Result<Demo> {
         let provider = LocalProvider::builder().state_dir(format!(".immut/{name}")).build()?;
-        let balancer = provider.balancer().drain_timeout(Duration::from_secs(10)).build().await?;
+        let balancer = provider.balancer("web").drain_timeout(DRAIN_TIMEOUT).build().await?;
+        if balancer.drain_timeout() >= PROGRESS_DEADLINE {
+            return Err(immut::Error::invalid(
+                "drain_timeout",
+                format!("{DRAIN_TIMEOUT:?} does not fit in the progress deadline ({PROGRESS_DEADLINE:?})"),
+            ));
+        }
         let demo = Demo {
             name,
             provider,
@@ -41,13 +71,19 @@ impl Demo {
             service: "web",
             // This very executable is the artifact: launched with the sample flag, it serves.
             artifact_path: std::env::current_exe().expect("the example knows its own path"),
+            keep: std::env::args().any(|a| a == "--keep"),
         };
         let leftovers = demo.live().await?;
         if !leftovers.is_empty() {
             println!("cleaning up {} instances left by a previous run", leftovers.len());
             demo.cleanup().await?;
         }
-        println!("balancer listening on http://{}", demo.balancer.addr());
+        println!(
+            "balancer listening on http://{} (pid {}, a process of its own; log {})",
+            demo.balancer.addr(),
+            demo.balancer.pid(),
+            demo.balancer.log_path().display()
+        );
         Ok(demo)
     }
 
@@ -77,7 +113,7 @@ impl Demo {
             .desired(desired)
             .min_ready(Duration::from_secs(1))
             .poll_interval(Duration::from_millis(200))
-            .progress_deadline(Duration::from_secs(15))
+            .progress_deadline(PROGRESS_DEADLINE)
     }
 
     /// Runs a deployment, printing its progress; Ctrl-C cancels it (and it rolls back).
@@ -124,19 +160,29 @@ impl Demo {
         Ok(ids.len())
     }
 
-    /// Cleans up unless `--keep` was given, and says what was left.
+    /// Cleans up unless `--keep` was given (instances, then the balancer process), and says
+    /// what was left.
     pub async fn finish(&self) -> immut::Result<()> {
-        if std::env::args().any(|a| a == "--keep") {
-            println!("--keep: instances left running; state in .immut/{}", self.name);
+        if self.keep {
+            println!(
+                "--keep: instances and the balancer (pid {}, http://{}) left running; state in .immut/{}",
+                self.balancer.pid(),
+                self.balancer.addr(),
+                self.name
+            );
         } else {
             let n = self.cleanup().await?;
-            println!("cleaned up {n} instances");
+            self.balancer.stop().await?;
+            println!("cleaned up {n} instances and stopped the balancer");
         }
         Ok(())
     }
 }
 
-/// Requests sent through the balancer by concurrent clients, each on a new connection.
+/// Requests sent through the balancer by concurrent clients: half of them keep their
+/// connection alive across requests (as most HTTP clients do), half open a new connection for
+/// each. Every error a client sees counts as a failure: a refused or reset connection, an
+/// answer cut short, a non-2xx status.
 pub struct Load {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<Stats>>,
@@ -146,6 +192,8 @@ pub struct Load {
 /// What the load generator saw.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    pub clients: usize,
+    pub keep_alive_clients: usize,
     pub sent: u64,
     pub failed: u64,
     pub by_version: BTreeMap<String, u64>,
@@ -153,18 +201,20 @@ pub struct Stats {
 }
 
 impl Load {
+    /// `clients` clients against `addr`; the first half use keep-alive connections.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Mutex::new(Stats::default()));
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()
-            .expect("client builds");
+        let keep_alive_clients = clients / 2;
+        let stats = Arc::new(Mutex::new(Stats { clients, keep_alive_clients, ..Stats::default() }));
         let workers = (0..clients)
-            .map(|_| {
-                let (stop, stats, http) = (stop.clone(), stats.clone(), http.clone());
+            .map(|n| {
+                let keep_alive = n < keep_alive_clients;
+                let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5)).no_proxy();
+                if !keep_alive {
+                    builder = builder.pool_max_idle_per_host(0);
+                }
+                let http = builder.build().expect("client builds");
+                let (stop, stats) = (stop.clone(), stats.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let result = async {
@@ -182,7 +232,14 @@ impl Load {
                             Err(e) => {
                                 s.failed += 1;
                                 if s.first_errors.len() < 5 {
-                                    s.first_errors.push(e.to_string());
+                                    let mut text = e.to_string();
+                                    let mut source = std::error::Error::source(&e);
+                                    while let Some(cause) = source {
+                                        text.push_str(&format!(": {cause}"));
+                                        source = cause.source();
+                                    }
+                                    let kind = if keep_alive { "keep-alive" } else { "new connection" };
+                                    s.first_errors.push(format!("{kind} client: {text}"));
                                 }
                             }
                         }
@@ -212,8 +269,9 @@ pub struct Upgrade {
 }
 
 impl Demo {
-    /// Deploys `from` (a first deployment), then `to` over it while 4 clients send requests
-    /// through the balancer; prints both deployments and the summary.
+    /// Deploys `from` (a first deployment), then `to` over it while 8 clients (4 of them on
+    /// keep-alive connections) send requests through the balancer; prints both deployments
+    /// and the summary.
     pub async fn upgrade_under_load(
         &self,
         deployer: &Deployer,
@@ -228,7 +286,7 @@ impl Demo {
             return Err(format!("the first deployment failed: {}", first.summary()).into());
         }
         println!("\n== {title}: {to}, under load");
-        let load = Load::start(self.balancer.addr(), 4);
+        let load = Load::start(self.balancer.addr(), 8);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let outcome = self.deploy(deployer, to.clone(), Some(from.clone())).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -250,6 +308,7 @@ impl Upgrade {
 pub fn summary(title: &str, stats: &Stats, outcome: &Outcome, orphans: &[InstanceId]) {
     println!();
     println!("== {title}");
+    println!("clients            {} ({} keep-alive)", stats.clients, stats.keep_alive_clients);
     println!("requests sent      {}", stats.sent);
     println!("requests failed    {}", stats.failed);
     for (version, n) in &stats.by_version {
@@ -277,10 +336,11 @@ fn phase_name(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Runs an example body, unless this process is an instance of the sample service.
+/// Runs an example body, unless this process is an instance of the sample service or a
+/// balancer (both are this executable, started again with a hidden flag).
 pub fn main(
     body: impl std::future::Future<Output = Result<bool, Box<dyn std::error::Error>>>,
 ) -> std::process::ExitCode {
-    sample::serve_if_requested();
+    immut::local::serve_if_requested();
     progress::run(body)
 }

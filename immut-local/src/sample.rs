@@ -4,9 +4,12 @@
 //!   never becomes healthy, for the rollback example);
 //! - any other path answers `version <artifact version> instance <id>`.
 //!
-//! It listens on `127.0.0.1:$PORT` and, on SIGTERM, stops accepting and finishes the requests
-//! in flight before it exits. It runs as the `immut-sample` binary, or inside any program that
-//! calls [`serve_if_requested`] first thing in `main` and is launched with [`SAMPLE_FLAG`] as its
+//! It listens on `127.0.0.1:$PORT`, with HTTP keep-alive. On SIGTERM it stops accepting,
+//! finishes the requests in flight (each answered with `Connection: close`), closes its idle
+//! keep-alive connections at once, then exits. With `SAMPLE_EXIT_AT_START=1` it prints why on
+//! stderr and exits with status 3 at once: a release that crash-loops. It runs as the
+//! `immut-sample` binary, or inside any program that calls [`crate::serve_if_requested`] (or
+//! [`serve_if_requested`]) first thing in `main` and is launched with [`SAMPLE_FLAG`] as its
 //! first argument: that is how the examples use their own executable as the artifact.
 
 use std::convert::Infallible;
@@ -29,12 +32,13 @@ pub const SAMPLE_FLAG: &str = "--immut-sample-service";
 /// The environment variable that makes `/healthz` fail.
 pub const FAIL_HEALTH: &str = "SAMPLE_FAIL_HEALTH";
 
-/// If this process was started with [`SAMPLE_FLAG`], serves until SIGTERM and exits;
-/// otherwise returns at once.
+/// The environment variable that makes the service exit with status 3 as soon as it starts.
+pub const EXIT_AT_START: &str = "SAMPLE_EXIT_AT_START";
+
+/// If this process was started with [`SAMPLE_FLAG`] (or as a balancer, see
+/// [`crate::serve_if_requested`]), serves until SIGTERM and exits; otherwise returns at once.
 pub fn serve_if_requested() {
-    if std::env::args().nth(1).as_deref() == Some(SAMPLE_FLAG) {
-        std::process::exit(main());
-    }
+    crate::serve_if_requested()
 }
 
 /// Serves until SIGTERM; returns the exit code.
@@ -50,6 +54,12 @@ pub fn main() -> i32 {
 }
 
 async fn serve() -> i32 {
+    if std::env::var(EXIT_AT_START).is_ok_and(|v| v == "1") {
+        eprintln!(
+            "sample: {EXIT_AT_START}=1: this release cannot start (a missing configuration, say); exiting with status 3"
+        );
+        return 3;
+    }
     let port: u16 = match std::env::var(env::PORT).ok().and_then(|p| p.parse().ok()) {
         Some(p) => p,
         None => {
@@ -59,7 +69,7 @@ async fn serve() -> i32 {
     };
     let version = std::env::var(env::ARTIFACT_VERSION).unwrap_or_else(|_| "unknown".into());
     let service = std::env::var(env::SERVICE).unwrap_or_else(|_| "sample".into());
-    let instance = format!("{service}-{}", std::process::id());
+    let instance = std::env::var(env::INSTANCE_ID).unwrap_or_else(|_| format!("{service}-pid{}", std::process::id()));
     let healthy = std::env::var(FAIL_HEALTH).map(|v| v != "1").unwrap_or(true);
     let listener = match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
         Ok(l) => l,
@@ -77,28 +87,46 @@ async fn serve() -> i32 {
     };
     eprintln!("sample: version {version} listening on 127.0.0.1:{port} (healthy: {healthy})");
     let body = format!("version {version} instance {instance}\n");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let body = body.clone();
+                let (body, mut stopping) = (body.clone(), stopping.clone());
                 connections.spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let body = body.clone();
                         async move { Ok::<_, Infallible>(respond(&req, &body, healthy)) }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                            // Idle: closed now. Busy: the answer goes out with
+                            // `Connection: close`, then it closes.
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
                 });
             }
+            // Finished connections are reaped as they go, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = term.recv() => break,
         }
     }
     drop(listener);
-    // Finish what is in flight, but never hang on an idle keep-alive connection.
-    let _ =
+    let _ = stop.send(true);
+    let open = connections.len();
+    // Finish what is in flight; a client that never reads its answer does not hold the exit.
+    let finished =
         tokio::time::timeout(Duration::from_secs(10), async { while connections.join_next().await.is_some() {} }).await;
-    eprintln!("sample: stopped");
+    eprintln!(
+        "sample: stopped ({open} connections closed{})",
+        if finished.is_err() { ", some cut after 10 s" } else { "" }
+    );
     0
 }
 

@@ -1,4 +1,5 @@
-//! The immut-core conformance suite on the local provider: real processes, a real balancer.
+//! The immut-core conformance suite on the local provider: real processes, a real balancer
+//! process per case.
 
 mod support;
 
@@ -62,7 +63,9 @@ async fn start_by_hand(provider: LocalProvider, children: Arc<ByHand>) -> immut_
 async fn harness() -> Harness {
     static N: AtomicUsize = AtomicUsize::new(0);
     let service = format!("conf-{}", N.fetch_add(1, Ordering::SeqCst));
-    let (provider, balancer) = support::local(&service).await;
+    let (provider, balancer) = support::local(&service, &service).await;
+    // Dropped with the harness: the balancer process and any instance a case left go too.
+    let stop = Arc::new(support::stop_on_drop(provider.state_dir()));
     let mut spec = LaunchSpec::default();
     spec.labels.insert("team".into(), "platform".into());
     let release = support::release(&service, Version::new(1, 0, 0), spec.clone());
@@ -108,7 +111,7 @@ async fn harness() -> Harness {
         launch_by_hand: hand_launch(move || start_by_hand(hand_provider.clone(), hand_children.clone())),
         adopt: Some(Arc::new(provider)),
         settle: Duration::from_secs(10),
-        keep_alive: vec![children],
+        keep_alive: vec![children, stop],
     }
 }
 

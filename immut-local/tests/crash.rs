@@ -1,5 +1,5 @@
 //! Kill the deploying process with SIGKILL just before each journal record of a blue/green and
-//! a rolling deployment, then resume in a new process.
+//! a rolling deployment, and inside its spawn loop, then resume in a new process.
 //!
 //! The expected outcome of each kill point follows from the record the kill prevented, since
 //! resume sees exactly the records before it:
@@ -10,11 +10,19 @@
 //!   so resume continues it in `Deploying` to `Succeeded` on the new release. When the record
 //!   is the `applied` answer of a launch intent, the launch was in flight: resume completes it
 //!   under its token, adopting what the dead process launched;
+//! - inside the spawn loop of a launch (its intent is durable, its answer is not): after the
+//!   record of spawn k was written ahead and before its process started, or after the process
+//!   started and before its record was completed. Before the resume, everything that runs is
+//!   visible to describe (the process carries its instance id, so describe completes the
+//!   record of a process whose launcher died, and deletes one whose process never started);
+//!   resume then completes the launch in flight like any other;
 //! - (were a `rolling_back` record durable, resume would go on rolling back to the previous
 //!   release; a healthy deployment journals none, and the test asserts that it does not.)
 //!
 //! Every time the fleet ends with exactly the desired count, all serving, all of one release:
-//! no duplicate instance, no orphan, and no record of a terminated instance left behind.
+//! no duplicate instance, no orphan (checked against the processes themselves, found by the
+//! state directory they carry, not against the state files), and no record of a terminated
+//! instance left behind.
 
 mod support;
 
@@ -97,8 +105,12 @@ fn expected(records: &[JournalRecord], n: usize) -> Expected {
 /// release's artifact version.
 async fn settled_fleet(state_dir: &Path, context: &str) -> String {
     let provider = LocalProvider::builder().state_dir(state_dir).build().unwrap();
-    let balancer = provider.balancer().build().await.unwrap();
+    let balancer = support::balancer(&provider, SERVICE).await;
     let live = provider.describe(&Query::service(SERVICE)).await.unwrap();
+    let running: Vec<String> = support::processes_from(state_dir).into_keys().collect();
+    let mut described: Vec<String> = live.iter().map(|i| i.id.to_string()).collect();
+    described.sort();
+    assert_eq!(running, described, "{context}: what runs is not what describe sees");
     let serving = balancer.serving().await.unwrap();
     let ids: Vec<InstanceId> = live.iter().map(|i| i.id.clone()).collect();
     assert_eq!(live.len(), DESIRED, "{context}: live {ids:?}");
@@ -112,6 +124,9 @@ async fn settled_fleet(state_dir: &Path, context: &str) -> String {
     balancer.detach(&ids).await.unwrap();
     provider.terminate_all(&ids).await.unwrap();
     assert!(support::records(state_dir).is_empty(), "{context}: terminated instances left records");
+    assert!(support::processes_from(state_dir).is_empty(), "{context}: processes outlived their terminate");
+    balancer.stop().await.unwrap();
+    assert!(support::balancers_from(state_dir).is_empty(), "{context}: the balancer outlived its stop");
     versions.into_iter().next().unwrap()
 }
 
@@ -125,7 +140,16 @@ async fn kill_at_every_record(strategy: &str) -> usize {
     let _stop = support::stop_on_drop(&dir);
     assert!(deploy(&dir, strategy, &v1).status.success());
     let before = journal(&dir).len();
-    assert!(deploy(&dir, strategy, &v2).status.success());
+    let uninterrupted = deploy(&dir, strategy, &v2);
+    assert!(uninterrupted.status.success());
+    let spawns: usize = uninterrupted
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::Launched { ids, .. } => ids.len(),
+            _ => 0,
+        })
+        .sum();
     let records: Vec<JournalRecord> = journal(&dir).split_off(before);
     settled_fleet(&dir, "uninterrupted").await;
     let shapes: Vec<String> = records.iter().map(shape).collect();
@@ -177,16 +201,98 @@ async fn kill_at_every_record(strategy: &str) -> usize {
         println!("{context}: {expect:?}, ended on {version}");
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("{strategy}: {} kill points exercised with real processes", records.len());
-    records.len()
+    let spawn_points = kill_inside_the_spawn_loop(strategy, &v1, &v2, spawns).await;
+    println!(
+        "{strategy}: {} kill points exercised with real processes ({} journal records, {spawn_points} in the spawn loop)",
+        records.len() + spawn_points,
+        records.len()
+    );
+    records.len() + spawn_points
+}
+
+/// Kills the deployer around each of the `spawns` process starts of the v1 -> v2 deployment:
+/// after the record is written ahead, and after the process started. Returns the points run.
+async fn kill_inside_the_spawn_loop(strategy: &str, v1: &[&str], v2: &[&str], spawns: usize) -> usize {
+    assert!(spawns >= DESIRED, "{strategy}: the deployment spawned {spawns} processes");
+    let mut points = 0;
+    for k in 0..spawns {
+        for when in ["before", "after"] {
+            let context = format!("{strategy}, killed {when} spawn {k}");
+            let dir = support::state_dir(&format!("{strategy}-spawn-{k}-{when}"));
+            let _stop = support::stop_on_drop(&dir);
+            assert!(deploy(&dir, strategy, v1).status.success(), "{context}: the first deployment failed");
+            let before = journal(&dir).len();
+            let killed = deploy(&dir, strategy, &[v2, &["--kill-at-spawn", &format!("{k}:{when}")]].concat());
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(killed.status.signal(), Some(9), "{context}: the deployer was not killed ({})", killed.status);
+            let durable = journal(&dir).split_off(before);
+            assert!(
+                matches!(durable.last().map(|r| &r.entry), Some(JournalEntry::Intent { launch: Some(_), .. })),
+                "{context}: the kill came inside a launch, after its intent: {:?}",
+                durable.iter().map(shape).collect::<Vec<_>>()
+            );
+
+            // Before anyone resumes: everything that runs is visible to describe.
+            let provider = LocalProvider::builder().state_dir(&dir).build().unwrap();
+            let running = support::processes_from(&dir);
+            let described = provider.describe(&Query::service(SERVICE)).await.unwrap();
+            for id in running.keys() {
+                assert!(
+                    described.iter().any(|i| i.id.as_str() == id),
+                    "{context}: process {id} ({:?}) runs, but describe does not see it: {described:?}",
+                    running[id]
+                );
+            }
+            let spawned_by_the_killed = described
+                .iter()
+                .filter(|i| i.provenance.as_ref().is_some_and(|p| p.artifact_version.to_string() == "2.0.0"))
+                .count();
+            let visible_v2 = if when == "after" { k + 1 } else { k };
+            assert_eq!(
+                spawned_by_the_killed, visible_v2,
+                "{context}: describe must see exactly the {visible_v2} processes of 2.0.0 that were started"
+            );
+            assert!(
+                described.iter().all(|i| i.state == immut_core::InstanceState::Running),
+                "{context}: a process whose launcher died is completed and running: {described:?}"
+            );
+            if when == "before" {
+                // The record of the process that never started went with that describe.
+                assert_eq!(
+                    support::records(&dir).len(),
+                    described.len(),
+                    "{context}: a record without a process stayed"
+                );
+            }
+
+            let resumed = deploy(&dir, strategy, &["--resume"]);
+            assert!(resumed.status.success(), "{context}: the resumed deployer exited with {}", resumed.status);
+            let resume_event = resumed.events.iter().find_map(|e| match e {
+                Event::Resumed { rolling_back, pending_launch, .. } => Some((*rolling_back, *pending_launch)),
+                _ => None,
+            });
+            assert_eq!(resume_event, Some((false, true)), "{context}: expected a resume with its launch in flight");
+            let finished = resumed.events.iter().find_map(|e| match e {
+                Event::Finished { outcome } => Some(outcome.phase.clone()),
+                _ => None,
+            });
+            assert_eq!(finished, Some(Phase::Succeeded), "{context}: the resumed deployment did not succeed");
+            let version = settled_fleet(&dir, &context).await;
+            assert_eq!(version, "2.0.0", "{context}: the new release must serve");
+            println!("{context}: adopted what it started, ended on {version}");
+            points += 1;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    points
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_survives_a_kill_at_every_journal_record() {
-    assert!(kill_at_every_record("blue-green").await >= 8);
+async fn blue_green_survives_a_kill_at_every_journal_record_and_spawn() {
+    assert!(kill_at_every_record("blue-green").await >= 8 + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_survives_a_kill_at_every_journal_record() {
-    assert!(kill_at_every_record("rolling").await >= 18);
+async fn rolling_survives_a_kill_at_every_journal_record_and_spawn() {
+    assert!(kill_at_every_record("rolling").await >= 18 + 4);
 }

@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +15,10 @@ use immut_core::health::HttpProbe;
 use immut_core::semver::Version;
 use immut_core::{BlueGreen, Deployer, LaunchSpec, Provider, ProviderExt, Query, Traffic};
 use immut_local::LocalProvider;
-use tokio::sync::Mutex;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn blue_green_switch_under_continuous_load_fails_no_request() {
-    let (provider, balancer) = support::local("zero-downtime").await;
+async fn blue_green_switch_under_mixed_keep_alive_load_fails_no_request() {
+    let (provider, balancer) = support::local("zero-downtime", "zd").await;
     let _stop = support::stop_on_drop(provider.state_dir());
     let v1 = support::release("zd", Version::new(1, 0, 0), LaunchSpec::default());
     let v2 = support::release("zd", Version::new(2, 0, 0), LaunchSpec::default());
@@ -37,62 +35,33 @@ async fn blue_green_switch_under_continuous_load_fails_no_request() {
         .unwrap();
     assert!(deployer.deploy(v1.clone()).run().await.succeeded());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    type Seen = (u64, u64, BTreeMap<String, u64>); // sent, failed, served by version
-    let seen: Arc<Mutex<Seen>> = Arc::default();
-    let addr = balancer.addr();
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, seen) = (stop.clone(), seen.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy().build().unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let result =
-                        async { http.get(format!("http://{addr}/")).send().await?.error_for_status()?.text().await }
-                            .await;
-                    let mut s = seen.lock().await;
-                    s.0 += 1;
-                    match result {
-                        Ok(body) => {
-                            *s.2.entry(body.split_whitespace().nth(1).unwrap_or("?").to_owned()).or_default() += 1
-                        }
-                        Err(_) => s.1 += 1,
-                    }
-                }
-            })
-        })
-        .collect();
-    let served_by = |version: &'static str| {
-        let seen = seen.clone();
-        async move { seen.lock().await.2.get(version).copied().unwrap_or(0) }
-    };
+    // 8 clients, 4 of them on keep-alive connections that outlive every backend they reach.
+    let live = Arc::new(support::Live::default());
+    let load = support::Load::start(balancer.addr(), 8, live.clone());
     support::eventually("requests served by 1.0.0 before the deployment", Duration::from_secs(10), || async {
-        (served_by("1.0.0").await >= 20).then_some(())
+        (live.served_by("1.0.0") >= 50).then_some(())
     })
     .await;
     let outcome = deployer.deploy(v2.clone()).with_previous(v1).run().await;
-    let at_end = served_by("2.0.0").await;
+    let at_end = live.served_by("2.0.0");
     support::eventually("requests served by 2.0.0 after the deployment", Duration::from_secs(10), || async {
-        (served_by("2.0.0").await >= at_end + 20).then_some(())
+        (live.served_by("2.0.0") >= at_end + 50).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (sent, failed, by_version) = seen.lock().await.clone();
+    let seen = load.stop().await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed across the switch");
-    assert!(
-        by_version.get("1.0.0").copied().unwrap_or(0) > 0 && by_version.get("2.0.0").copied().unwrap_or(0) > 0,
-        "{by_version:?}"
-    );
-    let live = provider.describe(&Query::service("zd")).await.unwrap();
-    assert_eq!(live.len(), 3);
-    assert!(live.iter().all(|i| i.release() == Some(v2.id())));
-    let ids: Vec<_> = live.into_iter().map(|i| i.id).collect();
+    assert_eq!(seen.failed, 0, "{} of {} requests failed across the switch: {:?}", seen.failed, seen.sent, seen.errors);
+    assert!(seen.served_by("1.0.0") > 0 && seen.served_by("2.0.0") > 0, "{:?}", seen.by_version);
+    let status = balancer.status().await.unwrap();
+    assert_eq!(status.failed, 0, "the balancer answered errors itself: {status:?}");
+    let live_instances = provider.describe(&Query::service("zd")).await.unwrap();
+    assert_eq!(live_instances.len(), 3);
+    assert!(live_instances.iter().all(|i| i.release() == Some(v2.id())));
+    let ids: Vec<_> = live_instances.into_iter().map(|i| i.id).collect();
     balancer.detach(&ids).await.unwrap();
     provider.terminate_all(&ids).await.unwrap();
+    balancer.stop().await.unwrap();
+    assert!(support::balancers_from(provider.state_dir()).is_empty(), "the balancer process is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +111,7 @@ async fn an_unwritable_state_dir_is_named_before_anything_launches() {
 
 #[tokio::test]
 async fn describe_reflects_reality_for_dead_and_hand_started_processes() {
-    let (provider, _balancer) = support::local("reality").await;
+    let provider = support::provider("reality");
     let _stop = support::stop_on_drop(provider.state_dir());
     let release = support::release("real", Version::new(1, 0, 0), LaunchSpec::default());
     let request = immut_core::LaunchRequest::new(
@@ -188,11 +157,13 @@ async fn describe_reflects_reality_for_dead_and_hand_started_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_by_hand_is_adopted_as_release_zero_and_replaced() {
     use immut_core::{Adopt, DeploymentId, Provenance};
-    let (provider, balancer) = support::local("adopt").await;
+    let (provider, balancer) = support::local("adopt", "legacy").await;
     let _stop = support::stop_on_drop(provider.state_dir());
     // An executable of its own, so that no other test's processes look like this service's.
     let exe = provider.state_dir().join("legacy-server");
     std::fs::copy(support::sample_path(), &exe).unwrap();
+    // Copies are recognised by content: a few bytes more make this one no other test's.
+    std::fs::OpenOptions::new().append(true).open(&exe).unwrap().write_all(b"legacy").unwrap();
     let artifact = immut_local::artifact("sample", Version::new(1, 0, 0), &exe).unwrap();
     let v1 = immut_core::Release::new(
         "legacy",
@@ -306,7 +277,7 @@ fn ignores_sigterm(pid: i64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_instances_leave_no_record_behind() {
     use immut_core::{DeploymentId, InstanceState, LaunchRequest, LaunchToken};
-    let (provider, _balancer) = support::local("records").await;
+    let provider = support::provider("records");
     let dir = provider.state_dir().to_owned();
     let _stop = support::stop_on_drop(&dir);
     let release = Arc::new(support::release("records", Version::new(1, 0, 0), LaunchSpec::default()));
@@ -382,7 +353,7 @@ async fn the_reaper_never_touches_a_live_deployment_journaled_to_files() {
     use immut_core::{InstanceId, LaunchRequest, LaunchToken};
     use std::collections::BTreeSet;
 
-    let (provider, balancer) = support::local("reaper").await;
+    let (provider, balancer) = support::local("reaper", "reaped").await;
     let _stop = support::stop_on_drop(provider.state_dir());
     let journal_dir = provider.state_dir().join("journal");
     let v1 = support::release("reaped", Version::new(1, 0, 0), LaunchSpec::default());
@@ -500,4 +471,526 @@ async fn the_reaper_never_touches_a_live_deployment_journaled_to_files() {
     balancer.detach(&ids).await.unwrap();
     provider.terminate_all(&ids).await.unwrap();
     assert!(support::records(provider.state_dir()).is_empty());
+}
+
+/// Runs the deploy CLI on `dir` for service `web`.
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_immut-local-deploy"))
+        .args(["--state-dir", dir.to_str().unwrap(), "--service", "web"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn events(output: &std::process::Output) -> Vec<Event> {
+    String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn finished(output: &std::process::Output) -> Option<immut_core::Outcome> {
+    events(output).into_iter().find_map(|e| match e {
+        Event::Finished { outcome } => Some(outcome),
+        _ => None,
+    })
+}
+
+/// The "done when": an independent load generator (8 clients, 4 of them keep-alive)
+/// sees no error through a blue/green and a rolling deployment driven by the CLI, and the
+/// service answers on the same address after every CLI run has exited. Then the CLI refuses a
+/// downgrade, naming its own rollback flag, and stops the balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_deployments_under_mixed_keep_alive_load_fail_no_request_and_the_service_outlives_the_cli() {
+    let dir = support::state_dir("cli-load");
+    let _stop = support::stop_on_drop(&dir);
+    let sample = support::sample_path();
+    let first = cli(&dir, &["--artifact", sample, "--version", "1.0.0"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("keeps serving after this command exits"), "{}", stderr(&first));
+    let info = immut_local::LocalBalancer::find(&dir, "web").unwrap().expect("the CLI started a balancer");
+    assert!(info.running, "{info:?}");
+    let (addr, pid) = (info.address, info.pid.unwrap());
+
+    let live = Arc::new(support::Live::default());
+    let load = support::Load::start(addr, 8, live.clone());
+    let served = |version: &'static str, at_least: u64| {
+        let live = live.clone();
+        async move {
+            support::eventually(&format!("{at_least} requests served by {version}"), Duration::from_secs(20), || {
+                let n = live.served_by(version);
+                async move { (n >= at_least).then_some(()) }
+            })
+            .await
+        }
+    };
+    served("1.0.0", 100).await;
+    let blue_green = cli(&dir, &["--artifact", sample, "--version", "2.0.0", "--previous-version", "1.0.0"]);
+    assert!(blue_green.status.success(), "{}", stderr(&blue_green));
+    // The CLI has exited: the balancer it found answers on, at the same address.
+    served("2.0.0", live.served_by("2.0.0") + 100).await;
+    let rolling = cli(
+        &dir,
+        &["--artifact", sample, "--version", "3.0.0", "--previous-version", "2.0.0", "--strategy", "rolling"],
+    );
+    assert!(rolling.status.success(), "{}", stderr(&rolling));
+    served("3.0.0", live.served_by("3.0.0") + 100).await;
+    let seen = load.stop().await;
+    assert_eq!(seen.failed, 0, "{} of {} requests failed: {:?}", seen.failed, seen.sent, seen.errors);
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        assert!(seen.served_by(version) > 0, "{:?}", seen.by_version);
+    }
+    let after = immut_local::LocalBalancer::find(&dir, "web").unwrap().unwrap();
+    assert_eq!((after.address, after.pid), (addr, Some(pid)), "one balancer, on one address, for every CLI run");
+    println!("cli under load: {} requests, 0 failed, {:?}", seen.sent, seen.by_version);
+
+    // A downgrade is refused, on stderr too, naming the CLI's own flag.
+    let down = cli(&dir, &["--artifact", sample, "--version", "1.0.0", "--previous-version", "3.0.0"]);
+    assert_eq!(down.status.code(), Some(3), "{}", stderr(&down));
+    assert!(stderr(&down).contains("refused") && stderr(&down).contains("--rollback"), "{}", stderr(&down));
+    assert!(matches!(finished(&down).map(|o| o.phase), Some(immut_core::Phase::Refused { .. })));
+
+    // What runs, then a clean stop of everything.
+    let provider = LocalProvider::builder().state_dir(&dir).build().unwrap();
+    let live_ids: Vec<_> = provider.describe(&Query::service("web")).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(live_ids.len(), 3);
+    let stopped = cli(&dir, &["--stop-balancer"]);
+    assert!(stopped.status.success() && stderr(&stopped).contains(&format!("pid {pid}")), "{}", stderr(&stopped));
+    assert!(support::balancers_from(&dir).is_empty(), "the balancer process is gone");
+    assert!(!support::listening(addr.port()).await, "nothing answers on {addr} any more");
+    provider.terminate_all(&live_ids).await.unwrap();
+    assert!(support::processes_from(&dir).is_empty());
+}
+
+/// A release whose processes exit as they start ends: the engine's replacement budget fails
+/// its wave after a bounded number of replacements and the deployment rolls back well within
+/// the progress deadline; the CLI quotes the last lines of a failed instance's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_release_rolls_back_within_the_progress_deadline_quoting_its_log() {
+    let dir = support::state_dir("crash-loop");
+    let _stop = support::stop_on_drop(&dir);
+    let sample = support::sample_path();
+    let first = cli(&dir, &["--artifact", sample, "--version", "1.0.0", "--desired", "2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let deadline = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let looping = cli(
+        &dir,
+        &[
+            "--artifact",
+            sample,
+            "--version",
+            "2.0.0",
+            "--previous-version",
+            "1.0.0",
+            "--desired",
+            "2",
+            "--exit-at-start",
+            "--progress-deadline",
+            "10",
+            "--drain-timeout",
+            "5",
+        ],
+    );
+    let took = started.elapsed();
+    let text = stderr(&looping);
+    assert_eq!(looping.status.code(), Some(1), "{text}");
+    let outcome = finished(&looping).expect("the deployment finished");
+    let immut_core::Phase::RolledBack { reason } = &outcome.phase else { panic!("{}", outcome.summary()) };
+    assert!(reason.contains("replacement budget"), "{reason}");
+    assert!(outcome.elapsed < deadline && took < deadline, "rolled back after {:?} (CLI {took:?})", outcome.elapsed);
+    let launched: usize = events(&looping)
+        .iter()
+        .map(|e| match e {
+            Event::Launched { ids, .. } => ids.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!((2..=4).contains(&launched), "bounded replacements: {launched} processes launched");
+    // The message quotes the failed instance's log: its own words, then its exit status.
+    assert!(text.contains("exited on its own"), "{text}");
+    assert!(text.contains("| sample: SAMPLE_EXIT_AT_START=1"), "{text}");
+    assert!(text.contains("exit status: 3"), "{text}");
+    // 1.0.0 serves, untouched.
+    let provider = LocalProvider::builder().state_dir(&dir).build().unwrap();
+    let live = provider.describe(&Query::service("web")).await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|i| i.provenance.as_ref().unwrap().artifact_version.to_string() == "1.0.0"));
+    let ids: Vec<_> = live.into_iter().map(|i| i.id).collect();
+    provider.terminate_all(&ids).await.unwrap();
+    assert!(cli(&dir, &["--stop-balancer"]).status.success());
+}
+
+/// An unreadable instance record, balancer state or journal line stops every command with
+/// the file and the line, and changes nothing; `--status` lists what runs, `--repair` moves
+/// the files aside and rebuilds the instance records from the running processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_state_fails_loudly_changes_nothing_and_is_repaired() {
+    let dir = support::state_dir("corrupt");
+    let _stop = support::stop_on_drop(&dir);
+    let sample = support::sample_path();
+    let v2 = ["--artifact", sample, "--version", "2.0.0", "--previous-version", "1.0.0", "--desired", "2"];
+    assert!(cli(&dir, &["--artifact", sample, "--version", "1.0.0", "--desired", "2"]).status.success());
+    let running = support::processes_from(&dir);
+    assert_eq!(running.len(), 2);
+
+    // An instance record that does not parse.
+    let record = support::records(&dir).into_iter().next().unwrap();
+    let victim = record.file_stem().unwrap().to_string_lossy().into_owned();
+    std::fs::write(&record, "{\n  \"id\": \"garbled\",\n  \"pid\": ???\n}\n").unwrap();
+    let provider = LocalProvider::builder().state_dir(&dir).build().unwrap();
+    let e = provider.describe(&Query::service("web")).await.unwrap_err();
+    assert!(e.to_string().contains(&record.display().to_string()) && e.to_string().contains("line 3"), "{e}");
+    let refused = cli(&dir, &v2);
+    assert_ne!(refused.status.code(), Some(0), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains(&record.display().to_string()), "{}", stderr(&refused));
+    assert_eq!(support::processes_from(&dir), running, "nothing was launched or stopped");
+    let status = cli(&dir, &["--status"]);
+    assert_eq!(status.status.code(), Some(1));
+    let table = stderr(&status);
+    assert!(table.contains(&victim) && table.contains("--repair rebuilds its record"), "{table}");
+    assert!(table.contains("unreadable files") && table.contains("line 3"), "{table}");
+
+    // A balancer state that does not parse, while the balancer runs.
+    let state = dir.join("balancers/web/state.json");
+    let good_state = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"{ \"service\": \"web\",\n oops").unwrap();
+    let e = provider.balancer("web").executable(support::balancer_exe()).build().await.unwrap_err().to_string();
+    assert!(e.contains(&state.display().to_string()) && e.contains("line 2"), "{e}");
+    assert!(!good_state.is_empty());
+
+    // A journal whose first record is garbled (not a torn last line): one JSON-lines file per
+    // service, or one object per record, whichever this journal writes.
+    let lines = dir.join("journal/web.journal.jsonl");
+    let journal = if lines.exists() {
+        lines
+    } else {
+        let mut objects: Vec<_> =
+            std::fs::read_dir(dir.join("journal/web")).unwrap().flatten().map(|e| e.path()).collect();
+        objects.sort();
+        objects.into_iter().next().expect("a journal record")
+    };
+    let text = std::fs::read_to_string(&journal).unwrap();
+    std::fs::write(&journal, text.replacen('{', "{{garbage", 1)).unwrap();
+    let resumed = cli(&dir, &["--resume"]);
+    let said = stderr(&resumed);
+    assert_eq!(resumed.status.code(), Some(2), "{said}");
+    assert!(said.contains("journal") && said.contains("cannot be"), "{said}");
+    if journal.extension().is_some_and(|e| e == "jsonl") {
+        assert!(said.contains(&journal.display().to_string()) && said.contains("line 1"), "{said}");
+    }
+    assert_eq!(support::processes_from(&dir), running, "nothing was launched or stopped");
+
+    // The repair: files aside, records rebuilt, the running balancer writes its state again.
+    let repaired = cli(&dir, &["--repair"]);
+    let report = stderr(&repaired);
+    assert!(repaired.status.success(), "{report}");
+    assert!(report.contains(&format!("rebuilt the record of {victim}")), "{report}");
+    assert!(report.contains("the running balancer of web wrote its state again"), "{report}");
+    assert_eq!(std::fs::read_dir(dir.join("quarantine")).unwrap().count(), 3, "{report}");
+    let live = provider.describe(&Query::service("web")).await.unwrap();
+    assert_eq!(live.len(), 2, "both instances are managed again");
+    assert!(immut_local::LocalBalancer::find(&dir, "web").unwrap().unwrap().running);
+    let next = cli(&dir, &v2);
+    assert!(next.status.success(), "{}", stderr(&next));
+    let live = provider.describe(&Query::service("web")).await.unwrap();
+    let ids: Vec<_> = live.into_iter().map(|i| i.id).collect();
+    provider.terminate_all(&ids).await.unwrap();
+    assert!(cli(&dir, &["--stop-balancer"]).status.success());
+}
+
+/// Sends one raw request on a balancer's control socket, as any local program could.
+async fn control(dir: &std::path::Path, service: &str, request: serde_json::Value) -> serde_json::Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let socket = dir.join("balancers").join(service).join("control.sock");
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream.write_all(format!("{request}\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::BufReader::new(stream).read_line(&mut answer).await.unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Launches `count` sample instances of `service` and waits until they listen.
+async fn launch_sample(provider: &LocalProvider, service: &str, count: usize) -> Vec<immut_core::Instance> {
+    let release = Arc::new(support::release(service, Version::new(1, 0, 0), LaunchSpec::default()));
+    let request = immut_core::LaunchRequest::new(
+        release,
+        count,
+        &immut_core::DeploymentId::new(format!("d-{service}")),
+        immut_core::LaunchToken::new(format!("t-{service}")),
+    );
+    let launched = provider.launch(&request).await.unwrap();
+    for i in &launched {
+        let port: u16 = i.address.as_deref().unwrap().rsplit_once(':').unwrap().1.parse().unwrap();
+        support::eventually("the instance to listen", Duration::from_secs(10), || async move {
+            support::listening(port).await.then_some(())
+        })
+        .await;
+    }
+    launched
+}
+
+/// One balancer process per service, with state of its own; a second handle finds the same
+/// process; its control socket is its owner's only and refuses requests for another service;
+/// a balancer killed out of band comes back on the next call, on its address, with its set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_has_a_balancer_process_of_its_own() {
+    let provider = support::provider("balancers");
+    let dir = provider.state_dir().to_owned();
+    let _stop = support::stop_on_drop(&dir);
+    let alpha = support::balancer(&provider, "alpha").await;
+    let beta = support::balancer(&provider, "beta").await;
+    assert_ne!(alpha.pid(), beta.pid());
+    assert_ne!(alpha.addr(), beta.addr());
+    assert_ne!(alpha.pid(), std::process::id() as i32, "a process of its own");
+    let again = support::balancer(&provider, "alpha").await;
+    assert_eq!((again.pid(), again.addr()), (alpha.pid(), alpha.addr()), "a second deployer finds the same one");
+    // Deployers that start a service's balancer at the same moment start one between them.
+    let racing: Vec<_> = (0..4)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { support::balancer(&provider, "gamma").await })
+        })
+        .collect();
+    let mut gammas = Vec::new();
+    for r in racing {
+        gammas.push(r.await.unwrap());
+    }
+    assert!(gammas.iter().all(|g| (g.pid(), g.addr()) == (gammas[0].pid(), gammas[0].addr())), "one gamma balancer");
+    gammas[0].stop().await.unwrap();
+    assert_eq!(support::balancers_from(&dir).len(), 2);
+    assert_eq!(mode(&dir.join("balancers/alpha")), 0o700);
+    assert_eq!(mode(&dir.join("balancers/alpha/control.sock")), 0o600);
+
+    let refused = control(&dir, "alpha", serde_json::json!({"service": "beta", "op": "status"})).await;
+    assert_eq!(refused["ok"], false);
+    assert!(refused["error"].as_str().unwrap().contains("refused"), "{refused}");
+    let garbage = control(&dir, "alpha", serde_json::json!({"op": "stop"})).await;
+    assert_eq!(garbage["ok"], false, "a request that names no service is refused: {garbage}");
+
+    let launched = launch_sample(&provider, "alpha", 1).await;
+    alpha.attach(&launched).await.unwrap();
+    assert_eq!(alpha.serving().await.unwrap(), vec![launched[0].id.clone()]);
+    assert!(beta.serving().await.unwrap().is_empty(), "balancers of different services share nothing");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = http.get(format!("http://{}/", alpha.addr())).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains(launched[0].id.as_str()), "{body}");
+    let empty = http.get(format!("http://{}/", beta.addr())).send().await.unwrap();
+    assert_eq!(empty.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE, "no backend: the balancer says so");
+
+    let old_pid = alpha.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    support::eventually("the killed balancer to be gone", Duration::from_secs(10), || async {
+        (!support::balancers_from(&dir).contains(&old_pid)).then_some(())
+    })
+    .await;
+    assert_eq!(alpha.serving().await.unwrap(), vec![launched[0].id.clone()], "restarted with its serving set");
+    let restarted = immut_local::LocalBalancer::find(&dir, "alpha").unwrap().unwrap();
+    assert!(restarted.running && restarted.pid != Some(old_pid));
+    assert_eq!(restarted.address, alpha.addr(), "on the same address");
+
+    alpha.detach(&[launched[0].id.clone()]).await.unwrap();
+    provider.terminate_all(&[launched[0].id.clone()]).await.unwrap();
+    alpha.stop().await.unwrap();
+    beta.stop().await.unwrap();
+    assert!(alpha.serving().await.is_err(), "a stopped balancer is not started again by its handle");
+    assert!(support::balancers_from(&dir).is_empty());
+}
+
+/// The HTTP balancer keeps a client's keep-alive connection through every change of the
+/// serving set, and retries on another backend a request that a backend refused or closed
+/// without answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_never_closes_a_client_connection_and_unanswered_requests_are_retried() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let (provider, balancer) = support::local("keep-alive", "ka").await;
+    let dir = provider.state_dir().to_owned();
+    let _stop = support::stop_on_drop(&dir);
+    let launched = launch_sample(&provider, "ka", 2).await;
+    balancer.attach(&launched).await.unwrap();
+
+    // One client connection, kept alive for the whole test.
+    let stream = tokio::net::TcpStream::connect(balancer.addr()).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut get = async move |n: usize| -> Vec<String> {
+        let mut bodies = Vec::new();
+        for _ in 0..n {
+            sender.ready().await.expect("the client connection is still open");
+            let request = hyper::Request::get("/").header("host", "ka").body(Empty::new()).unwrap();
+            let response = sender.send_request(request).await.expect("an answer on the same connection");
+            assert!(response.status().is_success(), "{}", response.status());
+            bodies.push(String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap());
+        }
+        bodies
+    };
+    let served_by =
+        |bodies: &[String], id: &immut_core::InstanceId| bodies.iter().filter(|b| b.contains(id.as_str())).count();
+    let bodies = get(10).await;
+    assert!(served_by(&bodies, &launched[0].id) > 0 && served_by(&bodies, &launched[1].id) > 0, "{bodies:?}");
+
+    // Detached and then stopped (it closes its idle connections on SIGTERM): the client's
+    // connection stays, and goes on to the other backend.
+    balancer.detach(&[launched[0].id.clone()]).await.unwrap();
+    provider.terminate_all(&[launched[0].id.clone()]).await.unwrap();
+    let bodies = get(10).await;
+    assert_eq!(served_by(&bodies, &launched[1].id), 10, "{bodies:?}");
+
+    // Backends that refuse, or accept and close without a byte of answer, attached behind the
+    // client's back through the control socket.
+    let closing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in closing.incoming() {
+            drop(stream);
+        }
+    });
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let attached = control(
+        &dir,
+        "ka",
+        serde_json::json!({"service": "ka", "op": "attach", "backends": [["closing", closing_addr], ["refusing", refusing]]}),
+    )
+    .await;
+    assert_eq!(attached["ok"], true, "{attached}");
+    let before = balancer.status().await.unwrap();
+    let bodies = get(30).await;
+    assert_eq!(served_by(&bodies, &launched[1].id), 30, "every request answered by the one real backend");
+    let after = balancer.status().await.unwrap();
+    assert!(after.retried >= before.retried + 20, "retried on another backend: {before:?} -> {after:?}");
+    assert_eq!(after.failed, 0, "{after:?}");
+    assert!(!connection.is_finished(), "the client connection was never closed");
+
+    balancer.detach(&[launched[1].id.clone()]).await.unwrap();
+    provider.terminate_all(&[launched[1].id.clone()]).await.unwrap();
+    balancer.stop().await.unwrap();
+}
+
+/// Signals go to the whole process group of an instance (a wrapper script's children too),
+/// and a script artifact is audited by the script's own digest, not its interpreter's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_reach_the_process_group_and_scripts_are_audited_by_their_own_digest() {
+    use immut_core::audit::{Audit, Verdict};
+    use std::os::unix::fs::PermissionsExt;
+    let provider = support::provider("groups");
+    let dir = provider.state_dir().to_owned();
+    let _stop = support::stop_on_drop(&dir);
+    let script = dir.join("wrapper.sh");
+    std::fs::write(&script, "#!/bin/sh\nsleep 600 &\nwait\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let artifact = immut_local::artifact("wrapper", Version::new(1, 0, 0), &script).unwrap();
+    let release = immut_core::Release::new(
+        "wrapped",
+        &artifact,
+        &immut_core::BaselineSpec::new("base", Version::new(1, 0, 0), LaunchSpec::default()),
+    )
+    .unwrap();
+    let request = immut_core::LaunchRequest::new(
+        Arc::new(release.clone()),
+        1,
+        &immut_core::DeploymentId::new("d-wrapped"),
+        immut_core::LaunchToken::new("t-wrapped"),
+    );
+    let id = provider.launch(&request).await.unwrap()[0].id.clone();
+    let pids = support::eventually("the wrapper and its child", Duration::from_secs(10), || async {
+        support::processes_from(&dir).get(id.as_str()).filter(|p| p.len() >= 2).cloned()
+    })
+    .await;
+
+    let balancer = support::balancer(&provider, "wrapped").await;
+    let audit = Audit::new(&provider, &balancer);
+    let report = audit.run(&release).await.unwrap();
+    let verdict = &report.findings.iter().find(|f| f.id == id).unwrap().verdict;
+    assert!(matches!(verdict, Verdict::Ok), "the script, not /bin/sh, is what is audited: {verdict:?}");
+    std::fs::OpenOptions::new().append(true).open(&script).unwrap().write_all(b"# edited in place\n").unwrap();
+    let report = audit.run(&release).await.unwrap();
+    let verdict = &report.findings.iter().find(|f| f.id == id).unwrap().verdict;
+    assert!(matches!(verdict, Verdict::WrongArtifact { .. }), "an edited script is not the artifact: {verdict:?}");
+
+    provider.terminate(std::slice::from_ref(&id)).await.unwrap();
+    assert!(support::processes_from(&dir).is_empty(), "the child {pids:?} of the wrapper went with it");
+    balancer.stop().await.unwrap();
+}
+
+/// A copy of the service's executable started by hand from another path is unmanaged, like
+/// one started from the artifact's own path: it is recognised by its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_started_by_hand_from_another_path_is_unmanaged() {
+    let provider = support::provider("copies");
+    let dir = provider.state_dir().to_owned();
+    let _stop = support::stop_on_drop(&dir);
+    let managed = launch_sample(&provider, "copies", 1).await;
+    let copy = dir.join("elsewhere").join("renamed-server");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(support::sample_path(), &copy).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let by_hand =
+        support::HandStarted(Command::new(&copy).env("PORT", port.to_string()).stderr(Stdio::null()).spawn().unwrap());
+    let prefix = format!("pid-{}-", by_hand.0.id());
+    let found = support::eventually("the copy to show as unmanaged", Duration::from_secs(10), || async {
+        let all = provider.describe(&Query::service("copies").with_unmanaged()).await.unwrap();
+        all.into_iter().find(|i| i.id.as_str().starts_with(&prefix))
+    })
+    .await;
+    assert!(found.provenance.is_none());
+    assert_eq!(found.address.as_deref(), Some(format!("127.0.0.1:{port}").as_str()));
+    assert_eq!(found.observed.image.as_deref(), Some(copy.display().to_string().as_str()));
+    drop(by_hand);
+    provider.terminate_all(&[managed[0].id.clone()]).await.unwrap();
+}
+
+/// The CLI refuses what it does not know, and explains itself.
+#[test]
+fn the_cli_refuses_unknown_flags_and_explains_itself() {
+    let dir = support::state_dir("cli-flags");
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_immut-local-deploy")).args(args).output().unwrap();
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--resume", "--status", "--repair", "--stop-balancer", "--rollback", "--kill-at-spawn", "EXIT STATUS"]
+    {
+        assert!(text.contains(flag), "--help names {flag}: {text}");
+    }
+    for bad in [
+        vec!["--state-dir", dir.to_str().unwrap(), "--resume", "--frobnicate"],
+        vec!["--state-dir", dir.to_str().unwrap(), "--resume", "stray"],
+        vec!["--state-dir", dir.to_str().unwrap(), "--resume", "--status"],
+        vec!["--state-dir", dir.to_str().unwrap(), "--artifact", support::sample_path()],
+        vec!["--state-dir", dir.to_str().unwrap(), "--resume", "--desired"],
+    ] {
+        let out = run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} is refused");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--help"),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.exists(), "{bad:?} changed nothing");
+    }
+}
+
+/// The last resort of a failing program (the examples' `Drop` guard): everything launched
+/// from the state directory, and its balancers, killed at once by pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_all_now_leaves_nothing_running() {
+    let (provider, _balancer) = support::local("kill-all", "doomed").await;
+    let dir = provider.state_dir().to_owned();
+    let _stop = support::stop_on_drop(&dir);
+    launch_sample(&provider, "doomed", 2).await;
+    assert_eq!((support::processes_from(&dir).len(), support::balancers_from(&dir).len()), (2, 1));
+    assert_eq!(provider.kill_all_now(), 3);
+    support::eventually("everything to be gone", Duration::from_secs(10), || async {
+        (support::processes_from(&dir).is_empty() && support::balancers_from(&dir).is_empty()).then_some(())
+    })
+    .await;
+    assert!(provider.describe(&Query::service("doomed")).await.unwrap().is_empty(), "describe sees them gone");
 }
