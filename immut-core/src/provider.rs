@@ -305,6 +305,14 @@ pub trait Provider: Send + Sync + Debug {
         None
     }
 
+    /// Why a failed instance is gone or stopped, in the backend's words (the last lines of its
+    /// log, a status message), if the backend knows. The engine quotes it when a deployment
+    /// rolls back because its replacement budget ran out.
+    async fn failure_detail(&self, id: &InstanceId) -> Option<String> {
+        let _ = id;
+        None
+    }
+
     /// How much client-side rate limiting held this backend's calls back so far; the engine
     /// reports growth as [`crate::Event::Paced`]. Backends without pacing report zero.
     fn pacing(&self) -> PacingStats {

@@ -22,6 +22,13 @@ pub trait Traffic: Send + Sync + Debug {
     /// requests have drained. Detaching an instance that does not serve is `Ok`.
     async fn detach(&self, ids: &[InstanceId]) -> Result<()>;
 
+    /// The longest [`Traffic::detach`] or [`Traffic::switch`] may wait for in-flight requests,
+    /// when the backend bounds it. [`DeployerBuilder::build`](crate::DeployerBuilder::build)
+    /// refuses a progress deadline that could not hold it.
+    fn drain_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Makes new instances known to the balancer so that its own health checks probe them,
     /// without sending them any traffic: an ALB target group at weight 0, a GCE backend at
     /// capacity 0, an Azure rule on a test port. A balancer checks only what it serves, so

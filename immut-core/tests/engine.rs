@@ -414,3 +414,35 @@ async fn a_label_the_provider_refuses_is_refused_before_any_call() {
     let calls = sim.calls();
     assert_eq!((calls.launch, calls.describe), (0, 0), "nothing was asked of the provider: {calls:?}");
 }
+
+/// The simulator's balancer, claiming a drain timeout.
+#[derive(Debug)]
+struct SlowDrain(immut_core::sim::SimTraffic);
+
+#[async_trait::async_trait]
+impl immut_core::Traffic for SlowDrain {
+    fn drain_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(30))
+    }
+    async fn serving(&self) -> immut_core::Result<Vec<immut_core::InstanceId>> {
+        self.0.serving().await
+    }
+    async fn attach(&self, instances: &[immut_core::Instance]) -> immut_core::Result<()> {
+        self.0.attach(instances).await
+    }
+    async fn detach(&self, ids: &[immut_core::InstanceId]) -> immut_core::Result<()> {
+        self.0.detach(ids).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_timeout_the_progress_deadline_cannot_hold_is_refused_in_build() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let builder = || {
+        Deployer::builder().provider(sim.clone()).traffic(SlowDrain(sim.traffic())).strategy(Rolling::new()).desired(2)
+    };
+    let e = builder().progress_deadline(Duration::from_secs(20)).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.message().starts_with("progress_deadline:") && e.message().contains("30s"), "{e}");
+    assert!(builder().progress_deadline(Duration::from_secs(60)).build().is_ok());
+}

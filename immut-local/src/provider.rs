@@ -678,6 +678,10 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    async fn failure_detail(&self, id: &InstanceId) -> Option<String> {
+        self.failure_report(id).await.ok().flatten()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_launch_batch: 100,

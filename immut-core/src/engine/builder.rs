@@ -244,6 +244,16 @@ impl DeployerBuilder {
         if progress_deadline.is_zero() {
             return Err(Error::invalid("progress_deadline", "must be above zero"));
         }
+        if let Some(drain) = traffic.drain_timeout()
+            && drain >= progress_deadline
+        {
+            return Err(Error::invalid(
+                "progress_deadline",
+                format!(
+                    "{progress_deadline:?} cannot hold the traffic's drain timeout ({drain:?}): a switch or detach may wait that long, so the deployment would miss its deadline while draining; raise progress_deadline above it or lower the balancer's drain timeout"
+                ),
+            ));
+        }
         let retry = self.retry.unwrap_or_default();
         if retry.min_delay > retry.max_delay {
             return Err(Error::invalid("retry.min_delay", "is above retry.max_delay"));

@@ -6,9 +6,24 @@
 use super::*;
 
 impl Deployment {
+    /// When the budget ran out, adds what the provider knows of the last failed instance
+    /// (bounded to 2 s, so a slow backend cannot hold the rollback).
+    pub(super) async fn explain(&self, spent: Result<()>) -> Result<()> {
+        let Err(e) = spent else { return Ok(()) };
+        let Some(id) = e.ids().last().cloned() else { return Err(e) };
+        let detail =
+            tokio::time::timeout(Duration::from_secs(2), self.inner.provider.failure_detail(&id)).await.ok().flatten();
+        match detail {
+            Some(detail) => {
+                Err(Error::new(e.kind(), format!("{}; {id}: {detail}", e.message())).with_ids(e.ids().iter().cloned()))
+            }
+            None => Err(e),
+        }
+    }
+
     /// The detach or termination the fleet needs before the strategy decides, if any. Spends the
     /// replacement budget on new instances past their deadline; an error once it is spent.
-    pub(super) fn chores(&mut self, view: &FleetView, obs: &Observation) -> Result<Option<Decision>> {
+    pub(super) async fn chores(&mut self, view: &FleetView, obs: &Observation) -> Result<Option<Decision>> {
         let now = Instant::now();
         let deadline = self.inner.settings.instance_deadline;
         let mut expired = Vec::new();
@@ -33,7 +48,8 @@ impl Deployment {
         self.memory.next_deadline = next;
         self.memory.next_expected = expected;
         if matches!(self.phase, Phase::Deploying) {
-            self.memory.spend(&expired, self.inner.settings.budget, self.inner.settings.desired)?;
+            let spent = self.memory.spend(&expired, self.inner.settings.budget, self.inner.settings.desired);
+            self.explain(spent).await?;
         }
         for (id, _) in &expired {
             if let Some(l) = self.memory.launched.get_mut(id) {

@@ -398,11 +398,12 @@ impl Deployment {
         self.note_progress(&view);
         if matches!(self.phase, Phase::Deploying) {
             let failures = std::mem::take(&mut obs.failures);
-            self.memory.spend(&failures, self.inner.settings.budget, self.inner.settings.desired)?;
+            let spent = self.memory.spend(&failures, self.inner.settings.budget, self.inner.settings.desired);
+            self.explain(spent).await?;
         }
         let limits = self.limits();
         invariants::check_observed(&view, limits, self.initial_total).map_err(|v| self.violated(v))?;
-        let decision = match self.chores(&view, &obs)? {
+        let decision = match self.chores(&view, &obs).await? {
             Some(chore) => chore,
             None => match &self.phase {
                 Phase::RollingBack { .. } => {

@@ -507,6 +507,10 @@ fn gone(e: &std::io::Error) -> bool {
 
 #[async_trait]
 impl Traffic for LocalBalancer {
+    fn drain_timeout(&self) -> Option<Duration> {
+        Some(LocalBalancer::drain_timeout(self))
+    }
+
     async fn serving(&self) -> Result<Vec<InstanceId>> {
         let status = self.status().await?;
         Ok(status.serving.into_iter().map(|(id, _)| id).collect())
