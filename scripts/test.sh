@@ -99,12 +99,14 @@ run_examples() {
   for example in local_blue_green local_rolling local_rollback local_audit gcp_blue_green; do
     echo "== cargo run --example $example"
     "target/debug/examples/$example"
-    if pgrep -f -- "--immut-sample-service" >/dev/null; then
-      echo "$example left sample processes running:" >&2
-      pgrep -af -- "--immut-sample-service" >&2
-      pkill -f -- "--immut-sample-service" || true
-      exit 1
-    fi
+    for leftover in --immut-sample-service --immut-balancer; do
+      if pgrep -f -- "$leftover" >/dev/null; then
+        echo "$example left processes running ($leftover):" >&2
+        pgrep -af -- "$leftover" >&2
+        pkill -f -- "$leftover" || true
+        exit 1
+      fi
+    done
   done
   echo "examples: 5 passed, 0 failed"
 }
@@ -113,7 +115,7 @@ area "examples" run_examples
 # clippy's incompatible_msrv lint checks our own code against each crate's rust-version, since
 # no older toolchain can be installed to compile at the floor. The SDK crates are left out: their
 # floor is the toolchain's own.
-area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut --all-targets -- \
+area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut -p immut-cli --all-targets -- \
   -A clippy::all -D clippy::incompatible_msrv
 
 echo

@@ -1,0 +1,687 @@
+//! The command line: arguments (clap), and one function per command, each a few library calls.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use immut::audit::{Audit, AuditReport};
+use immut::journal::Journal;
+use immut::{Deployer, Deployment, DeploymentId, Error, Instance, InstanceId, Provenance, Query, Release, SigningKey};
+use serde_json::json;
+
+use crate::exit::{self, Exit};
+use crate::progress::{InFlight, Mode, Progress};
+use crate::providers::{self, Access, Backend};
+use crate::spec::{self, Spec, SpecErrors};
+use crate::state::{self, State};
+
+/// `immut`: deploy releases by replacing instances, never patching them.
+#[derive(Debug, Parser)]
+#[command(name = "immut", version, about, long_about = None, after_help = exit::TABLE, after_long_help = exit::TABLE)]
+pub struct Cli {
+    /// The service spec.
+    #[arg(short = 'f', long = "file", global = true, default_value = "immut.toml", value_name = "PATH")]
+    pub file: PathBuf,
+    /// Overrides a spec value before it is checked; repeatable (`--set desired=5 --set artifact.version=2.0.0`).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// JSON output: a document, or for deploy, rollback, resume and reconcile one event per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How deployments print: auto (live progress on a terminal, JSON lines otherwise), lines or json.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Auto)]
+    pub output: Output,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How deployments print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Live progress on a terminal, JSON lines otherwise.
+    Auto,
+    /// One readable line per event.
+    Lines,
+    /// One JSON object per event.
+    Json,
+}
+
+/// A provider `init` can write a spec for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitProvider {
+    /// Real local processes: the sample service built into immut.
+    Local,
+    /// The simulator, for trying strategies and for tests.
+    Sim,
+    /// EC2 + ELBv2.
+    Aws,
+    /// Compute Engine + a backend service.
+    Gcp,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Writes a commented example spec for a provider.
+    Init {
+        /// The provider.
+        #[arg(long, value_enum, default_value_t = InitProvider::Local)]
+        provider: InitProvider,
+        /// Overwrites an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Dry-runs the deployment on the simulator from the live fleet: waves, capacity, duration, calls.
+    Plan,
+    /// Deploys the spec's release.
+    Deploy {
+        /// Allows going to an older version: an explicit rollback.
+        #[arg(long)]
+        rollback: bool,
+    },
+    /// The serving release, live instances by release, any deployment in flight and the lock's holder.
+    Status,
+    /// Continues a deployment whose process died, from the journal.
+    Resume {
+        /// Rolls it back instead of continuing it.
+        #[arg(long)]
+        rollback: bool,
+    },
+    /// Redeploys the previous successful release, from the ledger.
+    Rollback,
+    /// The ledger: every finished deployment of the service.
+    History,
+    /// Verifies the ledger's hash chain.
+    Verify {
+        /// A head hash kept elsewhere: also catches entries cut from the end.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+    },
+    /// Gives every instance a verdict against the current release; non-zero exit on findings.
+    Audit {
+        /// Replaces the offenders through the strategy.
+        #[arg(long)]
+        reconcile: bool,
+    },
+    /// Lists orphaned instances; terminates them with --yes.
+    Reap {
+        /// Terminates them.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Labels instances launched outside immut as release zero, so the next deployment replaces them.
+    Adopt {
+        /// Which (default: every unmanaged instance of the service).
+        ids: Vec<String>,
+    },
+    /// Detaches and terminates every instance of the service (after showing them); needs --yes.
+    Destroy {
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Prints a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Why a command stopped.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub exit: Exit,
+    /// For people.
+    pub message: String,
+}
+
+type Run = Result<Exit, Failure>;
+
+fn fail(exit: Exit, message: impl Into<String>) -> Failure {
+    Failure { exit, message: message.into() }
+}
+
+impl From<SpecErrors> for Failure {
+    fn from(e: SpecErrors) -> Self {
+        fail(Exit::BadInput, e.to_string())
+    }
+}
+
+/// Runs a parsed command line; returns the exit code. Prints errors itself.
+pub fn run(cli: Cli) -> Exit {
+    // A test hook: proves that a panic becomes exit 70, never Rust's 101.
+    if std::env::var_os("IMMUT_CLI_PANIC_FOR_TESTS").is_some() {
+        panic!("a deliberate panic (IMMUT_CLI_PANIC_FOR_TESTS is set)");
+    }
+    let json = cli.json || cli.output == Output::Json;
+    let result = match &cli.command {
+        Command::Init { provider, force } => init(&cli, *provider, *force),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "immut", &mut std::io::stdout());
+            Ok(Exit::Success)
+        }
+        _ => match spec::load(&cli.file, &cli.set) {
+            Err(e) => Err(e.into()),
+            Ok(spec) => match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt.block_on(Ctx::new(&cli, spec).dispatch(&cli.command)),
+                Err(e) => Err(fail(Exit::Internal, format!("cannot start the runtime: {e}"))),
+            },
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            if json {
+                let line = json!({ "event": "error", "exit": f.exit.code(), "message": f.message });
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+            for line in f.message.lines() {
+                eprintln!("error: {line}");
+            }
+            f.exit
+        }
+    }
+}
+
+fn say(text: impl AsRef<str>) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", text.as_ref());
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    say(serde_json::to_string_pretty(value).expect("reports serialize"));
+}
+
+fn init(cli: &Cli, provider: InitProvider, force: bool) -> Run {
+    if cli.file.exists() && !force {
+        return Err(fail(
+            Exit::BadInput,
+            format!("{} exists; pass --force to overwrite it, or -f PATH to write elsewhere", cli.file.display()),
+        ));
+    }
+    let text = crate::init::template(provider);
+    if let Some(dir) = cli.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(Exit::BadInput, format!("cannot create {}: {e}", dir.display())))?;
+    }
+    std::fs::write(&cli.file, text)
+        .map_err(|e| fail(Exit::BadInput, format!("cannot write {}: {e}", cli.file.display())))?;
+    say(format!("wrote {} ({:?} provider); next: immut plan, then immut deploy", cli.file.display(), provider)
+        .to_lowercase());
+    Ok(Exit::Success)
+}
+
+/// What every command of a spec shares.
+struct Ctx {
+    spec: Spec,
+    json: bool,
+    mode: Mode,
+}
+
+impl Ctx {
+    fn new(cli: &Cli, spec: Spec) -> Ctx {
+        let json = cli.json || cli.output == Output::Json;
+        let mode = match cli.output {
+            _ if json => Mode::Json,
+            Output::Lines => Mode::Lines,
+            _ if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() => Mode::Live,
+            _ => Mode::Json,
+        };
+        Ctx { spec, json, mode }
+    }
+
+    /// A library error as a failure: errors about the input point into the spec.
+    fn err(&self, e: Error) -> Failure {
+        match self.spec.locate(&e) {
+            Some(located) => fail(Exit::BadInput, located.to_string()),
+            None => fail(Exit::of_error(e.kind()), e.to_string()),
+        }
+    }
+
+    fn state(&self) -> Result<State, Failure> {
+        state::open(&self.spec.state).map_err(|e| self.err(e))
+    }
+
+    fn release(&self) -> Result<Release, Failure> {
+        providers::release(&self.spec).map_err(|e| self.err(e))
+    }
+
+    fn key(&self) -> Result<Option<SigningKey>, Failure> {
+        self.spec.signing_key_env.as_deref().map(SigningKey::from_env).transpose().map_err(|e| self.err(e))
+    }
+
+    async fn backend(&self, access: Access, releases: &[&Release]) -> Result<Backend, Failure> {
+        providers::connect(&self.spec, access, releases).await.map_err(|e| self.err(e))
+    }
+
+    fn deployer(&self, backend: &Backend, state: &State, key: Option<SigningKey>) -> Result<Deployer, Failure> {
+        let mut b = self
+            .spec
+            .deployer_builder()
+            .provider_arc(backend.provider.clone())
+            .traffic_arc(backend.traffic.clone())
+            .health_arc(backend.health.clone())
+            .journal_arc(state.journal_dyn())
+            .ledger(state.ledger.clone());
+        if let Some(key) = key {
+            b = b.signing_key(key);
+        }
+        b.build().map_err(|e| self.err(e))
+    }
+
+    fn current(&self, state: &State) -> Result<Option<Release>, Failure> {
+        Ok(state.ledger.current(&self.spec.service).map_err(|e| self.err(e))?.map(|e| e.release))
+    }
+
+    async fn dispatch(self, command: &Command) -> Run {
+        match command {
+            Command::Plan => self.plan().await,
+            Command::Deploy { rollback } => self.deploy(*rollback).await,
+            Command::Status => self.status().await,
+            Command::Resume { rollback } => self.resume(*rollback).await,
+            Command::Rollback => self.rollback().await,
+            Command::History => self.history(),
+            Command::Verify { head } => self.verify(head.as_deref()),
+            Command::Audit { reconcile } => self.audit(*reconcile).await,
+            Command::Reap { yes } => self.reap(*yes).await,
+            Command::Adopt { ids } => self.adopt(ids).await,
+            Command::Destroy { yes } => self.destroy(*yes).await,
+            Command::Init { .. } | Command::Completions { .. } => unreachable!("handled before the spec is read"),
+        }
+    }
+
+    /// The release that serves most, if any, as the engine picks the previous release.
+    async fn serving_release(&self, backend: &Backend) -> Result<Option<immut::ReleaseId>, Failure> {
+        let live = backend.provider.describe(&Query::service(&self.spec.service)).await.map_err(|e| self.err(e))?;
+        let serving = backend.traffic.serving().await.map_err(|e| self.err(e))?;
+        let mut counts: std::collections::BTreeMap<&immut::ReleaseId, usize> = Default::default();
+        for i in live.iter().filter(|i| serving.contains(&i.id)) {
+            if let Some(r) = i.release() {
+                *counts.entry(r).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().max_by_key(|(_, n)| *n).map(|(r, _)| r.clone()))
+    }
+
+    async fn plan(self) -> Run {
+        let state = self.state()?;
+        let release = self.release()?;
+        let previous = self.current(&state)?.filter(|p| p.id() != release.id());
+        let backend = self.backend(Access::Read, &[&release]).await?;
+        let deployer = self.deployer(&backend, &state, self.key()?)?;
+        let serving = self.serving_release(&backend).await?;
+        let previous = previous.filter(|p| Some(p.id()) == serving.as_ref());
+        let plan =
+            deployer.dry_run(&release, previous.as_ref(), self.spec.plan_latencies).await.map_err(|e| self.err(e))?;
+        if self.json {
+            print_json(&plan);
+        } else {
+            say(crate::render::plan(&self.spec, &release, &plan));
+        }
+        Ok(match Exit::of_outcome(&plan.outcome, false) {
+            Exit::Success => Exit::Success,
+            other => other,
+        })
+    }
+
+    async fn deploy(self, rollback: bool) -> Run {
+        let state = self.state()?;
+        let release = self.release()?;
+        let key = self.key()?;
+        let previous = self.current(&state)?.filter(|p| p.id() != release.id());
+        let releases: Vec<&Release> = std::iter::once(&release).chain(previous.as_ref()).collect();
+        let backend = self.backend(Access::Write, &releases).await?;
+        let deployer = self.deployer(&backend, &state, key)?;
+        let serving = self.serving_release(&backend).await?;
+        let mut deployment = deployer.deploy(release.clone());
+        if let Some(previous) = previous.filter(|p| Some(p.id()) == serving.as_ref()) {
+            deployment = deployment.with_previous(previous);
+        }
+        if rollback {
+            deployment = deployment.as_rollback();
+        }
+        self.drive(deployment).await
+    }
+
+    async fn rollback(self) -> Run {
+        let state = self.state()?;
+        let key = self.key()?;
+        let previous = state.ledger.previous(&self.spec.service).map_err(|e| self.err(e))?;
+        let Some(previous) = previous else {
+            return Err(fail(
+                Exit::Refused,
+                format!(
+                    "the ledger holds no earlier successful release of {} to roll back to; nothing changed",
+                    self.spec.service
+                ),
+            ));
+        };
+        let current = self.current(&state)?;
+        let releases: Vec<&Release> = std::iter::once(&previous.release).chain(current.as_ref()).collect();
+        let backend = self.backend(Access::Write, &releases).await?;
+        let deployer = self.deployer(&backend, &state, key)?;
+        let deployment = deployer.rollback_to_previous(&self.spec.service).map_err(|e| self.err(e))?;
+        self.drive(deployment).await
+    }
+
+    async fn resume(self, rollback: bool) -> Run {
+        let state = self.state()?;
+        let key = self.key()?;
+        let release = self.release().ok();
+        let backend = self.backend(Access::Write, &release.iter().collect::<Vec<_>>()).await?;
+        let deployer = self.deployer(&backend, &state, key)?;
+        let Some(deployment) = deployer.resume(&self.spec.service).map_err(|e| self.err(e))? else {
+            if self.json {
+                say(json!({ "event": "nothing_to_resume", "service": self.spec.service }).to_string());
+            } else {
+                say(format!("nothing to resume: no deployment of {} was interrupted", self.spec.service));
+            }
+            return Ok(Exit::Success);
+        };
+        if rollback {
+            deployment.cancel_handle().cancel();
+        }
+        let exit = self.drive(deployment).await?;
+        // A resume asked to roll back has done what it was asked.
+        Ok(if rollback && exit == Exit::Cancelled { Exit::Success } else { exit })
+    }
+
+    /// Runs a deployment to its end, printing its events; Ctrl-C and SIGTERM cancel it (it
+    /// rolls back), a second one says what is still in flight.
+    async fn drive(&self, deployment: Deployment) -> Run {
+        let cancel = deployment.cancel_handle();
+        let state = Arc::new(Mutex::new(InFlight::default()));
+        let mode = self.mode;
+        let signals = {
+            let (cancel, state) = (cancel.clone(), state.clone());
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+                else {
+                    return;
+                };
+                let mut seen = 0;
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    seen += 1;
+                    if seen == 1 {
+                        cancel.cancel();
+                        Progress::note(
+                            mode,
+                            "cancelling: the deployment rolls back (interrupt again to see what is still in flight)",
+                        );
+                    } else {
+                        let what = state.lock().expect("progress state").describe();
+                        Progress::note(mode, &what);
+                    }
+                }
+            })
+        };
+        let mut progress = Progress::new(self.mode, state);
+        let outcome = deployment.run_with(|e| progress.event(e)).await;
+        signals.abort();
+        let cancelled = cancel.is_cancelled();
+        let exit = Exit::of_outcome(&outcome, cancelled);
+        if self.mode != Mode::Json {
+            eprintln!("{}", verdict(exit));
+        }
+        Ok(exit)
+    }
+
+    async fn status(self) -> Run {
+        let state = self.state()?;
+        let release = self.release().ok();
+        let backend = self.backend(Access::Read, &[]).await?;
+        let service = &self.spec.service;
+        let live =
+            backend.provider.describe(&Query::service(service).with_unmanaged()).await.map_err(|e| self.err(e))?;
+        let serving = backend.traffic.serving().await.map_err(|e| self.err(e))?;
+        let read = state.journal.read(service).map_err(|e| self.err(e))?;
+        let interrupted = immut::journal::interrupted(&read);
+        let holder = state.journal.holder(service).map_err(|e| self.err(e))?;
+        let current = state.ledger.current(service).map_err(|e| self.err(e))?;
+        let report = crate::render::StatusReport::new(
+            &self.spec,
+            release.as_ref(),
+            &live,
+            &serving,
+            interrupted.as_ref(),
+            holder.as_ref(),
+            current.as_ref(),
+        );
+        if self.json {
+            print_json(&report);
+        } else {
+            say(report.table());
+        }
+        Ok(Exit::Success)
+    }
+
+    fn history(self) -> Run {
+        let state = self.state()?;
+        let entries: Vec<_> = state
+            .ledger
+            .entries()
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .filter(|e| e.service == self.spec.service)
+            .collect();
+        if self.json {
+            print_json(&entries);
+        } else {
+            say(crate::render::history(&self.spec.service, &entries));
+        }
+        Ok(Exit::Success)
+    }
+
+    fn verify(self, head: Option<&str>) -> Run {
+        let state = self.state()?;
+        let check = match head {
+            Some(h) => state.ledger.verify_head(h),
+            None => state.ledger.verify(),
+        }
+        .map_err(|e| self.err(e))?;
+        if self.json {
+            print_json(&check);
+        } else if check.is_intact() {
+            say(format!("ledger intact: {} entries, head {}", check.entries, check.head));
+        } else {
+            say(format!("ledger BROKEN: {} entries read, {} problems", check.entries, check.problems.len()));
+            for p in &check.problems {
+                say(format!("  {}", serde_json::to_string(p).expect("problems serialize")));
+            }
+        }
+        Ok(if check.is_intact() { Exit::Success } else { Exit::Findings })
+    }
+
+    /// The release the fleet should run: the ledger's current one, or the spec's.
+    fn expected(&self, state: &State) -> Result<Release, Failure> {
+        match self.current(state)? {
+            Some(r) => Ok(r),
+            None => self.release(),
+        }
+    }
+
+    async fn run_audit(&self, backend: &Backend, state: &State, expected: &Release) -> Result<AuditReport, Failure> {
+        let key = self.key()?;
+        let mut audit =
+            Audit::new(&*backend.provider, &*backend.traffic).health(&*backend.health).journal(&*state.journal);
+        if let Some(key) = &key {
+            audit = audit.signing_key(key);
+        }
+        audit.run(expected).await.map_err(|e| self.err(e))
+    }
+
+    async fn audit(self, reconcile: bool) -> Run {
+        let state = self.state()?;
+        let expected = self.expected(&state)?;
+        let access = if reconcile { Access::Write } else { Access::Read };
+        let backend = self.backend(access, &[&expected]).await?;
+        let report = self.run_audit(&backend, &state, &expected).await?;
+        if !reconcile || report.is_clean() {
+            if self.json {
+                print_json(&report);
+            } else {
+                say(report.table());
+            }
+            return Ok(if report.is_clean() { Exit::Success } else { Exit::Findings });
+        }
+        if self.mode != Mode::Json {
+            say(report.table());
+            say(format!("reconciling: replacing {} instances through the strategy", report.offenders().len()));
+        }
+        let deployer = self.deployer(&backend, &state, self.key()?)?;
+        self.drive(deployer.reconcile(&report, expected)).await
+    }
+
+    async fn reap(self, yes: bool) -> Run {
+        let state = self.state()?;
+        let expected = self.expected(&state)?;
+        let backend = self.backend(if yes { Access::Write } else { Access::Read }, &[&expected]).await?;
+        let orphans = Audit::new(&*backend.provider, &*backend.traffic)
+            .journal(&*state.journal)
+            .reap(&expected, yes)
+            .await
+            .map_err(|e| self.err(e))?;
+        let ids: Vec<&str> = orphans.iter().map(|f| f.id.as_str()).collect();
+        if self.json {
+            print_json(&json!({ "orphans": orphans, "terminated": yes }));
+        } else if orphans.is_empty() {
+            say("no orphans");
+        } else if yes {
+            say(format!("terminated {} orphans: {}", ids.len(), ids.join(", ")));
+        } else {
+            say(format!("{} orphans: {}\nrun `immut reap --yes` to terminate them", ids.len(), ids.join(", ")));
+        }
+        Ok(if orphans.is_empty() || yes { Exit::Success } else { Exit::Findings })
+    }
+
+    fn lock(&self, state: &State, what: &str) -> Result<immut::journal::LockGuard, Failure> {
+        let id = DeploymentId::new(format!("{what}-{}", std::process::id()));
+        state.journal.lock(&self.spec.service, &id).map_err(|e| self.err(e))
+    }
+
+    async fn adopt(self, ids: &[String]) -> Run {
+        let state = self.state()?;
+        let key = self.key()?;
+        let backend = self.backend(Access::Write, &[]).await?;
+        let Some(adopter) = backend.adopt.clone() else {
+            return Err(fail(
+                Exit::BadInput,
+                format!("the {} provider cannot adopt instances", self.spec.provider.kind()),
+            ));
+        };
+        let _lock = self.lock(&state, "adopt")?;
+        let unmanaged: Vec<Instance> = backend
+            .provider
+            .describe(&Query::service(&self.spec.service).with_unmanaged())
+            .await
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .filter(|i| i.provenance.is_none())
+            .collect();
+        let chosen: Vec<InstanceId> = if ids.is_empty() {
+            unmanaged.iter().map(|i| i.id.clone()).collect()
+        } else {
+            let missing: Vec<&String> =
+                ids.iter().filter(|id| !unmanaged.iter().any(|i| i.id.as_str() == *id)).collect();
+            if !missing.is_empty() {
+                let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+                return Err(fail(
+                    Exit::BadInput,
+                    format!(
+                        "not unmanaged instances of {}: {}; `immut audit` lists them",
+                        self.spec.service,
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            ids.iter().map(InstanceId::new).collect()
+        };
+        if chosen.is_empty() {
+            if self.json {
+                print_json(&json!({ "adopted": Vec::<String>::new() }));
+            } else {
+                say("nothing to adopt: no unmanaged instances");
+            }
+            return Ok(Exit::Success);
+        }
+        let deployment = DeploymentId::new(format!("adopt-{}", now_ms()));
+        let provenance = Provenance::adopted(&self.spec.service, &deployment);
+        let signature = key.as_ref().map(|k| k.sign(&provenance));
+        let adopted = adopter.adopt(&chosen, &provenance, signature.as_deref()).await.map_err(|e| self.err(e))?;
+        let names: Vec<&str> = adopted.iter().map(|i| i.id.as_str()).collect();
+        if self.json {
+            print_json(&json!({ "adopted": names, "release": "r0" }));
+        } else {
+            say(format!(
+                "adopted {} as release r0 of {}: {}; the next deployment replaces them",
+                names.len(),
+                self.spec.service,
+                names.join(", ")
+            ));
+        }
+        Ok(Exit::Success)
+    }
+
+    async fn destroy(self, yes: bool) -> Run {
+        let state = self.state()?;
+        let backend = self.backend(if yes { Access::Write } else { Access::Read }, &[]).await?;
+        let live = backend.provider.describe(&Query::service(&self.spec.service)).await.map_err(|e| self.err(e))?;
+        let ids: Vec<InstanceId> = live.iter().map(|i| i.id.clone()).collect();
+        let names: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+        if !yes {
+            if self.json {
+                print_json(&json!({ "would_remove": names, "removed": false }));
+            } else {
+                say(format!(
+                    "destroy would detach and terminate {} instances of {}: {}",
+                    ids.len(),
+                    self.spec.service,
+                    names.join(", ")
+                ));
+                say("nothing was removed: run `immut destroy --yes` to remove them");
+            }
+            return Ok(if ids.is_empty() { Exit::Success } else { Exit::Refused });
+        }
+        let _lock = self.lock(&state, "destroy")?;
+        use immut::ProviderExt;
+        backend.traffic.detach(&ids).await.map_err(|e| self.err(e))?;
+        backend.provider.terminate_all(&ids).await.map_err(|e| self.err(e))?;
+        drop(backend);
+        let retired = crate::providers::retire(&self.spec).await.map_err(|e| self.err(e))?;
+        if self.json {
+            print_json(&json!({ "removed": names, "stopped": retired }));
+        } else {
+            say(format!("detached and terminated {} instances of {}", ids.len(), self.spec.service));
+            if let Some(line) = retired {
+                say(line);
+            }
+        }
+        Ok(Exit::Success)
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+}
+
+/// The last line of a deployment for people (the event before it has the summary).
+fn verdict(exit: Exit) -> String {
+    let what = match exit {
+        Exit::Success => "done",
+        Exit::RolledBack => "ROLLED BACK: the previous release serves",
+        Exit::RollbackFailed => "ROLLBACK FAILED: both releases may be serving; a human is needed",
+        Exit::Cancelled => "CANCELLED and rolled back",
+        Exit::Refused => "REFUSED: nothing changed",
+        Exit::BadInput => "REFUSED: bad input; nothing changed",
+        _ => "FAILED",
+    };
+    format!("{what} (exit {})", exit.code())
+}

@@ -1,0 +1,5 @@
+//! The `immut` binary; everything is in the `immut_cli` library.
+
+fn main() -> std::process::ExitCode {
+    immut_cli::main()
+}

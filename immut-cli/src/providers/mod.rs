@@ -1,0 +1,110 @@
+//! The backends a spec names: each module turns its settings into the library's provider,
+//! traffic and health check. Building a backend makes no provider call.
+
+mod local;
+mod sim;
+
+#[cfg(feature = "aws")]
+mod aws;
+#[cfg(feature = "gcp")]
+mod gcp;
+
+use std::sync::Arc;
+
+use immut::health::AllOf;
+use immut::{
+    Adopt, ArtifactSpec, BaselineSpec, HealthCheck, HttpProbe, Provider, ProviderStatus, Release, Result, Traffic,
+};
+
+use crate::spec::{HealthSettings, ProviderSettings, Spec};
+
+pub use local::serve_if_requested;
+pub use sim::SimFleet;
+
+/// Whether a command only reads the fleet or may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only (`status`, `audit`, `plan`, `history`).
+    Read,
+    /// May launch, terminate or move traffic.
+    Write,
+}
+
+/// A provider with its traffic and health check.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The compute side.
+    pub provider: Arc<dyn Provider>,
+    /// The load balancer.
+    pub traffic: Arc<dyn Traffic>,
+    /// How instances are judged.
+    pub health: Arc<dyn HealthCheck>,
+    /// The provider, when it can adopt instances launched outside immut.
+    pub adopt: Option<Arc<dyn Adopt>>,
+}
+
+/// The release the spec describes; the provider resolves the artifact (the local provider
+/// computes the executable's digest). Makes no provider call.
+pub fn release(spec: &Spec) -> Result<Release> {
+    let a = &spec.artifact;
+    let (artifact, args) = match &spec.provider {
+        ProviderSettings::Local(_) => local::artifact(spec)?,
+        _ => {
+            let mut artifact = ArtifactSpec::new(&a.name, a.version.clone(), &a.image);
+            if let Some(d) = &a.digest {
+                artifact = artifact.with_digest(d);
+            }
+            (artifact, Vec::new())
+        }
+    };
+    let mut launch = spec.launch.clone();
+    if !args.is_empty() {
+        launch.args.splice(0..0, args);
+    }
+    let baseline = BaselineSpec::new(&spec.baseline_name, spec.baseline_version.clone(), launch);
+    Release::new(&spec.service, &artifact, &baseline)
+}
+
+/// Connects to the backend the spec names. `releases` are the releases the command may
+/// launch (the simulator's faults are keyed by them).
+pub async fn connect(spec: &Spec, access: Access, releases: &[&Release]) -> Result<Backend> {
+    match &spec.provider {
+        ProviderSettings::Local(s) => local::connect(spec, s, access).await,
+        ProviderSettings::Sim(s) => sim::connect(s, releases),
+        #[cfg(feature = "aws")]
+        ProviderSettings::Aws(s) => aws::connect(spec, s).await,
+        #[cfg(feature = "gcp")]
+        ProviderSettings::Gcp(s) => gcp::connect(spec, s).await,
+        #[allow(unreachable_patterns)]
+        other => Err(immut::Error::invalid(
+            "provider.kind",
+            format!("this immut was built without the {} provider", other.kind()),
+        )),
+    }
+}
+
+/// Stops what a retired service leaves running besides its instances: on the local provider,
+/// the service's balancer process. Returns a line saying what was stopped, if anything.
+pub async fn retire(spec: &Spec) -> Result<Option<String>> {
+    match &spec.provider {
+        ProviderSettings::Local(s) => local::retire(spec, s).await,
+        _ => Ok(None),
+    }
+}
+
+/// The health check of `[health]` over a provider's own checks: `extra` (the balancer's target
+/// health, for example), the provider status when asked, and the HTTP probe when a path is set.
+pub(crate) fn health(settings: &HealthSettings, extra: Vec<Arc<dyn HealthCheck>>) -> Arc<dyn HealthCheck> {
+    let mut checks = extra;
+    if settings.provider_status {
+        checks.push(Arc::new(ProviderStatus));
+    }
+    if let Some(path) = &settings.http {
+        checks.push(Arc::new(HttpProbe::with_timeout(path, settings.timeout)));
+    }
+    match checks.len() {
+        0 => Arc::new(ProviderStatus),
+        1 => checks.pop().expect("one check"),
+        _ => Arc::new(AllOf(checks)),
+    }
+}
