@@ -39,7 +39,6 @@ OPTIONS
   --previous-version V      the release a rollback restores (same artifact, at version V)
   --rollback                an explicit rollback: it may go to an older version than the one serving
   --deployment-id ID        the deployment id (default: derived from the release and the time)
-  --state URL               where the journal and the lease live: a directory, or s3://bucket/prefix
                             (immut-core's s3 feature, AWS_* environment); default DIR/journal
   --progress-deadline SECS  the longest the engine waits without progress (default 20)
   --drain-timeout SECS      the balancer's drain timeout (default 10; must be below the progress deadline)
@@ -72,7 +71,6 @@ const VALUED: &[&str] = &[
     "strategy",
     "previous-version",
     "deployment-id",
-    "state",
     "progress-deadline",
     "drain-timeout",
     "kill-at-record",
@@ -329,10 +327,7 @@ async fn run(args: HashMap<String, String>) -> Result<Exit, Box<dyn std::error::
         }
         Ok(Release::new(service, &artifact, &BaselineSpec::new("sample", Version::new(1, 0, 0), spec))?)
     };
-    let journal = match args.get("state") {
-        Some(url) => FileJournal::new(immut_core::state::StateStore::open(url)?),
-        None => FileJournal::open(state_dir.join("journal"))?,
-    };
+    let journal = FileJournal::open(state_dir.join("journal"))?;
     let journal: Arc<dyn Journal> = match args.get("kill-at-record") {
         Some(n) => Arc::new(KillAtRecord { inner: journal, at: n.parse()?, seen: AtomicUsize::new(0) }),
         None => Arc::new(journal),
