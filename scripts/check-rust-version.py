@@ -19,6 +19,7 @@ import sys
 FEATURE_SETS = [
     ("immut", "aws", "1.94.1"),
     ("immut", "gcp", "1.91"),
+    ("immut", "azure", "1.88"),
 ]
 
 

@@ -81,7 +81,7 @@ area "rust-version floors" "$venv/bin/python" scripts/check-rust-version.py
 
 # Always the same package selection (--workspace, with the facade's cloud features so that the
 # cloud examples are built too): a different one recompiles the dependencies.
-sel=(--workspace --features immut/aws,immut/gcp)
+sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3)
 # The crash tests print how many kill points they exercised, and the AWS figures test prints
 # its call counts, so those run with their output shown.
 area "tests" cargo test "${sel[@]}" --lib --bins --tests --examples -- \
@@ -95,8 +95,8 @@ area "doctests" cargo test "${sel[@]}" --doc
 # The examples are built with the suite's selection and run as built: `cargo run --example`
 # would select other features and build the cloud SDKs a second time.
 run_examples() {
-  cargo build --quiet "${sel[@]}" --examples
-  for example in local_blue_green local_rolling local_rollback local_audit gcp_blue_green; do
+  cargo build --quiet "${sel[@]}" --examples --bins
+  for example in local_blue_green local_rolling local_rollback local_audit gcp_blue_green azure_blue_green; do
     echo "== cargo run --example $example"
     "target/debug/examples/$example"
     for leftover in --immut-sample-service --immut-balancer; do
@@ -108,7 +108,11 @@ run_examples() {
       fi
     done
   done
-  echo "examples: 5 passed, 0 failed"
+  # Two deployers on one state URL: the second is refused, takes over from a paused first,
+  # and the first wakes and stops without a call.
+  echo "== immut-state-demo takeover"
+  target/debug/immut-state-demo takeover
+  echo "examples: 7 passed, 0 failed"
 }
 area "examples" run_examples
 

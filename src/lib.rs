@@ -10,7 +10,9 @@
 //! | `local` (default) | [`local`]: real local processes behind a balancer; implies `http` |
 //! | `aws` | [`aws`]: EC2 instances and ELBv2 traffic (needs Rust 1.94.1, like the AWS SDK) |
 //! | `gcp` | [`gcp`]: Compute Engine instances behind a backend service, and a fake Compute API (Rust 1.91) |
+//! | `azure` | [`azure`]: Azure VMs behind Standard Load Balancer backend pools, and a fake ARM |
 //! | `http` | [`HttpProbe`], the HTTP health probe |
+//! | `state-s3`, `state-gcs`, `state-azure` | the shared state ([`state`]) on S3, GCS or Azure Blob by URL |
 //! | `conformance` | [`conformance`], the suite every provider runs, and [`test_tools`] |
 //!
 //! The re-exports are an explicit list, so that a module added to the core can never collide
@@ -25,7 +27,7 @@ pub use immut_core::{
 };
 pub use immut_core::{
     audit, checker, dry_run, engine, error, health, journal, ledger, model, outcome, policy, prelude, process,
-    provider, semver, sim, strategy, traffic,
+    provider, semver, sim, state, strategy, traffic,
 };
 
 #[cfg(feature = "http")]
@@ -45,3 +47,7 @@ pub use immut_aws as aws;
 /// Compute Engine instances behind a backend service, and the fake Compute API.
 #[cfg(feature = "gcp")]
 pub use immut_gcp as gcp;
+
+/// Azure virtual machines behind Standard Load Balancer backend pools, and the fake ARM.
+#[cfg(feature = "azure")]
+pub use immut_azure as azure;

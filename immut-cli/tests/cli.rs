@@ -544,10 +544,16 @@ fn a_broken_ledger_is_found_exit_1() {
     let d = Dir::sim("verify");
     d.ok(&["deploy", "--json"]);
     d.ok(&["deploy", "--json", "--set", "artifact.version=1.1.0"]);
-    let path = d.path.join(".immut/state/ledger.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\"strategy\":\"rolling\""));
-    std::fs::write(&path, text.replacen("\"strategy\":\"rolling\"", "\"strategy\":\"canary\"", 1)).unwrap();
+    // The ledger is numbered entry objects on the state store: edit one of them.
+    let dir = d.path.join(".immut/state/ledger.jsonl/ledger/entries");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let path = files
+        .iter()
+        .find(|p| std::fs::read_to_string(p).unwrap().contains("\"strategy\":\"rolling\""))
+        .expect("an entry of the rolling deployment");
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replacen("\"strategy\":\"rolling\"", "\"strategy\":\"canary\"", 1)).unwrap();
     let r = d.expect(&["verify"], 1);
     assert!(r.stdout.contains("ledger BROKEN"), "{}", r.stdout);
     let report = d.expect(&["verify", "--json"], 1).json();

@@ -1,13 +1,22 @@
 //! Drift audit, orphan reaping and reconciliation.
 //!
 //! The audit gives every instance of a service one [`Verdict`], from its provenance labels,
-//! their signature, what the provider observed (image, machine type), the serving set, health
-//! and the running deployment. The report is JSON (serde) and a readable table.
+//! their signature, what the provider observed (image, machine type), the serving set, health,
+//! the running deployment and, given a journal, the record of what each launch returned. The
+//! report is JSON (serde) and a readable table.
 //! [`Deployer::reconcile`](crate::Deployer::reconcile) then replaces the offenders through the
 //! deployer's strategy: new instances are launched and proven, the offenders are drained and
 //! terminated. Nothing is modified in place.
+//!
+//! Valid provenance proves that some deployment launched *an* instance with those labels; it
+//! cannot prove it launched *this* one, since a label set can be copied onto another instance
+//! of the same image. So the audit cross-checks every instance with valid provenance against
+//! the instance ids the journal recorded for its launch token: an id the journal never
+//! recorded is [`Verdict::Unrecorded`]. An instance whose deployment the journal does not know
+//! at all (launched before the journal recorded ids, or with another journal) gets the same
+//! verdict as report-only ([`Verdict::Unrecorded::predates_record`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Deployer, Deployment};
 use crate::error::Result;
 use crate::health::{Health, HealthCheck};
-use crate::journal::Journal;
+use crate::journal::{Journal, Recorded};
 use crate::model::{Instance, InstanceId, LabelCharset, Release, ReleaseId, SigningKey};
 use crate::provider::{Provider, ProviderExt, Query};
 use crate::traffic::Traffic;
@@ -54,6 +63,19 @@ pub enum Verdict {
         /// The deployment that launched it.
         deployment: String,
     },
+    /// Carries valid provenance, but the journal never recorded its id for the launch token
+    /// its labels name: its labels were copied from a real instance (or it was launched under
+    /// the token outside the engine). Reconcile replaces it only when asked
+    /// ([`AuditReport::offenders_including_unrecorded`]).
+    Unrecorded {
+        /// The deployment its labels name.
+        deployment: String,
+        /// The launch token its labels name.
+        token: String,
+        /// Set when the journal holds no record of that deployment at all (it predates the
+        /// journal's record of ids): reported only, never replaced.
+        predates_record: bool,
+    },
 }
 
 impl Verdict {
@@ -67,17 +89,30 @@ impl Verdict {
             Verdict::Tampered { .. } => "tampered",
             Verdict::Unhealthy { .. } => "unhealthy",
             Verdict::Orphaned { .. } => "orphaned",
+            Verdict::Unrecorded { .. } => "unrecorded",
         }
     }
 
-    fn detail(&self) -> &str {
+    /// Whether the verdict is reported only, with nothing to replace: an unrecorded instance
+    /// whose deployment predates the journal's record.
+    pub fn is_report_only(&self) -> bool {
+        matches!(self, Verdict::Unrecorded { predates_record: true, .. })
+    }
+
+    fn detail(&self) -> String {
         match self {
             Verdict::WrongArtifact { detail } | Verdict::WrongBaseline { detail } | Verdict::Tampered { detail } => {
-                detail
+                detail.clone()
             }
-            Verdict::Unhealthy { reason } => reason,
-            Verdict::Orphaned { deployment } => deployment,
-            Verdict::Ok | Verdict::Unmanaged => "",
+            Verdict::Unhealthy { reason } => reason.clone(),
+            Verdict::Orphaned { deployment } => deployment.clone(),
+            Verdict::Unrecorded { deployment, token, predates_record: true } => {
+                format!("deployment {deployment} predates the journal's record (token {token}); report only")
+            }
+            Verdict::Unrecorded { deployment, token, predates_record: false } => {
+                format!("deployment {deployment} never recorded this id for token {token}")
+            }
+            Verdict::Ok | Verdict::Unmanaged => String::new(),
         }
     }
 }
@@ -116,14 +151,28 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// Whether every instance is ok.
+    /// Whether every instance is ok (or reported only: see [`Verdict::is_report_only`]).
     pub fn is_clean(&self) -> bool {
-        self.findings.iter().all(|f| f.verdict == Verdict::Ok)
+        self.findings.iter().all(|f| f.verdict == Verdict::Ok || f.verdict.is_report_only())
     }
 
-    /// Instances whose verdict is not ok: what reconcile replaces.
+    /// Instances whose verdict is not ok, unrecorded ones aside: what reconcile replaces.
     pub fn offenders(&self) -> Vec<InstanceId> {
-        self.findings.iter().filter(|f| f.verdict != Verdict::Ok).map(|f| f.id.clone()).collect()
+        self.findings
+            .iter()
+            .filter(|f| f.verdict != Verdict::Ok && !matches!(f.verdict, Verdict::Unrecorded { .. }))
+            .map(|f| f.id.clone())
+            .collect()
+    }
+
+    /// The offenders and the unrecorded instances whose deployment the journal knows (not the
+    /// report-only ones): what [`Deployer::reconcile_including_unrecorded`] replaces.
+    pub fn offenders_including_unrecorded(&self) -> Vec<InstanceId> {
+        self.findings
+            .iter()
+            .filter(|f| f.verdict != Verdict::Ok && !f.verdict.is_report_only())
+            .map(|f| f.id.clone())
+            .collect()
     }
 
     /// The findings as a table for people.
@@ -150,6 +199,13 @@ impl AuditReport {
         let _ = write!(out, "{}", counts.join(", "));
         out
     }
+}
+
+/// What the audit knows of who launched what: the running deployments (the lock's holder,
+/// read before and after the fleet) and the journal's record of launches.
+struct Owners {
+    running: Vec<String>,
+    recorded: Option<Recorded>,
 }
 
 /// Audits a service. Set the health check, the signing key and the journal (to know the
@@ -181,7 +237,9 @@ impl<'a> Audit<'a> {
         self
     }
 
-    /// Reads the running deployment from this journal's lock.
+    /// Reads the running deployment from this journal's lock (on a state store: the newest
+    /// unexpired, unreleased lease epoch), and cross-checks every instance with valid
+    /// provenance against the ids the journal recorded for its launch token.
     pub fn journal(mut self, journal: &'a dyn Journal) -> Self {
         self.journal = Some(journal);
         self
@@ -207,6 +265,13 @@ impl<'a> Audit<'a> {
         };
         let holder_after = self.holder(service)?;
         let holders: Vec<String> = holder_before.into_iter().chain(holder_after).map(|d| d.to_string()).collect();
+        let deployments: BTreeSet<crate::model::DeploymentId> =
+            instances.iter().filter_map(|i| i.provenance.as_ref().map(|p| p.deployment.clone())).collect();
+        let recorded = match self.journal {
+            Some(j) if !deployments.is_empty() => Some(j.recorded(service, &deployments)?),
+            _ => None,
+        };
+        let owners = Owners { running: holders, recorded };
         let charset = self.provider.capabilities().label_charset;
         let mut findings: Vec<Finding> = instances
             .iter()
@@ -215,7 +280,7 @@ impl<'a> Audit<'a> {
                 let serving = serving.contains(&i.id);
                 Finding {
                     id: i.id.clone(),
-                    verdict: self.judge(i, serving, h, expected, &holders, charset),
+                    verdict: self.judge(i, serving, h, expected, &owners, charset),
                     release: i.release().cloned(),
                     version: i.provenance.as_ref().map(|p| p.artifact_version.to_string()),
                     serving,
@@ -255,9 +320,10 @@ impl<'a> Audit<'a> {
         serving: bool,
         health: Health,
         expected: &Release,
-        running: &[String],
+        owners: &Owners,
         charset: LabelCharset,
     ) -> Verdict {
+        let running = &owners.running;
         let Some(p) = &i.provenance else { return Verdict::Unmanaged };
         if let Some(key) = self.key
             && !key.verify(p, &i.labels, charset)
@@ -272,6 +338,17 @@ impl<'a> Audit<'a> {
         let artifact = expected.artifact();
         if &p.release != expected.id() && !serving && !running.iter().any(|d| d == p.deployment.as_str()) {
             return Verdict::Orphaned { deployment: p.deployment.to_string() };
+        }
+        if let Some(recorded) = &owners.recorded {
+            let known = recorded.deployments.contains(&p.deployment);
+            let listed = recorded.launched.get(&p.token).is_some_and(|ids| ids.contains(&i.id));
+            if !listed {
+                return Verdict::Unrecorded {
+                    deployment: p.deployment.to_string(),
+                    token: p.token.to_string(),
+                    predates_record: !known,
+                };
+            }
         }
         if p.artifact != artifact.name || p.artifact_version != artifact.version {
             return Verdict::WrongArtifact {
@@ -347,5 +424,11 @@ impl Deployer {
     /// drained and terminated once their replacements are proven.
     pub fn reconcile(&self, report: &AuditReport, release: Release) -> Deployment {
         self.deploy(release).replacing(report.offenders())
+    }
+
+    /// [`Deployer::reconcile`], replacing the unrecorded instances too (those whose
+    /// deployment the journal knows: [`AuditReport::offenders_including_unrecorded`]).
+    pub fn reconcile_including_unrecorded(&self, report: &AuditReport, release: Release) -> Deployment {
+        self.deploy(release).replacing(report.offenders_including_unrecorded())
     }
 }

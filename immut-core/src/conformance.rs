@@ -691,7 +691,8 @@ pub async fn blue_green_deployment(h: &Harness) -> Checked {
             .strategy(BlueGreen::new())
             .desired(DESIRED)
             .poll_interval(Duration::from_millis(100))
-            .progress_deadline(deadline)
+            // A deadline must hold the balancer's drain (build() refuses one that cannot).
+            .progress_deadline(deadline.max(h.traffic.drain_timeout().map_or(Duration::ZERO, |d| d + d / 2)))
             .retry(RetryPolicy {
                 max_retries: 10,
                 min_delay: Duration::from_millis(20),

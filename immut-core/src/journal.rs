@@ -1,19 +1,26 @@
-//! The write-ahead journal and the per-service deployment lock.
+//! The write-ahead journal and the per-service lease.
 //!
 //! The engine appends a record before every mutation (the intent, with its launch token) and
 //! after it (the result), plus the start, the rollback and the end of each deployment.
 //! [`Deployer::resume`](crate::Deployer::resume) reads it back to continue, or roll back, a
-//! deployment whose process died. [`FileJournal`] keeps one JSON-lines file per service and
-//! fsyncs every record; a torn last line (a crash mid-write) is reported, never fatal.
+//! deployment whose process died, from any machine that reaches the same state.
 //!
-//! The lock makes a second concurrent deployment of the same service fail at once, naming the
-//! deployment that holds it. A lock left by a dead process is detected (pid and start time) and
-//! taken over safely.
+//! [`StoreJournal`] keeps it on a [`StateStore`]: the local
+//! filesystem by default ([`FileJournal`] is the same journal on a directory), S3, GCS or
+//! Azure Blob by URL. Each record is its own object, `journal/<service>/<n>.json`, written
+//! create-only, so two writers can never both append record `n`; each carries its writer id,
+//! a nonce and the lease epoch it was written under. A record that cannot be read, or a gap in
+//! the numbers, is an error naming the object and its position, never "nothing": a store write
+//! is atomic, so no torn write can explain it.
+//!
+//! The lock is a lease per service ([`crate::state::lease`]): a second concurrent deployment
+//! of the service fails at once, naming the deployment that holds it; a holder that lost its
+//! lease (paused past its expiry) stops before its next mutation. [`MemoryJournal`] keeps the
+//! same contract in memory, with an in-process lock, for tests and the simulator.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeploymentId, InstanceId, LaunchToken, Release, ReleaseId};
 use crate::outcome::Outcome;
-use crate::process;
+use crate::state::lease::{self, Lease, LeaseSettings, ReleaseOnDrop};
+use crate::state::{Created, StateStore, check_service, corrupt, nonce, seq_key};
 use crate::strategy::Decision;
 
 /// One journal record.
@@ -121,24 +129,72 @@ pub struct LaunchIntent {
     pub rollback: bool,
 }
 
-/// A journal read back: the records, and the torn last line if a crash cut one.
+/// A journal read back: the records in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JournalRead {
     /// Records in order.
     pub records: Vec<JournalRecord>,
-    /// Lines that did not parse (line number, from 1, and the reason). A torn last line is the
-    /// mark of a crash mid-write; it is skipped.
+    /// Records that were skipped as a torn last write (position, from 1, and the reason). A
+    /// journal whose writes are atomic, as [`StoreJournal`]'s are, never reports any: for it an
+    /// unreadable record is an error.
     pub torn: Vec<(usize, String)>,
 }
 
-/// Holds a service's deployment lock until dropped.
+/// Holds a service's deployment lock until dropped. A lock on a state store is a lease: the
+/// guard then confirms it ([`LockGuard::lease`]) and releases it when dropped.
 #[derive(Debug)]
-pub struct LockGuard(#[allow(dead_code)] Box<dyn Debug + Send + Sync>);
+pub struct LockGuard {
+    _hold: Box<dyn Debug + Send + Sync>,
+    lease: Option<Lease>,
+}
 
 impl LockGuard {
-    /// A guard around anything that releases the lock on drop.
+    /// A guard around anything that releases the lock on drop: a lock that cannot be lost
+    /// while its process lives (an in-process lock).
     pub fn new(inner: impl Debug + Send + Sync + 'static) -> Self {
-        LockGuard(Box::new(inner))
+        LockGuard { _hold: Box::new(inner), lease: None }
+    }
+
+    /// A guard that holds `lease` and releases it when dropped.
+    pub fn leased(lease: Lease) -> Self {
+        LockGuard { _hold: Box::new(ReleaseOnDrop(lease.clone())), lease: Some(lease) }
+    }
+
+    /// The lease this guard holds, when the lock is one.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+}
+
+/// What a journal recorded of some deployments' launches, for the audit's cross-check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Of the deployments asked about, those whose `Begin` record the journal holds.
+    pub deployments: BTreeSet<DeploymentId>,
+    /// Every instance id recorded under each launch token (launched or adopted), of those
+    /// deployments.
+    pub launched: BTreeMap<LaunchToken, BTreeSet<InstanceId>>,
+}
+
+impl Recorded {
+    /// What `records` say of `deployments`.
+    pub fn from_records<'a>(
+        records: impl IntoIterator<Item = &'a JournalRecord>,
+        deployments: &BTreeSet<DeploymentId>,
+    ) -> Recorded {
+        let mut found = Recorded::default();
+        for r in records.into_iter().filter(|r| deployments.contains(&r.deployment)) {
+            match &r.entry {
+                JournalEntry::Begin { .. } => {
+                    found.deployments.insert(r.deployment.clone());
+                }
+                JournalEntry::Applied { token: Some(token), ids, .. } => {
+                    found.launched.entry(token.clone()).or_default().extend(ids.iter().cloned());
+                }
+                _ => {}
+            }
+        }
+        found
     }
 }
 
@@ -158,6 +214,22 @@ pub trait Journal: Send + Sync + Debug {
     /// decides "orphaned" from this answer, so a journal must never say `None` while a
     /// deployment it locked may still be running.
     fn holder(&self, service: &str) -> Result<Option<DeploymentId>>;
+
+    /// The records from the service's last `Begin` on: all that [`interrupted`] and
+    /// [`Deployer::resume`](crate::Deployer::resume) need. The default reads everything.
+    fn read_last(&self, service: &str) -> Result<JournalRead> {
+        let mut read = self.read(service)?;
+        if let Some(at) = read.records.iter().rposition(|r| matches!(r.entry, JournalEntry::Begin { .. })) {
+            read.records.drain(..at);
+        }
+        Ok(read)
+    }
+
+    /// What the journal recorded of `deployments`' launches: the audit's cross-check of
+    /// provenance against the record. The default reads everything.
+    fn recorded(&self, service: &str, deployments: &BTreeSet<DeploymentId>) -> Result<Recorded> {
+        Ok(Recorded::from_records(&self.read(service)?.records, deployments))
+    }
 }
 
 /// What [`interrupted`] finds of a deployment that began and never ended.
@@ -231,200 +303,285 @@ pub fn interrupted(read: &JournalRead) -> Option<Interrupted> {
     Some(found)
 }
 
-/// One JSON-lines file per service in a directory, fsynced on every record, with lock files.
+/// The journal on a [`StateStore`]: one create-only object per record, and a lease per
+/// service as its lock. Cheap to clone; clones share what they have read.
 #[derive(Debug, Clone)]
-pub struct FileJournal {
-    dir: PathBuf,
-    write: Arc<Mutex<()>>,
+pub struct StoreJournal {
+    store: StateStore,
+    lease: LeaseSettings,
+    cache: Arc<Mutex<HashMap<String, ServiceCache>>>,
 }
 
-impl FileJournal {
-    /// Opens (creating) the journal directory; fails with `InvalidInput` naming `journal_dir`
-    /// when it cannot be written.
+/// The journal on the local filesystem: a [`StoreJournal`] on a directory.
+pub type FileJournal = StoreJournal;
+
+#[derive(Debug, Default)]
+struct ServiceCache {
+    /// The next record number to try, once known.
+    next: Option<u64>,
+    /// Records read or written (objects are never rewritten, so they stay valid).
+    records: BTreeMap<u64, Stored>,
+    /// The lease this journal took for the service, if any.
+    lease: Option<Lease>,
+}
+
+/// A journal record as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stored {
+    writer: String,
+    nonce: String,
+    seq: u64,
+    /// The lease epoch it was written under (0: without a lease).
+    epoch: u64,
+    record: JournalRecord,
+}
+
+impl StoreJournal {
+    /// The journal in the directory `dir` on this machine (created if missing); fails with
+    /// `InvalidInput` naming `journal_dir` when it cannot be written.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("journal_dir", &dir, e))?;
-        let probe = dir.join(".write-test");
-        std::fs::write(&probe, b"ok").map_err(|e| io_error("journal_dir", &dir, e))?;
-        let _ = std::fs::remove_file(probe);
-        Ok(FileJournal { dir, write: Arc::default() })
+        let store = StateStore::local(&dir)
+            .map_err(|e| Error::invalid("journal_dir", e.message().strip_prefix("state: ").unwrap_or(e.message())))?;
+        Ok(StoreJournal::new(store))
     }
 
-    /// The journal file of a service.
-    pub fn path(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("{service}.journal.jsonl"))
+    /// The journal on `store`, with the default [`LeaseSettings`].
+    pub fn new(store: StateStore) -> Self {
+        StoreJournal { store, lease: LeaseSettings::default(), cache: Arc::default() }
     }
 
-    fn lock_path(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("{service}.lock"))
+    /// Uses these lease settings for the locks it takes. Fails when they are inconsistent.
+    pub fn with_lease(mut self, settings: LeaseSettings) -> Result<Self> {
+        settings.validate()?;
+        self.lease = settings;
+        Ok(self)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// The lease settings.
+    pub fn lease_settings(&self) -> LeaseSettings {
+        self.lease
+    }
+
+    /// The key of record `seq` of `service`.
+    pub fn record_key(service: &str, seq: u64) -> String {
+        format!("journal/{service}/{}.json", seq_key(seq))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServiceCache>> {
+        self.cache.lock().expect("journal cache poisoned")
+    }
+
+    /// The record numbers on the store, checked to run 0, 1, 2, … with no gap.
+    fn numbers(&self, service: &str) -> Result<u64> {
+        let prefix = format!("journal/{service}");
+        let keys = self.store.block(move |s| async move { s.list(&prefix).await })?;
+        let mut expected = 0u64;
+        for key in &keys {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let seq: u64 = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| corrupt(&self.store, key, "not a journal record's name"))?;
+            if seq != expected {
+                return Err(corrupt(
+                    &self.store,
+                    &Self::record_key(service, expected),
+                    format!("record {expected} of service {service} is missing while record {seq} exists"),
+                ));
+            }
+            expected += 1;
+        }
+        Ok(expected)
+    }
+
+    /// Records `from..to` of `service`, from the cache or the store.
+    fn fetch(&self, service: &str, from: u64, to: u64) -> Result<Vec<Stored>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let missing: Vec<u64> = {
+            let cache = self.cache();
+            let known = cache.get(service).map(|c| &c.records);
+            (from..to).filter(|n| known.is_none_or(|k| !k.contains_key(n))).collect()
+        };
+        if !missing.is_empty() {
+            let keys: Vec<String> = missing.iter().map(|n| Self::record_key(service, *n)).collect();
+            let fetched = self.store.block(move |s| async move { s.get_many(keys).await })?;
+            let mut parsed = Vec::with_capacity(fetched.len());
+            for ((key, bytes), seq) in fetched.into_iter().zip(&missing) {
+                let bytes = bytes
+                    .ok_or_else(|| corrupt(&self.store, &key, format!("record {seq} vanished while it was read")))?;
+                let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| {
+                    corrupt(
+                        &self.store,
+                        &key,
+                        format!("record {seq} of service {service} is not a journal record: {e}"),
+                    )
+                })?;
+                if stored.seq != *seq {
+                    return Err(corrupt(&self.store, &key, format!("record {seq} says it is record {}", stored.seq)));
+                }
+                parsed.push(stored);
+            }
+            let mut cache = self.cache();
+            let c = cache.entry(service.to_owned()).or_default();
+            for stored in parsed {
+                c.records.insert(stored.seq, stored);
+            }
+        }
+        let cache = self.cache();
+        let records = &cache.get(service).expect("cached above or empty range").records;
+        Ok((from..to).filter_map(|n| records.get(&n).cloned()).collect())
+    }
+
+    /// The objects as stored, with writer, nonce and epoch: for tools and tests.
+    pub fn stored(&self, service: &str) -> Result<Vec<serde_json::Value>> {
+        check_service(service)?;
+        let n = self.numbers(service)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.fetch(service, 0, n)?.into_iter().map(|s| serde_json::to_value(s).expect("serializes")).collect())
     }
 }
 
-fn io_error(field: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        format!("{field}: cannot write {}: {e}; pass a writable directory", path.display()),
-    )
-}
-
-impl Journal for FileJournal {
+impl Journal for StoreJournal {
     fn append(&self, service: &str, record: &JournalRecord) -> Result<()> {
-        let _serial = self.write.lock().expect("journal lock poisoned");
-        let path = self.path(service);
-        let mut line = serde_json::to_vec(record).expect("journal records serialize");
-        line.push(b'\n');
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(&path)?;
-            // After a torn write the file ends mid-line: start this record on a line of its own.
-            let len = file.metadata()?.len();
-            if len > 0 {
-                use std::io::{Read, Seek, SeekFrom};
-                let mut last = [0u8; 1];
-                file.seek(SeekFrom::Start(len - 1))?;
-                file.read_exact(&mut last)?;
-                if last[0] != b'\n' {
-                    file.write_all(b"\n")?;
+        check_service(service)?;
+        let (lease, next) = {
+            let cache = self.cache();
+            let c = cache.get(service);
+            (c.and_then(|c| c.lease.clone()), c.and_then(|c| c.next))
+        };
+        if let Some(e) = lease.as_ref().and_then(Lease::lost_err) {
+            return Err(e);
+        }
+        let epoch = lease.as_ref().map_or(0, Lease::epoch);
+        let mut next = match next {
+            Some(n) => n,
+            None => self.numbers(service)?,
+        };
+        loop {
+            let stored = Stored {
+                writer: self.store.writer().to_owned(),
+                nonce: nonce(),
+                seq: next,
+                epoch,
+                record: record.clone(),
+            };
+            let bytes = serde_json::to_vec(&stored).expect("journal records serialize");
+            let (key, nonce) = (Self::record_key(service, next), stored.nonce.clone());
+            let created = self.store.block(move |s| async move { s.create(&key, bytes, &nonce).await })?;
+            match created {
+                Created::Mine => {
+                    let mut cache = self.cache();
+                    let c = cache.entry(service.to_owned()).or_default();
+                    c.next = Some(next + 1);
+                    c.records.insert(next, stored);
+                    return Ok(());
+                }
+                Created::Theirs(bytes) => {
+                    let key = Self::record_key(service, next);
+                    let theirs: Stored = serde_json::from_slice(&bytes)
+                        .map_err(|e| corrupt(&self.store, &key, format!("not a journal record: {e}")))?;
+                    self.cache().entry(service.to_owned()).or_default().records.insert(next, theirs.clone());
+                    if theirs.epoch < epoch {
+                        // A late write of a deployer fenced out by this epoch: step over it.
+                        tracing::warn!(%key, epoch = theirs.epoch, "a fenced writer's late record; appending after it");
+                        next += 1;
+                        continue;
+                    }
+                    if let Some(lease) = &lease
+                        && let Err(e) = lease.confirm_blocking()
+                    {
+                        return Err(e);
+                    }
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "journal of service {service}: record {next} was appended by writer {} under lease epoch {} while this writer (epoch {epoch}) appended; only the lease holder may append",
+                            theirs.writer, theirs.epoch
+                        ),
+                    ));
                 }
             }
-            file.write_all(&line)?;
-            file.sync_data()
-        };
-        write().map_err(|e| {
-            Error::new(ErrorKind::Unavailable, format!("cannot append to the journal {}: {e}", path.display()))
-        })
+        }
     }
 
     fn read(&self, service: &str) -> Result<JournalRead> {
-        let path = self.path(service);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalRead::default()),
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("cannot read the journal {}: {e}", path.display()),
-                ));
+        check_service(service)?;
+        let n = self.numbers(service)?;
+        {
+            let mut cache = self.cache();
+            let c = cache.entry(service.to_owned()).or_default();
+            c.next = Some(c.next.map_or(n, |k| k.max(n)));
+        }
+        let records = if n == 0 { Vec::new() } else { self.fetch(service, 0, n)? };
+        Ok(JournalRead { records: records.into_iter().map(|s| s.record).collect(), torn: Vec::new() })
+    }
+
+    fn read_last(&self, service: &str) -> Result<JournalRead> {
+        check_service(service)?;
+        let n = self.numbers(service)?;
+        {
+            let mut cache = self.cache();
+            let c = cache.entry(service.to_owned()).or_default();
+            c.next = Some(c.next.map_or(n, |k| k.max(n)));
+        }
+        // Walk back from the end, 16 records at a time, to the last Begin.
+        let mut from = n;
+        let mut records: Vec<JournalRecord> = Vec::new();
+        while from > 0 {
+            let start = from.saturating_sub(16);
+            let mut chunk: Vec<JournalRecord> =
+                self.fetch(service, start, from)?.into_iter().map(|s| s.record).collect();
+            let begin = chunk.iter().rposition(|r| matches!(r.entry, JournalEntry::Begin { .. }));
+            chunk.append(&mut records);
+            records = chunk;
+            if let Some(at) = begin {
+                records.drain(..at);
+                break;
             }
-        };
-        let mut read = JournalRead::default();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            match serde_json::from_str(line) {
-                Ok(record) => read.records.push(record),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping a torn journal line");
-                    read.torn.push((i + 1, e.to_string()));
+            from = start;
+        }
+        Ok(JournalRead { records, torn: Vec::new() })
+    }
+
+    fn recorded(&self, service: &str, deployments: &BTreeSet<DeploymentId>) -> Result<Recorded> {
+        check_service(service)?;
+        let n = self.numbers(service)?;
+        // Walk back until every deployment's Begin is seen, or the start.
+        let mut from = n;
+        let mut records: Vec<JournalRecord> = Vec::new();
+        let mut begun: BTreeSet<DeploymentId> = BTreeSet::new();
+        while from > 0 && !deployments.iter().all(|d| begun.contains(d)) {
+            let start = from.saturating_sub(32);
+            let chunk: Vec<JournalRecord> = self.fetch(service, start, from)?.into_iter().map(|s| s.record).collect();
+            for r in &chunk {
+                if matches!(r.entry, JournalEntry::Begin { .. }) {
+                    begun.insert(r.deployment.clone());
                 }
             }
+            records.extend(chunk);
+            from = start;
         }
-        Ok(read)
+        Ok(Recorded::from_records(&records, deployments))
     }
 
     fn lock(&self, service: &str, deployment: &DeploymentId) -> Result<LockGuard> {
-        let path = self.lock_path(service);
-        let (pid, start_ticks) = process::current();
-        let mine = LockInfo { deployment: deployment.clone(), pid, start_ticks, acquired_at_ms: now_ms() };
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(&serde_json::to_vec(&mine).expect("serializes"))
-                        .and_then(|_| file.sync_all())
-                        .map_err(|e| io_error("journal_dir", &path, e))?;
-                    return Ok(LockGuard::new(FileLock { path, deployment: deployment.clone() }));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = read_lock(&path);
-                    if let Some(h) = holder.as_ref().filter(|h| process::is_alive(h.pid, h.start_ticks)) {
-                        return Err(Error::new(
-                            ErrorKind::Conflict,
-                            format!(
-                                "service {service} is being deployed by deployment {} (pid {}); wait for it to finish, or cancel it",
-                                h.deployment, h.pid
-                            ),
-                        ));
-                    }
-                    take_over(&path, holder.as_ref())?;
-                }
-                Err(e) => return Err(io_error("journal_dir", &path, e)),
-            }
-        }
-        Err(Error::new(
-            ErrorKind::Conflict,
-            format!("another process took the lock {} while this one took it over", path.display()),
-        ))
+        let lease = lease::acquire(&self.store, service, deployment, self.lease)?;
+        self.cache().entry(service.to_owned()).or_default().lease = Some(lease.clone());
+        Ok(LockGuard::leased(lease))
     }
 
     fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
-        self.live_holder(service)
-    }
-}
-
-impl FileJournal {
-    /// The live holder recorded in a lock file: its process still runs (same pid and start
-    /// time). A lock file that cannot be read while it exists is reported as held, since its
-    /// writer may be mid-write.
-    fn live_holder(&self, service: &str) -> Result<Option<DeploymentId>> {
-        let path = self.lock_path(service);
-        match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
-                Ok(h) if process::is_alive(h.pid, h.start_ticks) => Ok(Some(h.deployment)),
-                Ok(_) => Ok(None),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("the lock {} cannot be read yet; try again", path.display()),
-                )),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::new(ErrorKind::Unavailable, format!("cannot read the lock {}: {e}", path.display()))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LockInfo {
-    deployment: DeploymentId,
-    pid: i32,
-    start_ticks: Option<u64>,
-    acquired_at_ms: u64,
-}
-
-fn read_lock(path: &Path) -> Option<LockInfo> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// Removes a stale lock, serialized by a second lock file so two takers cannot both win.
-fn take_over(path: &Path, stale: Option<&LockInfo>) -> Result<()> {
-    let takeover = path.with_extension("lock.takeover");
-    let guard = std::fs::OpenOptions::new().write(true).create_new(true).open(&takeover);
-    if guard.is_err() {
-        // A takeover file older than a minute belongs to a taker that died midway.
-        let old = std::fs::metadata(&takeover).and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
-        if old.is_ok_and(|age| age > std::time::Duration::from_secs(60)) {
-            let _ = std::fs::remove_file(&takeover);
-        }
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!("another process is taking over the stale lock {}", path.display()),
-        ));
-    }
-    if read_lock(path).as_ref() == stale {
-        tracing::warn!(lock = %path.display(), holder = ?stale, "taking over a stale deployment lock");
-        let _ = std::fs::remove_file(path);
-    }
-    let _ = std::fs::remove_file(&takeover);
-    Ok(())
-}
-
-#[derive(Debug)]
-struct FileLock {
-    path: PathBuf,
-    deployment: DeploymentId,
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        if read_lock(&self.path).is_some_and(|h| h.deployment == self.deployment) {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        Ok(lease::holder(&self.store, service, self.lease.clock_skew)?.map(|s| s.lease.deployment))
     }
 }
 

@@ -66,6 +66,7 @@ pub mod policy;
 pub mod process;
 pub mod provider;
 pub mod sim;
+pub mod state;
 pub mod strategy;
 pub mod traffic;
 

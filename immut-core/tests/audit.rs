@@ -140,3 +140,68 @@ async fn adopted_instances_are_release_zero_and_the_first_deployment_replaces_th
     assert_eq!(live.len(), 3);
     assert!(live.iter().all(|i| i.release() == Some(v1.id())));
 }
+
+#[tokio::test(start_paused = true)]
+async fn replayed_labels_are_unrecorded_and_reconciled_only_when_asked() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    let journal = MemoryJournal::new();
+    let d = sim
+        .deployer()
+        .strategy(Rolling::new())
+        .desired(3)
+        .min_ready(Duration::from_secs(1))
+        .signing_key(key())
+        .journal(journal.clone())
+        .build()
+        .unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    // Someone copies a real instance's labels, signature included, onto a server of the same
+    // image started by hand, and puts it behind the balancer: its provenance is valid.
+    let real = sim.describe(&Query::service("web")).await.unwrap().remove(0);
+    let copy = sim.launch_unmanaged(1, &v1.artifact().image, true).remove(0).id;
+    for (k, v) in real.labels.iter() {
+        sim.edit_label(&copy, k, v);
+    }
+    let (provider, traffic, health, k) = (sim.clone(), sim.traffic(), sim.health(), key());
+    let without_journal = Audit::new(&provider, &traffic).health(&health).signing_key(&k).run(&v1).await.unwrap();
+    assert!(without_journal.is_clean(), "labels and signature alone cannot tell:\n{}", without_journal.table());
+
+    let audit = Audit::new(&provider, &traffic).health(&health).signing_key(&k).journal(&journal);
+    let report = audit.run(&v1).await.unwrap();
+    let finding = report.findings.iter().find(|f| f.id == copy).unwrap();
+    match &finding.verdict {
+        Verdict::Unrecorded { deployment, token, predates_record: false } => {
+            assert_eq!(deployment, real.provenance.as_ref().unwrap().deployment.as_str());
+            assert_eq!(token, real.provenance.as_ref().unwrap().token.as_str());
+        }
+        other => panic!("{other:?}\n{}", report.table()),
+    }
+    assert_eq!(report.counts.get("ok"), Some(&3), "{}", report.table());
+    assert!(!report.is_clean());
+    assert!(report.table().contains("never recorded this id"), "{}", report.table());
+    assert!(report.offenders().is_empty(), "reconcile does not act on it unless asked");
+    assert_eq!(report.offenders_including_unrecorded(), vec![copy.clone()]);
+
+    let outcome = d.reconcile_including_unrecorded(&report, v1.clone()).run().await;
+    assert!(outcome.succeeded(), "{}", outcome.summary());
+    let after = audit.run(&v1).await.unwrap();
+    assert!(after.is_clean() && after.findings.len() == 3, "{}", after.table());
+    assert!(after.findings.iter().all(|f| f.id != copy && f.verdict == Verdict::Ok), "{}", after.table());
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_that_predate_the_record_are_reported_only() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    // Launched before the journal recorded ids (the simulator's seed stands in for them).
+    sim.seed(&v1, 3, true);
+    let journal = MemoryJournal::new();
+    let (provider, traffic, health) = (sim.clone(), sim.traffic(), sim.health());
+    let report = Audit::new(&provider, &traffic).health(&health).journal(&journal).run(&v1).await.unwrap();
+    assert_eq!(report.counts.get("unrecorded"), Some(&3), "{}", report.table());
+    assert!(report.findings.iter().all(|f| f.verdict.is_report_only()), "{}", report.table());
+    assert!(report.table().contains("report only"), "{}", report.table());
+    assert!(report.is_clean(), "report-only verdicts leave an old fleet clean");
+    assert!(report.offenders().is_empty() && report.offenders_including_unrecorded().is_empty());
+}

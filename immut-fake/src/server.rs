@@ -93,9 +93,16 @@ pub trait CloudError: std::fmt::Debug {
     fn status(&self) -> u16;
     /// The cloud's error body.
     fn body(&self) -> serde_json::Value;
+    /// Headers the error carries besides the body (ARM's `Retry-After` on a 429, ...); none by
+    /// default.
+    fn headers(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// The response.
     fn render(&self) -> Response {
-        Response::json(self.status(), &self.body())
+        let mut response = Response::json(self.status(), &self.body());
+        response.headers.extend(self.headers());
+        response
     }
 }
 

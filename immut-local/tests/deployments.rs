@@ -668,7 +668,7 @@ async fn corrupt_state_fails_loudly_changes_nothing_and_is_repaired() {
         lines
     } else {
         let mut objects: Vec<_> =
-            std::fs::read_dir(dir.join("journal/web")).unwrap().flatten().map(|e| e.path()).collect();
+            std::fs::read_dir(dir.join("journal/journal/web")).unwrap().flatten().map(|e| e.path()).collect();
         objects.sort();
         objects.into_iter().next().expect("a journal record")
     };

@@ -1,4 +1,6 @@
-//! The terminal transitions: success, rollback, refusal, and the records of how it ended.
+//! The terminal transitions: success, rollback, refusal, and the records of how it ended. A
+//! deployment that lost its lease stops at once: it neither rolls back nor records anything,
+//! since the service is another deployer's now.
 
 use super::*;
 
@@ -13,6 +15,10 @@ impl Deployment {
     }
 
     pub(super) async fn failed(&mut self, error: Error) {
+        if let Some(lost) = self.lease_lost() {
+            self.stop_lost(lost).await;
+            return;
+        }
         let message = error.to_string();
         match std::mem::replace(&mut self.phase, Phase::Succeeded) {
             Phase::Deploying => {
@@ -45,7 +51,29 @@ impl Deployment {
         self.conclude().await;
     }
 
+    /// Stops a deployment whose lease was taken over: no rollback, no journal record, no
+    /// ledger entry, and no release of a lease that is no longer its own.
+    pub(super) async fn stop_lost(&mut self, lost: Error) {
+        tracing::error!(deployment = %self.id, error = %lost, "lease lost: stopping without any further change");
+        self.phase = Phase::Refused { reason: lost.to_string() };
+        self.conclude().await;
+    }
+
     pub(super) async fn conclude(&mut self) {
+        // A deployer whose lease was taken over records nothing more: the new holder does.
+        if self.begun && self.lease_lost().is_none() {
+            // An error here that is not a lost lease (the store unreachable) shows again below,
+            // when the records cannot be written.
+            let _ = self.confirm_lease().await;
+        }
+        let lost = self.lease_lost();
+        if let Some(lost) = &lost
+            && !matches!(self.phase, Phase::Refused { .. })
+        {
+            tracing::error!(deployment = %self.id, error = %lost, "lease lost before the end was recorded");
+            self.phase = Phase::Refused { reason: lost.to_string() };
+        }
+        let lost = lost.is_some();
         let outcome = Outcome {
             deployment: self.id.clone(),
             service: self.release.service().to_owned(),
@@ -63,7 +91,7 @@ impl Deployment {
             calls: self.calls,
         };
         tracing::info!(summary = %outcome.summary(), "deployment finished");
-        if self.begun {
+        if self.begun && !lost {
             if let Some(ledger) = self.inner.ledger.clone() {
                 let (o, release, strategy) = (outcome.clone(), self.release.clone(), self.strategy.name().to_owned());
                 let started = self.started_wall_ms;
@@ -75,7 +103,14 @@ impl Deployment {
                 tracing::error!(error = %e, "cannot journal the end of the deployment");
             }
         }
-        self.lock = None;
+        // Releasing a lease writes to the store: off the async threads.
+        if let Some(lock) = self.lock.take() {
+            let _ = blocking(move || {
+                drop(lock);
+                Ok(())
+            })
+            .await;
+        }
         self.pending.push_back(Event::Finished { outcome: outcome.clone() });
         self.outcome = Some(outcome);
     }

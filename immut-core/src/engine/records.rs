@@ -1,20 +1,66 @@
-//! Writing ahead to the journal, off the async threads.
+//! Writing ahead to the journal, off the async threads, and the lease checks around it.
 
 use super::*;
 
 impl Deployment {
     /// Appends to the journal, if there is one. A record that cannot be written stops the
-    /// action it announces: nothing is changed without its intent on disk.
+    /// action it announces: nothing is changed without its intent on disk. While the
+    /// deployment holds a lease, every record first confirms it, so a deployer that lost its
+    /// lease writes nothing more.
     pub(super) async fn write_ahead(&self, entry: JournalEntry) -> Result<()> {
         let Some(journal) = self.inner.journal.clone() else { return Ok(()) };
+        self.confirm_lease().await?;
         let record = JournalRecord { deployment: self.id.clone(), at_ms: journal::now_ms(), entry };
         let service = self.release.service().to_owned();
-        blocking(move || journal.append(&service, &record)).await
+        let appended = blocking(move || journal.append(&service, &record)).await;
+        match (appended, self.lease_lost()) {
+            (Err(_), Some(lost)) => Err(lost),
+            (result, _) => result,
+        }
+    }
+
+    /// Confirms the lease, when the deployment holds one: it is still the newest epoch and has
+    /// time left for a call ([`crate::state::Lease::confirm`]).
+    pub(super) async fn confirm_lease(&self) -> Result<()> {
+        match self.lock.as_ref().and_then(LockGuard::lease) {
+            Some(lease) => lease.confirm().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The error of a lease this deployment held and lost, if it did.
+    pub(super) fn lease_lost(&self) -> Option<Error> {
+        self.lock.as_ref().and_then(LockGuard::lease).and_then(crate::state::Lease::lost_err)
+    }
+
+    /// Once the deployment holds a lease, its provider and balancer confirm it before every
+    /// mutating call, on every attempt (retries included): a deployer that lost its lease
+    /// while a call was being retried makes no further call.
+    pub(super) fn fence(&mut self) {
+        let Some(lease) = self.lock.as_ref().and_then(LockGuard::lease).cloned() else { return };
+        let old = &self.inner;
+        self.inner = Arc::new(Inner {
+            provider: Arc::new(crate::state::fence::FencedProvider {
+                inner: old.provider.clone(),
+                lease: lease.clone(),
+            }),
+            traffic: Arc::new(crate::state::fence::FencedTraffic { inner: old.traffic.clone(), lease }),
+            health: old.health.clone(),
+            strategy: old.strategy.clone(),
+            gate: old.gate.clone(),
+            journal: old.journal.clone(),
+            ledger: old.ledger.clone(),
+            change_policy: old.change_policy.clone(),
+            allow_downgrade: old.allow_downgrade,
+            signing_key: old.signing_key.clone(),
+            settings: old.settings.clone(),
+        });
     }
 }
 
-/// Runs blocking work (the journal's and the ledger's file I/O and fsync) on tokio's blocking
-/// pool, so an async worker thread never waits on a disk. A panic there is the deployment's own.
+/// Runs blocking work (the journal's and the ledger's store I/O) on tokio's blocking pool, so
+/// an async worker thread never waits on a disk or a network. A panic there is the
+/// deployment's own.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,

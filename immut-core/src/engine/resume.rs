@@ -8,14 +8,32 @@ impl Deployer {
     /// phase: it continues, or goes on rolling back; cancel it before running to roll it back
     /// instead. A launch that was in flight is completed under its token, adopting whatever the
     /// dead process already launched, so nothing is launched twice.
+    ///
+    /// It takes the service's lock first (on a state store: the lease, so a deployment whose
+    /// holder is still alive, or whose lease has not yet run out plus the clock-skew margin, is
+    /// refused with [`ErrorKind::Conflict`] naming it), then reads the journal again under it,
+    /// so what it resumes from is what the last holder wrote. The returned deployment holds
+    /// the lock; dropping it releases the lock.
     pub fn resume(&self, service: &str) -> Result<Option<Deployment>> {
         let journal = self
             .inner
             .journal
             .as_ref()
             .ok_or_else(|| Error::invalid("journal", "resume needs a journal; call .journal(..) on the builder"))?;
-        let read = journal.read(service)?;
+        let before = journal.read_last(service)?;
+        let Some(seen) = journal::interrupted(&before) else { return Ok(None) };
+        let guard = journal.lock(service, &seen.deployment)?;
+        let read = journal.read_last(service)?;
         let Some(found) = journal::interrupted(&read) else { return Ok(None) };
+        if found.deployment != seen.deployment {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the journal of {service} changed while resuming (deployment {} is now the interrupted one, not {}); try again",
+                    found.deployment, seen.deployment
+                ),
+            ));
+        }
         let JournalEntry::Begin {
             release,
             previous_release,
@@ -63,6 +81,7 @@ impl Deployer {
         d.passed_gates = found.passed_gates;
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
+        d.lock = Some(guard);
         d.strategy = picked;
         d.pending_launch = found.pending_launch;
         for (intent, ids) in &found.launched {
@@ -95,5 +114,29 @@ impl Deployer {
             torn_lines: read.torn.len(),
         });
         Ok(Some(d))
+    }
+
+    /// [`Deployer::resume`], waiting while another deployer holds the service: a refused
+    /// attempt ([`ErrorKind::Conflict`]) is tried again every `poll` until `max_wait` has
+    /// passed. This is how a second machine picks up a deployment whose first machine died:
+    /// the lease of a crashed holder frees once it expires, plus the clock-skew margin.
+    pub async fn resume_waiting(
+        &self,
+        service: &str,
+        poll: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Deployment>> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let this = self.clone();
+            let svc = service.to_owned();
+            match blocking(move || this.resume(&svc)).await {
+                Err(e) if e.kind() == ErrorKind::Conflict && Instant::now() + poll < deadline => {
+                    tracing::info!(error = %e, "the service is held; waiting");
+                    tokio::time::sleep(poll).await;
+                }
+                other => return other,
+            }
+        }
     }
 }

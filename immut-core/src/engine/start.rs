@@ -1,4 +1,5 @@
-//! The first step: the lock, the checks made before any change, and the journal's `Begin`.
+//! The first step: the lock (a lease, on a state store), the checks made before any change,
+//! and the journal's `Begin`.
 
 use super::*;
 
@@ -9,10 +10,14 @@ impl Deployment {
         self.started_wall_ms = journal::now_ms();
         self.last_progress = started;
         self.validate_launches()?;
-        if let Some(journal) = self.inner.journal.clone() {
+        // A resumed deployment took its lock before it read the journal.
+        if self.lock.is_none()
+            && let Some(journal) = self.inner.journal.clone()
+        {
             let (service, id) = (self.release.service().to_owned(), self.id.clone());
             self.lock = Some(blocking(move || journal.lock(&service, &id)).await?);
         }
+        self.fence();
         if self.resumed {
             self.begun = true;
             return Ok(());

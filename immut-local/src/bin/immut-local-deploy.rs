@@ -39,6 +39,7 @@ OPTIONS
   --previous-version V      the release a rollback restores (same artifact, at version V)
   --rollback                an explicit rollback: it may go to an older version than the one serving
   --deployment-id ID        the deployment id (default: derived from the release and the time)
+  --state URL               where the journal and the lease live: a directory, or s3://bucket/prefix
                             (immut-core's s3 feature, AWS_* environment); default DIR/journal
   --progress-deadline SECS  the longest the engine waits without progress (default 20)
   --drain-timeout SECS      the balancer's drain timeout (default 10; must be below the progress deadline)
@@ -71,6 +72,7 @@ const VALUED: &[&str] = &[
     "strategy",
     "previous-version",
     "deployment-id",
+    "state",
     "progress-deadline",
     "drain-timeout",
     "kill-at-record",
@@ -207,6 +209,11 @@ fn spawn_crash(value: &str) -> Result<SpawnCrash, String> {
 }
 
 /// The journal's path for a service, as `FileJournal` names it.
+/// Where the state store keeps the journal records of each service.
+fn records_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal").join("journal")
+}
+
 fn journal_path(state_dir: &Path, service: &str) -> PathBuf {
     state_dir.join("journal").join(format!("{service}.journal.jsonl"))
 }
@@ -252,15 +259,19 @@ fn journal_problem(state_dir: &Path, service: &str) -> Option<String> {
 /// The services that have a journal in the state directory (one file per service, or one
 /// directory of records per service).
 fn journaled_services(state_dir: &Path) -> Vec<String> {
-    let mut services: Vec<String> = std::fs::read_dir(state_dir.join("journal"))
+    // The journal is numbered record objects per service on the state store
+    // (`journal/journal/<service>/`); an older one is a `<service>.journal.jsonl` file.
+    let mut services: Vec<String> = [records_dir(state_dir), state_dir.join("journal")]
         .into_iter()
-        .flatten()
-        .flatten()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             match name.strip_suffix(".journal.jsonl") {
                 Some(service) => Some(service.to_owned()),
-                None => entry.file_type().ok().filter(|t| t.is_dir()).map(|_| name),
+                None if entry.path().parent() == Some(records_dir(state_dir).as_path()) => {
+                    entry.file_type().ok().filter(|t| t.is_dir()).map(|_| name)
+                }
+                None => None,
             }
         })
         .collect();
@@ -327,7 +338,10 @@ async fn run(args: HashMap<String, String>) -> Result<Exit, Box<dyn std::error::
         }
         Ok(Release::new(service, &artifact, &BaselineSpec::new("sample", Version::new(1, 0, 0), spec))?)
     };
-    let journal = FileJournal::open(state_dir.join("journal"))?;
+    let journal = match args.get("state") {
+        Some(url) => FileJournal::new(immut_core::state::StateStore::open(url)?),
+        None => FileJournal::open(state_dir.join("journal"))?,
+    };
     let journal: Arc<dyn Journal> = match args.get("kill-at-record") {
         Some(n) => Arc::new(KillAtRecord { inner: journal, at: n.parse()?, seen: AtomicUsize::new(0) }),
         None => Arc::new(journal),
@@ -428,8 +442,8 @@ async fn status(provider: &LocalProvider, state_dir: &Path, repair: bool) -> Res
             let into = state_dir.join("quarantine");
             std::fs::create_dir_all(&into)?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-            // The journal is one file per service, or one directory of records per service.
-            for path in [journal_path(state_dir, service), state_dir.join("journal").join(&*service)] {
+            // The journal is one directory of records per service (an older one, one file).
+            for path in [journal_path(state_dir, service), records_dir(state_dir).join(&*service)] {
                 if path.exists() {
                     let name = path.file_name().expect("a journal path").to_string_lossy().into_owned();
                     let to = into.join(format!("journal__{name}.{now}"));
