@@ -1,44 +1,52 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Filter, Instance as Ec2Instance, InstanceStateName, SummaryStatus};
-use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use immut_core::model::{LabelCharset, Observed, label_keys};
 use immut_core::{
     Adopt, Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
-    Provenance, Provider, Query, Result, Traffic,
+    Provenance, Provider, Query, Result,
 };
 use sha2::{Digest, Sha256};
 
-use crate::client::{Clients, ID_CHUNK};
-use crate::config::AwsConfig;
+use crate::client::{CapacityMisses, Clients, ID_CHUNK, ImageInfo, RunSpec};
+use crate::config::{AwsConfig, LaunchOptions, UnmanagedScope};
+use crate::traffic::{AwsTraffic, drained};
 
-/// EC2 instances, launched a wave per RunInstances call and tagged with their provenance.
+/// How long a subnet that had no capacity for an instance type is tried last for that type.
+const CAPACITY_MEMORY: Duration = Duration::from_secs(600);
+
+/// EC2 instances, launched a wave per RunInstances call (one per subnet when a wave is spread
+/// across zones) and tagged with their provenance.
 #[derive(Debug, Clone)]
 pub struct AwsProvider {
-    clients: Arc<Clients>,
-    subnet: Option<String>,
+    pub(crate) clients: Arc<Clients>,
     default_type: String,
+    launch: LaunchOptions,
+    scope: Option<UnmanagedScope>,
     /// AMIs DescribeImages has confirmed, so a deployment checks each image once, not per wave.
-    known_images: Arc<std::sync::Mutex<HashSet<String>>>,
+    images: Arc<std::sync::Mutex<HashMap<String, ImageInfo>>>,
     /// Whether EC2 (or the emulator in its place) honours ClientToken.
     honours_token: bool,
     terminate_batch: usize,
     consistency_window: Duration,
+    capacity_misses: Arc<CapacityMisses>,
 }
 
 impl AwsProvider {
     pub(crate) fn new(clients: Arc<Clients>, config: &AwsConfig) -> Self {
         AwsProvider {
             clients,
-            subnet: config.subnet_id.clone(),
             default_type: config.default_instance_type.clone().unwrap_or_else(|| "t3.micro".to_owned()),
-            known_images: Arc::default(),
+            launch: config.launch.clone(),
+            scope: config.scope(),
+            images: Arc::default(),
             honours_token: config.honours_client_token.unwrap_or(true),
             terminate_batch: config.max_terminate_batch.unwrap_or(1000),
             consistency_window: config.consistency_window.unwrap_or(Duration::from_secs(30)),
+            capacity_misses: Arc::default(),
         }
     }
 
@@ -52,45 +60,43 @@ impl AwsProvider {
         self.clients.calls()
     }
 
-    /// The EC2 client, for setup the provider does not cover.
+    /// The EC2 client, for setup the provider does not cover. Calls made through it are not
+    /// paced or counted, and do not drop the provider's reused reads: their effect shows
+    /// within [`AwsConfig::read_ttl`].
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.clients.ec2
     }
 
-    /// The ELBv2 client, for setup the provider does not cover.
+    /// The ELBv2 client, for setup the provider does not cover (see [`AwsProvider::ec2`]).
     pub fn elb(&self) -> &aws_sdk_elasticloadbalancingv2::Client {
         &self.clients.elb
     }
 
     /// Traffic through one target group (rolling, canary): attach registers, detach deregisters
-    /// and waits until the targets have drained (at most `drain_timeout`).
-    pub fn target_group(&self, target_group_arn: impl Into<String>, drain_timeout: Duration) -> Result<AwsTraffic> {
+    /// and waits while the targets drain, at most the group's deregistration delay and never
+    /// longer than `max_drain`.
+    pub fn target_group(&self, target_group_arn: impl Into<String>, max_drain: Duration) -> Result<AwsTraffic> {
         let arn = target_group_arn.into();
         check_arn("target_group_arn", &arn)?;
-        Ok(AwsTraffic {
-            clients: self.clients.clone(),
-            mode: TrafficMode::TargetGroup { arn },
-            drain_timeout,
-            active: Arc::default(),
-        })
+        self.clients.track_group(&arn, max_drain);
+        Ok(AwsTraffic::target_group(self.clients.clone(), arn, max_drain))
     }
 
-    /// Blue/green traffic: two target groups behind one listener. A switch registers the new
-    /// instances in the idle group and points the listener at it with one ModifyListener, and
-    /// leaves the old instances registered in their group, so a rollback is one switch back.
+    /// Blue/green traffic: two target groups behind one listener whose default action is a
+    /// weighted forward to both, so ELB health-checks both, the idle one at weight 0. New
+    /// instances are staged (registered) in the idle group by the health check, proven by ELB
+    /// there, and a switch moves the weights; the old instances stay registered in their group
+    /// at weight 0 for a fast switch back, and are deregistered when they are terminated.
     ///
-    /// `drain_timeout` is the drain of a switch: the requests in flight to the old group's
-    /// targets finish on their own time, and ELBv2 reports no state for them while the targets
-    /// stay registered (they are kept for the switch back), so `switch` waits this long after
-    /// ModifyListener before it returns, as the [`Traffic::switch`] contract asks. Set it to the
-    /// old group's deregistration delay, or to your longest request. Detach deregisters, and
-    /// waits while the targets show `draining`, at most `drain_timeout`.
+    /// `max_drain` bounds every drain: after a switch the old group's requests in flight finish
+    /// on their own time and ELB shows no state for them (the targets stay registered), so the
+    /// switch waits the group's deregistration delay, read from the group, at most `max_drain`.
     pub fn listener_switch(
         &self,
         listener_arn: impl Into<String>,
         blue_target_group_arn: impl Into<String>,
         green_target_group_arn: impl Into<String>,
-        drain_timeout: Duration,
+        max_drain: Duration,
     ) -> Result<AwsTraffic> {
         let (listener, blue, green) =
             (listener_arn.into(), blue_target_group_arn.into(), green_target_group_arn.into());
@@ -103,12 +109,9 @@ impl AwsProvider {
                 "is the blue target group; give two different groups",
             ));
         }
-        Ok(AwsTraffic {
-            clients: self.clients.clone(),
-            mode: TrafficMode::ListenerSwitch { listener, groups: [blue, green] },
-            drain_timeout,
-            active: Arc::default(),
-        })
+        self.clients.track_group(&blue, max_drain);
+        self.clients.track_group(&green, max_drain);
+        Ok(AwsTraffic::listener(self.clients.clone(), listener, [blue, green], max_drain))
     }
 
     /// Health from EC2 instance status checks (instance and system status `ok`).
@@ -116,46 +119,150 @@ impl AwsProvider {
         Ec2StatusChecks { clients: self.clients.clone() }
     }
 
-    fn filters(query: &Query) -> Vec<Filter> {
-        let filter = |name: &str, values: Vec<String>| Filter::builder().name(name).set_values(Some(values)).build();
-        let mut filters = Vec::new();
-        // Without include_terminated, every instance that is not gone: lingering ones
-        // (shutting down, stopped) still exist and hold quota.
-        let states: &[&str] = if query.include_terminated {
-            &["pending", "running", "shutting-down", "stopping", "stopped", "terminated"]
-        } else {
-            &["pending", "running", "shutting-down", "stopping", "stopped"]
+    /// The AMI, checked with DescribeImages the first time.
+    async fn image(&self, ami: &str) -> Result<ImageInfo> {
+        if let Some(info) = self.images.lock().expect("poisoned").get(ami) {
+            return Ok(info.clone());
+        }
+        let Some(info) = self.clients.image(ami).await? else {
+            return Err(Error::invalid(
+                "artifact.image",
+                format!("AMI {ami} does not exist in this region (or is not shared with this account); check the id and the region"),
+            )
+            .with_provider("aws")
+            .with_operation("DescribeImages"));
         };
-        filters.push(filter("instance-state-name", states.iter().map(|s| (*s).to_owned()).collect()));
-        if let Some(ids) = &query.ids {
-            filters.push(filter("instance-id", ids.iter().map(|i| i.to_string()).collect()));
-        }
-        if !query.include_unmanaged {
-            let tags = [
-                (label_keys::SERVICE, query.service.clone()),
-                (label_keys::DEPLOYMENT, query.deployment.as_ref().map(|d| d.to_string())),
-                (label_keys::TOKEN, query.token.as_ref().map(|t| t.to_string())),
-                (label_keys::RELEASE, query.release.as_ref().map(|r| r.to_string())),
-            ];
-            for (key, value) in tags {
-                if let Some(value) = value {
-                    filters.push(filter(&format!("tag:{key}"), vec![value]));
-                }
-            }
-        }
-        filters
+        self.images.lock().expect("poisoned").insert(ami.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// The subnets a wave of `instance_type` is split over, and the ones held back as the last
+    /// resort: those that had no capacity for it lately. The order starts at a place derived
+    /// from the token, so waves spread their remainders and a retry splits the same way.
+    fn subnet_plan(&self, subnets: &[String], instance_type: &str, token: &str) -> (Vec<String>, Vec<String>) {
+        let n = subnets.len();
+        let start = Sha256::digest(token.as_bytes())[0] as usize % n;
+        let rotated: Vec<String> = (0..n).map(|i| subnets[(start + i) % n].clone()).collect();
+        let misses = self.capacity_misses.lock().expect("poisoned");
+        let missed = |s: &String| {
+            misses.get(&(s.clone(), instance_type.to_owned())).is_some_and(|at| at.elapsed() < CAPACITY_MEMORY)
+        };
+        let (held_back, split): (Vec<String>, Vec<String>) = rotated.into_iter().partition(missed);
+        if split.is_empty() { (held_back, Vec::new()) } else { (split, held_back) }
     }
 }
 
-/// DescribeInstances for `query`, every page, with a long id list sent in chunks of
-/// [`ID_CHUNK`] (EC2 takes at most 200 values per filter). Every path that describes by ids
-/// goes through here.
-async fn describe_raw(clients: &Clients, query: &Query) -> Result<Vec<Ec2Instance>> {
-    let Some(ids) = &query.ids else { return clients.describe_instances(AwsProvider::filters(query)).await };
+/// The filters for the managed instances a query asks for (states, ids, provenance tags).
+fn filters(query: &Query) -> Vec<Filter> {
+    let filter = |name: &str, values: Vec<String>| Filter::builder().name(name).set_values(Some(values)).build();
+    let mut filters = vec![state_filter(query.include_terminated)];
+    if let Some(ids) = &query.ids {
+        filters.push(filter("instance-id", ids.iter().map(|i| i.to_string()).collect()));
+    }
+    if !query.include_unmanaged {
+        let tags = [
+            (label_keys::SERVICE, query.service.clone()),
+            (label_keys::DEPLOYMENT, query.deployment.as_ref().map(|d| d.to_string())),
+            (label_keys::TOKEN, query.token.as_ref().map(|t| t.to_string())),
+            (label_keys::RELEASE, query.release.as_ref().map(|r| r.to_string())),
+        ];
+        let mut any = false;
+        for (key, value) in tags {
+            if let Some(value) = value {
+                filters.push(filter(&format!("tag:{key}"), vec![value]));
+                any = true;
+            }
+        }
+        // No provenance filter and no ids: every managed instance, never every instance.
+        if !any && query.ids.is_none() {
+            filters.push(filter("tag-key", vec![label_keys::SERVICE.to_owned()]));
+        }
+    }
+    filters
+}
+
+/// Without include_terminated, every instance that is not gone: lingering ones (shutting down,
+/// stopped) still exist and hold quota.
+fn state_filter(include_terminated: bool) -> Filter {
+    let states: &[&str] = if include_terminated {
+        &["pending", "running", "shutting-down", "stopping", "stopped", "terminated"]
+    } else {
+        &["pending", "running", "shutting-down", "stopping", "stopped"]
+    };
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(states.iter().map(|s| (*s).to_owned()).collect()))
+        .build()
+}
+
+/// The filters that bound where unmanaged instances are looked for (subnets in chunks of 200).
+fn scope_filters(scope: &UnmanagedScope, include_terminated: bool) -> Vec<Vec<Filter>> {
+    let filter = |name: &str, values: Vec<String>| Filter::builder().name(name).set_values(Some(values)).build();
+    let with_state = |f: Filter| vec![state_filter(include_terminated), f];
+    match scope {
+        UnmanagedScope::Vpc(vpc) => vec![with_state(filter("vpc-id", vec![vpc.clone()]))],
+        UnmanagedScope::Subnets(subnets) => {
+            subnets.chunks(ID_CHUNK).map(|c| with_state(filter("subnet-id", c.to_vec()))).collect()
+        }
+        UnmanagedScope::TagKey(key) => vec![with_state(filter("tag-key", vec![key.clone()]))],
+    }
+}
+
+/// DescribeInstances for `query`: a reusable answer if there is one, else every page, with a
+/// long id list sent in chunks of [`ID_CHUNK`] (EC2 takes at most 200 values per filter), and
+/// unmanaged instances looked for only within `scope`. Every describe goes through here.
+pub(crate) async fn describe_raw(
+    clients: &Clients,
+    query: &Query,
+    scope: Option<&UnmanagedScope>,
+) -> Result<Vec<Ec2Instance>> {
+    let key = serde_json::to_string(query).expect("a query serializes");
+    if let Some(kept) = clients.reads.instances(&key) {
+        return Ok(kept);
+    }
+    let generation = clients.reads.ec2_generation();
+    let asked = tokio::time::Instant::now();
     let mut found = Vec::new();
-    for chunk in ids.chunks(ID_CHUNK) {
-        let part = Query { ids: Some(chunk.to_vec()), ..query.clone() };
-        found.extend(clients.describe_instances(AwsProvider::filters(&part)).await?);
+    match &query.ids {
+        Some(ids) => {
+            for chunk in ids.chunks(ID_CHUNK) {
+                let part = Query { ids: Some(chunk.to_vec()), ..query.clone() };
+                found.extend(clients.describe_instances(filters(&part)).await?);
+            }
+        }
+        None if query.include_unmanaged => {
+            let Some(scope) = scope else {
+                return Err(Error::invalid(
+                    "unmanaged_scope",
+                    "is not set, and the provider launches into no configured subnets: set the VPC, the subnets or a tag key that bounds where instances launched outside immut are looked for (immut never lists a whole region)",
+                )
+                .with_provider("aws"));
+            };
+            let managed = Query { include_unmanaged: false, ..query.clone() };
+            found.extend(clients.describe_instances(filters(&managed)).await?);
+            let mut seen: HashSet<String> = found.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+            for f in scope_filters(scope, query.include_terminated) {
+                for i in clients.describe_instances(f).await? {
+                    if i.instance_id().is_some_and(|id| seen.insert(id.to_owned())) {
+                        found.push(i);
+                    }
+                }
+            }
+        }
+        None => found.extend(clients.describe_instances(filters(query)).await?),
+    }
+    clients.reads.keep_instances(key, generation, asked, found.clone());
+    Ok(found)
+}
+
+/// These instances as EC2 knows them (gone ones included), from a reusable answer where one
+/// shows them, else by one describe of the rest.
+pub(crate) async fn lookup(clients: &Clients, ids: &[String]) -> Result<Vec<Instance>> {
+    let (hits, missing) = clients.reads.find_instances(ids);
+    let mut found: Vec<Instance> = hits.iter().map(to_instance).collect();
+    if !missing.is_empty() {
+        let query = Query::ids(missing.into_iter().map(InstanceId::new)).with_unmanaged().with_terminated();
+        found.extend(describe_raw(clients, &query, None).await?.iter().map(to_instance));
     }
     Ok(found)
 }
@@ -168,11 +275,20 @@ fn check_arn(field: &str, arn: &str) -> Result<()> {
     }
 }
 
-/// The EC2 idempotency key: at most 64 characters, and distinct per count, because EC2 refuses
-/// the same token with different parameters (a shortfall launch after adoption).
-fn client_token(token: &str, count: usize) -> String {
-    let raw = format!("{token}/{count}");
+/// The EC2 idempotency key of one RunInstances: at most 64 characters, and distinct per
+/// attempt size, subnet and share, because EC2 refuses (or answers with the first call's
+/// instances) the same token with other parameters, as a shortfall launch after adoption has.
+fn client_token(token: &str, total: usize, subnet: Option<&str>, count: usize) -> String {
+    let raw = match subnet {
+        Some(s) => format!("{token}/{total}/{s}/{count}"),
+        None => format!("{token}/{count}"),
+    };
     if raw.len() <= 64 { raw } else { Sha256::digest(raw.as_bytes()).iter().map(|b| format!("{b:02x}")).collect() }
+}
+
+/// `count` split over `n` subnets as evenly as possible, the first ones taking the remainder.
+fn shares(count: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|i| count / n + usize::from(i < count % n)).filter(|&s| s > 0).collect()
 }
 
 pub(crate) fn to_instance(i: &Ec2Instance) -> Instance {
@@ -220,40 +336,98 @@ impl Provider for AwsProvider {
         }
     }
 
+    /// Launches the wave: the launch options (the configured ones, overridden by the
+    /// baseline's params) are checked before any call; the AMI is checked once; the wave is
+    /// split evenly over the subnets, and a subnet whose zone has no capacity passes its share
+    /// to the next one. Fails with `QuotaExceeded` only when no subnet has capacity.
     async fn launch(&self, request: &LaunchRequest) -> Result<Vec<Instance>> {
         request.validate(&self.capabilities())?;
         let release = &request.release;
-        let ami = &release.artifact().image;
-        let known = self.known_images.lock().expect("poisoned").contains(ami);
-        if !known && !self.clients.image_exists(ami).await? {
-            return Err(Error::invalid(
-                "artifact.image",
-                format!("AMI {ami} does not exist in this region (or is not shared with this account); check the id and the region"),
-            )
-            .with_provider("aws")
-            .with_operation("DescribeImages"));
-        }
-        self.known_images.lock().expect("poisoned").insert(ami.clone());
         let spec = &release.baseline().spec;
-        let instance_type = spec.machine_type.as_deref().unwrap_or(&self.default_type);
-        let subnet = spec.network.as_deref().or(self.subnet.as_deref());
-        let launched = self
-            .clients
-            .run_instances(
-                ami,
-                instance_type,
-                request.count,
-                subnet,
-                spec.user_data.as_deref(),
-                &client_token(request.token.as_str(), request.count),
-                &request.labels(LabelCharset::Any),
-            )
-            .await?;
-        Ok(launched.iter().map(to_instance).collect())
+        let mut options = self.launch.with_params(&spec.params)?;
+        if !spec.params.contains_key("subnets")
+            && let Some(network) = &spec.network
+        {
+            options.subnets = network.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            options.validate("baseline.network")?;
+        }
+        let ami = &release.artifact().image;
+        let image = self.image(ami).await?;
+        // A launch template keeps its own instance type unless the baseline names one.
+        let instance_type =
+            spec.machine_type.clone().or_else(|| options.launch_template.is_none().then(|| self.default_type.clone()));
+        let type_key = instance_type.clone().unwrap_or_else(|| "(template)".to_owned());
+        let labels = request.labels(LabelCharset::Any);
+        let token = request.token.as_str();
+        let run = |subnet: Option<String>, count: usize| {
+            let (options, labels, image, instance_type) = (&options, &labels, &image, &instance_type);
+            async move {
+                let client_token = client_token(token, request.count, subnet.as_deref(), count);
+                self.clients
+                    .run_instances(&RunSpec {
+                        ami,
+                        instance_type: instance_type.as_deref(),
+                        count,
+                        subnet: subnet.as_deref(),
+                        user_data: spec.user_data.as_deref(),
+                        client_token: &client_token,
+                        labels,
+                        options,
+                        root_device: image.root_device.as_deref(),
+                    })
+                    .await
+            }
+        };
+        if options.subnets.is_empty() {
+            let launched = run(None, request.count).await.map_err(|f| f.error)?;
+            return Ok(launched.iter().map(to_instance).collect());
+        }
+        let (split, held_back) = self.subnet_plan(&options.subnets, &type_key, token);
+        let mut plan: Vec<(String, usize)> = split.iter().cloned().zip(shares(request.count, split.len())).collect();
+        let order: Vec<String> = split.into_iter().chain(held_back).collect();
+        let mut launched = Vec::new();
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut next = 0;
+        while next < plan.len() {
+            let (subnet, count) = plan[next].clone();
+            match run(Some(subnet.clone()), count).await {
+                Ok(instances) => launched.extend(instances.iter().map(to_instance)),
+                Err(f) if f.zonal => {
+                    tracing::warn!(subnet, error = %f.error, "no capacity in this subnet; trying the next one");
+                    self.capacity_misses
+                        .lock()
+                        .expect("poisoned")
+                        .insert((subnet.clone(), type_key.clone()), tokio::time::Instant::now());
+                    failed.push((subnet.clone(), f.error.message().to_owned()));
+                    let tried: HashSet<&String> = failed.iter().map(|(s, _)| s).collect();
+                    let Some(to) = order.iter().find(|s| !tried.contains(s)).cloned() else {
+                        let detail: Vec<String> = failed.iter().map(|(s, m)| format!("{s}: {m}")).collect();
+                        return Err(Error::new(
+                            ErrorKind::QuotaExceeded,
+                            format!(
+                                "no capacity for {count} more instances in any subnet ({}); {} were launched before",
+                                detail.join("; "),
+                                launched.len()
+                            ),
+                        )
+                        .with_provider("aws")
+                        .with_operation("RunInstances"));
+                    };
+                    // The share moves to the next subnet, joining what is still planned there.
+                    match plan[next + 1..].iter_mut().find(|(s, _)| *s == to) {
+                        Some(entry) => entry.1 += count,
+                        None => plan.push((to, count)),
+                    }
+                }
+                Err(f) => return Err(f.error),
+            }
+            next += 1;
+        }
+        Ok(launched)
     }
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
-        let found = describe_raw(&self.clients, query).await?;
+        let found = describe_raw(&self.clients, query, self.scope.as_ref()).await?;
         Ok(found.iter().map(to_instance).filter(|i| query.matches(i)).collect())
     }
 
@@ -261,17 +435,39 @@ impl Provider for AwsProvider {
         self.clients.paced()
     }
 
+    /// EC2 promises nothing, so `None`. The engine asks right before it waits, and the provider
+    /// drops its reused reads there, so the step after a wait sees EC2 and ELB afresh.
+    fn next_change(&self) -> Option<tokio::time::Instant> {
+        self.clients.reads.before_wait();
+        None
+    }
+
+    /// Takes the instances out of this provider's target groups first (waiting while they
+    /// drain, at most each group's deregistration delay), then terminates them in batches.
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         // TerminateInstances fails whole on one unknown id, so only ids EC2 knows are sent;
         // the others are already gone (terminate is idempotent).
-        let known = self.describe(&Query::ids(ids.iter().cloned()).with_terminated()).await?;
-        let live: Vec<String> =
-            known.iter().filter(|i| i.state != InstanceState::Terminated).map(|i| i.id.to_string()).collect();
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let live: Vec<String> = lookup(&self.clients, &ids)
+            .await?
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .map(|i| i.id.to_string())
+            .collect();
         if live.is_empty() {
             return Ok(());
+        }
+        for (group, max_drain) in self.clients.groups() {
+            let members: HashSet<String> =
+                self.clients.targets(&group, true).await?.into_iter().filter(|t| t.is_member()).map(|t| t.id).collect();
+            let registered: Vec<String> = live.iter().filter(|id| members.contains(*id)).cloned().collect();
+            if !registered.is_empty() {
+                self.clients.deregister(&group, &registered).await?;
+                drained(&self.clients, &group, &registered, max_drain).await?;
+            }
         }
         for batch in live.chunks(self.terminate_batch) {
             match self.clients.terminate(batch).await {
@@ -319,191 +515,15 @@ impl Adopt for AwsProvider {
         }
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         self.clients.create_tags(&ids, &provenance.signed_labels(LabelCharset::Any, signature)).await?;
-        // Described again, so the answer shows the tags as EC2 stores them.
+        // Described again (CreateTags dropped the reused answers), so the answer shows the tags
+        // as EC2 stores them.
         self.describe(&query).await
     }
 }
 
-/// Which ELBv2 resources carry the traffic.
-#[derive(Debug, Clone)]
-pub(crate) enum TrafficMode {
-    TargetGroup { arn: String },
-    ListenerSwitch { listener: String, groups: [String; 2] },
-}
-
-/// ELBv2 traffic: a target group, or two behind a listener for blue/green.
-#[derive(Debug, Clone)]
-pub struct AwsTraffic {
-    clients: Arc<Clients>,
-    mode: TrafficMode,
-    drain_timeout: Duration,
-    /// The group the listener forwards to, as last read or switched.
-    active: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-fn receives_traffic(state: &TargetHealthStateEnum) -> bool {
-    !matches!(
-        state,
-        TargetHealthStateEnum::Draining | TargetHealthStateEnum::Unused | TargetHealthStateEnum::Unavailable
-    )
-}
-
-impl AwsTraffic {
-    /// The group traffic goes to. `serving` (once per engine step) and `switch` read the
-    /// listener; the other calls of the step use what they read.
-    async fn active_group(&self, fresh: bool) -> Result<String> {
-        match &self.mode {
-            TrafficMode::TargetGroup { arn } => Ok(arn.clone()),
-            TrafficMode::ListenerSwitch { listener, .. } => {
-                if !fresh && let Some(cached) = self.active.lock().expect("poisoned").clone() {
-                    return Ok(cached);
-                }
-                let group = self.clients.listener_target(listener).await?;
-                *self.active.lock().expect("poisoned") = Some(group.clone());
-                Ok(group)
-            }
-        }
-    }
-
-    /// Checks that the instances exist and are live, as ELBv2 requires of targets.
-    async fn live_ids(&self, instances: &[Instance]) -> Result<Vec<String>> {
-        let ids: Vec<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
-        let live: HashSet<String> = describe_raw(&self.clients, &Query::ids(ids.clone()).with_unmanaged())
-            .await?
-            .iter()
-            .map(to_instance)
-            .filter(|i| i.state.is_live())
-            .map(|i| i.id.to_string())
-            .collect();
-        let unknown: Vec<InstanceId> = ids.iter().filter(|id| !live.contains(id.as_str())).cloned().collect();
-        if !unknown.is_empty() {
-            return Err(Error::new(ErrorKind::NotFound, "cannot register instances that do not exist or are not live")
-                .with_provider("aws")
-                .with_operation("RegisterTargets")
-                .with_ids(unknown));
-        }
-        Ok(ids.iter().map(|i| i.to_string()).collect())
-    }
-
-    /// Waits until none of `ids` is draining in `group`, at most the drain timeout.
-    async fn drained(&self, group: &str, ids: &[String]) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        loop {
-            let draining = self
-                .clients
-                .target_health(group)
-                .await?
-                .iter()
-                .any(|(id, state)| *state == TargetHealthStateEnum::Draining && ids.contains(id));
-            if !draining || tokio::time::Instant::now() >= deadline {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    async fn deregister(&self, group: &str, ids: &[String]) -> Result<()> {
-        let registered: HashSet<String> =
-            self.clients.target_health(group).await?.into_iter().map(|(id, _)| id).collect();
-        let present: Vec<String> = ids.iter().filter(|id| registered.contains(*id)).cloned().collect();
-        if present.is_empty() {
-            return Ok(());
-        }
-        self.clients.deregister(group, &present).await?;
-        self.drained(group, &present).await
-    }
-}
-
-#[async_trait]
-impl Traffic for AwsTraffic {
-    async fn serving(&self) -> Result<Vec<InstanceId>> {
-        let group = self.active_group(true).await?;
-        let targets = self.clients.target_health(&group).await?;
-        Ok(targets.into_iter().filter(|(_, s)| receives_traffic(s)).map(|(id, _)| InstanceId::new(id)).collect())
-    }
-
-    async fn attach(&self, instances: &[Instance]) -> Result<()> {
-        if instances.is_empty() {
-            return Ok(());
-        }
-        let ids = self.live_ids(instances).await?;
-        let group = self.active_group(false).await?;
-        self.clients.register(&group, &ids).await
-    }
-
-    async fn detach(&self, ids: &[InstanceId]) -> Result<()> {
-        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        match &self.mode {
-            TrafficMode::TargetGroup { arn } => self.deregister(arn, &ids).await,
-            TrafficMode::ListenerSwitch { groups, .. } => {
-                for group in groups {
-                    self.deregister(group, &ids).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// In a target group: attach, then detach (which waits out the drain). Behind a listener:
-    /// register the new instances in the idle group, drop whatever else still serves there,
-    /// point the listener at it, then wait the drain time before returning (see
-    /// [`AwsProvider::listener_switch`]). The old group keeps its targets, so the switch back is
-    /// one ModifyListener too. The same switch again changes nothing and returns after the
-    /// same drain, since the first call may have been cut short before its wait.
-    async fn switch(&self, attach: &[Instance], detach: &[InstanceId]) -> Result<()> {
-        let TrafficMode::ListenerSwitch { listener, groups } = &self.mode else {
-            self.attach(attach).await?;
-            return self.detach(detach).await;
-        };
-        if detach.is_empty() {
-            // Nothing to move away from (a first deployment): serve from the active group.
-            return self.attach(attach).await;
-        }
-        let active = self.active_group(true).await?;
-        let idle = groups.iter().find(|g| **g != active).unwrap_or(&groups[0]).clone();
-        let ids = self.live_ids(attach).await?;
-        let detach: Vec<String> = detach.iter().map(|i| i.to_string()).collect();
-        let serving = |targets: &[(String, TargetHealthStateEnum)]| -> HashSet<String> {
-            targets.iter().filter(|(_, s)| receives_traffic(s)).map(|(id, _)| id.clone()).collect()
-        };
-        let on_active = serving(&self.clients.target_health(&active).await?);
-        let switched = ids.iter().all(|id| on_active.contains(id)) && !detach.iter().any(|id| on_active.contains(id));
-        // The group the listener does not forward to once this call is done.
-        let left = if switched {
-            // Already switched (a retry after a lost answer, or the same switch twice).
-            idle
-        } else {
-            let on_idle = serving(&self.clients.target_health(&idle).await?);
-            // Whatever else sits in the idle group (instances of an older release) must not
-            // receive traffic after the switch; it gets none before it, so no drain is due.
-            let wanted: HashSet<&String> = ids.iter().collect();
-            let stale: Vec<String> = on_idle.iter().filter(|id| !wanted.contains(id)).cloned().collect();
-            if !stale.is_empty() {
-                self.clients.deregister(&idle, &stale).await?;
-            }
-            // A switch back finds the old instances still registered (keep-old): nothing to add.
-            let missing: Vec<String> = ids.iter().filter(|id| !on_idle.contains(*id)).cloned().collect();
-            if !missing.is_empty() {
-                self.clients.register(&idle, &missing).await?;
-            }
-            self.clients.forward(listener, &idle).await?;
-            *self.active.lock().expect("poisoned") = Some(idle);
-            active
-        };
-        // The detached instances stay registered in the group the listener left, for the switch
-        // back; their requests in flight drain on their own time, which ELBv2 cannot show.
-        let left_serving = serving(&self.clients.target_health(&left).await?);
-        if detach.iter().any(|id| left_serving.contains(id)) {
-            tokio::time::sleep(self.drain_timeout).await;
-        }
-        Ok(())
-    }
-}
-
-/// Health from EC2's instance and system status checks.
+/// Health from EC2's instance and system status checks. An instance that is not running is
+/// unknown without a call; one that passed recently is not asked again (see
+/// [`AwsConfig::status_check_ttl`]).
 #[derive(Debug, Clone)]
 pub struct Ec2StatusChecks {
     clients: Arc<Clients>,
@@ -516,55 +536,50 @@ impl HealthCheck for Ec2StatusChecks {
     }
 
     async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
-        if instances.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = instances.iter().map(|i| i.id.to_string()).collect();
+        let reads = &self.clients.reads;
+        let ask: Vec<String> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Running && !reads.status_ok(i.id.as_str()))
+            .map(|i| i.id.to_string())
+            .collect();
         // A failed read says nothing about the instances: the error goes to the engine, which
         // retries it like every other call (the one retry layer).
-        let statuses = self.clients.instance_status(&ids).await?;
-        Ok(instances
-            .iter()
-            .map(|i| {
-                let Some(s) = statuses.iter().find(|s| s.instance_id() == Some(i.id.as_str())) else {
-                    return Health::Unknown;
-                };
-                if s.instance_state().and_then(|st| st.name()) != Some(&InstanceStateName::Running) {
-                    return Health::Unknown;
-                }
-                let instance = s.instance_status().and_then(|x| x.status());
-                let system = s.system_status().and_then(|x| x.status());
-                match (instance, system) {
+        let statuses = if ask.is_empty() { Vec::new() } else { self.clients.instance_status(&ask).await? };
+        let mut verdicts: HashMap<&str, Health> = HashMap::new();
+        for s in &statuses {
+            let Some(id) = s.instance_id() else { continue };
+            let verdict = if s.instance_state().and_then(|st| st.name()) != Some(&InstanceStateName::Running) {
+                Health::Unknown
+            } else {
+                match (s.instance_status().and_then(|x| x.status()), s.system_status().and_then(|x| x.status())) {
                     (Some(SummaryStatus::Ok), Some(SummaryStatus::Ok)) => Health::Healthy,
                     (Some(SummaryStatus::Impaired), _) | (_, Some(SummaryStatus::Impaired)) => {
-                        Health::Unhealthy("status checks impaired".to_owned())
+                        Health::Unhealthy("EC2 status checks impaired".to_owned())
                     }
                     _ => Health::Unknown,
                 }
-            })
-            .collect())
-    }
-}
-
-/// Health from an ELBv2 target group: a registered target is judged by its target health; an
-/// instance not registered yet passes, so that this check composes with pre-attach checks.
-#[async_trait]
-impl HealthCheck for AwsTraffic {
-    async fn check(&self, instance: &Instance) -> Result<Health> {
-        Ok(self.check_many(std::slice::from_ref(instance)).await?.pop().unwrap_or(Health::Unknown))
-    }
-
-    /// A failed target-health read is an error for the engine to retry, never a verdict on
-    /// the targets: one throttled call must not fail a bake.
-    async fn check_many(&self, instances: &[Instance]) -> Result<Vec<Health>> {
-        let group = self.active_group(false).await?;
-        let targets = self.clients.target_health(&group).await?;
+            };
+            verdicts.insert(id, verdict);
+        }
+        reads.passed_status(verdicts.iter().filter(|(_, v)| v.is_healthy()).map(|(id, _)| (*id).to_owned()));
+        let failed: Vec<String> = verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Health::Unhealthy(_)))
+            .map(|(id, _)| (*id).to_owned())
+            .collect();
+        reads.forget_status(&failed);
         Ok(instances
             .iter()
-            .map(|i| match targets.iter().find(|(id, _)| id == i.id.as_str()).map(|(_, s)| s) {
-                None | Some(TargetHealthStateEnum::Healthy) => Health::Healthy,
-                Some(TargetHealthStateEnum::Initial) => Health::Unknown,
-                Some(other) => Health::Unhealthy(format!("target is {}", other.as_str())),
+            .map(|i| {
+                if i.state != InstanceState::Running {
+                    Health::Unknown
+                } else if let Some(v) = verdicts.get(i.id.as_str()) {
+                    v.clone()
+                } else if reads.status_ok(i.id.as_str()) {
+                    Health::Healthy
+                } else {
+                    Health::Unknown
+                }
             })
             .collect())
     }
@@ -575,10 +590,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_tokens_fit_ec2_and_differ_per_count() {
-        assert_eq!(client_token("d1-w1-0", 3), "d1-w1-0/3");
+    fn client_tokens_fit_ec2_and_differ_per_attempt_subnet_and_share() {
+        assert_eq!(client_token("d1-w1-0", 3, None, 3), "d1-w1-0/3");
         let long = "d".repeat(80);
-        assert_eq!(client_token(&long, 3).len(), 64);
-        assert_ne!(client_token(&long, 3), client_token(&long, 2));
+        assert_eq!(client_token(&long, 3, None, 3).len(), 64);
+        assert_ne!(client_token(&long, 3, None, 3), client_token(&long, 2, None, 2));
+        let a = client_token("d1-w1-0", 10, Some("subnet-a"), 5);
+        assert_ne!(a, client_token("d1-w1-0", 10, Some("subnet-b"), 5));
+        assert_ne!(a, client_token("d1-w1-0", 5, Some("subnet-a"), 5), "a shortfall launch is another call");
+        assert!(client_token(&long, 10, Some("subnet-0123456789abcdef0"), 5).len() <= 64);
+    }
+
+    #[test]
+    fn a_wave_splits_evenly_over_subnets() {
+        assert_eq!(shares(10, 3), vec![4, 3, 3]);
+        assert_eq!(shares(2, 3), vec![1, 1]);
+        assert_eq!(shares(6, 1), vec![6]);
+    }
+
+    #[test]
+    fn a_query_for_every_instance_asks_only_for_managed_ones() {
+        let names =
+            |q: &Query| -> Vec<String> { filters(q).iter().filter_map(|f| f.name().map(str::to_owned)).collect() };
+        assert!(names(&Query::default()).contains(&"tag-key".to_owned()), "never the whole region");
+        assert!(!names(&Query::service("web")).contains(&"tag-key".to_owned()));
+        assert!(!names(&Query::ids([InstanceId::new("i-1")])).contains(&"tag-key".to_owned()), "ids bound it");
+        let scoped = scope_filters(&UnmanagedScope::Subnets((0..250).map(|i| format!("subnet-{i}")).collect()), false);
+        assert_eq!(scoped.len(), 2, "subnet lists are chunked to 200 values");
     }
 }

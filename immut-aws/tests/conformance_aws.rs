@@ -1,14 +1,14 @@
 //! The immut-core conformance suite on EC2 + ELBv2, against a real moto server, with both kinds
 //! of traffic: one target group (rolling, canary) and two behind a listener (blue/green). The
 //! calls go through the fault proxy, which injects nothing here but refuses, as EC2 does, a
-//! filter of more than 200 values.
+//! filter of more than 200 values. Unmanaged instances are looked for in the default VPC only.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use immut_aws::{AwsTraffic, stack};
+use immut_aws::{AwsTraffic, UnmanagedScope, stack};
 use immut_core::conformance::{Harness, hand_launch};
 use immut_core::semver::Version;
 use immut_core::{AllOf, BaselineSpec, Error, ErrorKind, FnCheck, Health, Instance, InstanceId, Release};
@@ -26,7 +26,14 @@ enum Mode {
 async fn harness(mode: Mode) -> Harness {
     let turn = support::turn().await;
     let proxy = support::FaultProxy::start(&turn.endpoint).await;
-    let provider = support::builder(&proxy.endpoint).max_terminate_batch(TERMINATE_BATCH).build().await.unwrap();
+    let setup = support::builder(&proxy.endpoint).build().await.unwrap();
+    let (vpc, _) = support::default_vpc(&setup).await;
+    let provider = support::builder(&proxy.endpoint)
+        .max_terminate_batch(TERMINATE_BATCH)
+        .unmanaged_scope(UnmanagedScope::Vpc(vpc))
+        .build()
+        .await
+        .unwrap();
     let stack = stack::create(&provider, "conformance").await.unwrap();
     let traffic: AwsTraffic = match mode {
         Mode::TargetGroup => provider.target_group(&stack.blue_target_group_arn, Duration::from_secs(10)).unwrap(),

@@ -1,8 +1,19 @@
-//! End-to-end deployments of 6 EC2 instances through the Deployer, against moto: blue/green
+//! End-to-end deployments of EC2 instances through the Deployer, against moto: blue/green
 //! with a listener switch, rolling through a target group, rollbacks, throttling and 5xx
 //! through a fault-injecting proxy, and a lost launch response that must not duplicate.
+//! The modules test what moto alone cannot show: ELB's health checks (`alb`: targets that
+//! stay `initial`, a lost ModifyListener answer, canary weights), launch options, zones
+//! without capacity, timeouts and credentials (`launch`), and fleets of 500 and the scope of
+//! unmanaged instances (`fleet`).
 
 mod support;
+
+#[path = "deployments_aws/alb.rs"]
+mod alb;
+#[path = "deployments_aws/fleet.rs"]
+mod fleet;
+#[path = "deployments_aws/launch.rs"]
+mod launch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +21,8 @@ use std::time::Duration;
 use immut_aws::{AwsProvider, AwsTraffic, stack};
 use immut_core::engine::{Event, RetryPolicy};
 use immut_core::{
-    AllOf, BlueGreen, Count, Deployer, DeployerBuilder, FnCheck, Health, Instance, Phase, Provider, Query, Release,
-    Rolling, Traffic,
+    AllOf, BlueGreen, Count, Deployer, DeployerBuilder, FnCheck, Health, Instance, InstanceId, Phase, Provider, Query,
+    Release, Rolling, Traffic,
 };
 use support::{AMI, AMI_2, FaultPlan, FaultProxy};
 
@@ -57,6 +68,19 @@ async fn live(provider: &AwsProvider, release: &Release) -> usize {
     provider.describe(&Query::service("web").with_release(release.id().clone())).await.unwrap().len()
 }
 
+/// The group the listener sends every request to (weight above 0, the other at 0).
+async fn serving_group(traffic: &AwsTraffic) -> String {
+    let forwarding = traffic.forwarding().await.unwrap();
+    let serving: Vec<&(String, i32)> = forwarding.iter().filter(|(_, w)| *w > 0).collect();
+    assert_eq!(serving.len(), 1, "exactly one group takes traffic: {forwarding:?}");
+    assert_eq!(forwarding.len(), 2, "both groups stay in the forward, so ELB probes both: {forwarding:?}");
+    serving[0].0.clone()
+}
+
+fn modify_listener(provider: &AwsProvider) -> u64 {
+    provider.calls().get("ModifyListener").copied().unwrap_or(0)
+}
+
 async fn serving_release(provider: &AwsProvider, traffic: &AwsTraffic, release: &Release) -> bool {
     let serving = traffic.serving().await.unwrap();
     let instances = provider.describe(&Query::ids(serving.clone())).await.unwrap();
@@ -70,15 +94,19 @@ async fn blue_green_switches_the_listener_and_a_rollback_switches_back() {
     let d = deployer(&provider, &traffic, BlueGreen::new()).build().unwrap();
     assert!(d.deploy(v1.clone()).run().await.succeeded());
     assert!(serving_release(&provider, &traffic, &v1).await);
+    let first = serving_group(&traffic).await;
 
+    let switches = modify_listener(&provider);
     let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
-    assert_eq!(provider.calls()["ModifyListener"], 1, "one listener switch");
+    assert_eq!(modify_listener(&provider) - switches, 1, "one listener switch");
     assert!(serving_release(&provider, &traffic, &v2).await);
-    let listener = provider.elb().describe_listeners().listener_arns(&stack.listener_arn).send().await.unwrap();
-    let forward = listener.listeners()[0].default_actions()[0].target_group_arn().unwrap().to_owned();
-    assert_eq!(forward, stack.green_target_group_arn, "traffic now goes to green");
-    assert_eq!(live(&provider, &v1).await, 0, "blue terminated after the switch");
+    let second = serving_group(&traffic).await;
+    assert_ne!(first, second, "traffic moved to the other group");
+    assert!([&stack.blue_target_group_arn, &stack.green_target_group_arn].contains(&&second));
+    assert_eq!(live(&provider, &v1).await, 0, "the old colour terminated after the switch");
+    let old_targets = provider.elb().describe_target_health().target_group_arn(&first).send().await.unwrap();
+    assert!(old_targets.target_health_descriptions().is_empty(), "the old targets were deregistered");
 
     // A release whose instances never pass health: launched into the idle group, never
     // switched to; the rollback terminates them and the listener never moves.
@@ -97,11 +125,13 @@ async fn blue_green_switches_the_listener_and_a_rollback_switches_back() {
         .progress_deadline(Duration::from_secs(3))
         .build()
         .unwrap();
+    let switches = modify_listener(&provider);
     let outcome = failing.deploy(v3.clone()).with_previous(v2.clone()).run().await;
     assert!(matches!(outcome.phase, Phase::RolledBack { .. }), "{}", outcome.summary());
     assert!(serving_release(&provider, &traffic, &v2).await, "v2 kept its traffic");
     assert_eq!(live(&provider, &v3).await, 0, "no orphan of v3");
-    assert_eq!(provider.calls()["ModifyListener"], 1, "the listener never moved");
+    assert_eq!(modify_listener(&provider), switches, "the listener never moved");
+    assert_eq!(serving_group(&traffic).await, second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +141,7 @@ async fn blue_green_rolls_back_by_switching_back_when_the_bake_fails() {
     assert!(
         deployer(&provider, &traffic, BlueGreen::new()).build().unwrap().deploy(v1.clone()).run().await.succeeded()
     );
+    let (blue, switches) = (serving_group(&traffic).await, modify_listener(&provider));
     // v2 looks healthy until it takes traffic, then fails during the bake.
     let switched = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = switched.clone();
@@ -136,8 +167,9 @@ async fn blue_green_rolls_back_by_switching_back_when_the_bake_fails() {
         })
         .await;
     assert!(matches!(outcome.phase, Phase::RolledBack { .. }), "{}", outcome.summary());
-    assert_eq!(provider.calls()["ModifyListener"], 2, "one switch forward, one switch back");
+    assert_eq!(modify_listener(&provider) - switches, 2, "one switch forward, one switch back");
     assert!(serving_release(&provider, &traffic, &v1).await, "blue serves again");
+    assert_eq!(serving_group(&traffic).await, blue);
     assert_eq!(live(&provider, &v2).await, 0, "green terminated");
 }
 
@@ -429,6 +461,7 @@ async fn a_listener_switch_returns_only_after_the_drain() {
     traffic.switch(&green, &ids(&blue)).await.unwrap();
     assert!(started.elapsed() >= DRAIN, "a repeated switch may follow a cut-short one: it drains too");
     assert_eq!(provider.calls()["ModifyListener"], 1, "the repeated switch did not move the listener");
+    assert_eq!(serving_group(&traffic).await, stack.green_target_group_arn);
     // The old group kept its targets: the switch back registers nothing and moves the listener.
     let registered = provider.calls()["RegisterTargets"];
     traffic.switch(&blue, &ids(&green)).await.unwrap();

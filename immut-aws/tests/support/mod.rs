@@ -1,14 +1,16 @@
 //! moto for the AWS tests: one server per test process on 127.0.0.1, started here (never
 //! assumed to be running), reset before each test, and stopped by its pid when the test
 //! process exits. Tests take turns on it. A small proxy in front injects throttling, 5xx
-//! answers and lost responses.
+//! answers, lost responses, stalls and capacity errors per subnet, records requests, and can
+//! stand in for ELB's health checks: moto reports every target `healthy` at once, the proxy
+//! rewrites DescribeTargetHealth so that a new target stays `initial` for a while.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -80,6 +82,33 @@ pub async fn provider_with(endpoint: &str, pacing: Pacing) -> AwsProvider {
     builder(endpoint).pacing(pacing).build().await.unwrap()
 }
 
+/// The default VPC's id and its subnets (sorted by zone), as moto creates them.
+pub async fn default_vpc(provider: &AwsProvider) -> (String, Vec<String>) {
+    use aws_sdk_ec2::types::Filter;
+    let vpcs = provider
+        .ec2()
+        .describe_vpcs()
+        .filters(Filter::builder().name("is-default").values("true").build())
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_owned();
+    let subnets = provider
+        .ec2()
+        .describe_subnets()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap();
+    let mut by_zone: Vec<(String, String)> = subnets
+        .subnets()
+        .iter()
+        .map(|s| (s.availability_zone().unwrap().to_owned(), s.subnet_id().unwrap().to_owned()))
+        .collect();
+    by_zone.sort();
+    (vpc, by_zone.into_iter().map(|(_, s)| s).collect())
+}
+
 /// A builder for moto, which differs from EC2 in two ways the provider declares: it ignores
 /// ClientToken (a repeated RunInstances launches again), so the provider must not promise
 /// idempotent launches and the engine looks up by token first; and it is strongly consistent
@@ -91,6 +120,17 @@ pub fn builder(endpoint: &str) -> immut_aws::AwsBuilder {
         .credentials("testing", "testing")
         .honours_client_token(false)
         .consistency_window(Duration::ZERO)
+}
+
+/// Creates an IAM instance profile in moto (the Rust tests link no IAM client; boto3 ships with
+/// moto in the test tools' environment).
+pub fn create_instance_profile(endpoint: &str, name: &str) {
+    let python = immut_core::test_tools::python_with("moto.server").unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "import boto3; boto3.client('iam', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_instance_profile(InstanceProfileName='{name}')"
+    );
+    let status = std::process::Command::new(python).args(["-c", &script]).status().expect("python runs");
+    assert!(status.success(), "creating the instance profile {name} in moto failed");
 }
 
 pub fn release(service: &str, version: (u64, u64, u64), ami: &str) -> Release {
@@ -110,6 +150,62 @@ pub struct FaultPlan {
     pub lose_responses: usize,
     /// Answer this many with InsufficientInstanceCapacity.
     pub no_capacity: usize,
+    /// Hold this many answers back for `stall_for` before sending them (a stalled call).
+    pub stall: usize,
+    /// How long a stalled answer is held back.
+    pub stall_for: Duration,
+}
+
+/// One request the proxy saw: when, and its decoded form (`Key=value` pairs).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub form: BTreeMap<String, String>,
+}
+
+/// Decodes `application/x-www-form-urlencoded`.
+pub fn decode_form(body: &str) -> BTreeMap<String, String> {
+    fn unescape(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    body.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+/// The proxy's stand-in for ELB's health checks: a target stays `initial` for `delay` after
+/// the proxy first sees it registered in a group.
+#[derive(Debug, Default)]
+struct HealthDelay {
+    delay: Option<Duration>,
+    /// (group, target) -> when first seen registered, and the delay in force then.
+    first_seen: BTreeMap<(String, String), (Instant, Duration)>,
+    /// (group, target) -> when first reported healthy.
+    healthy_at: BTreeMap<(String, String), Instant>,
 }
 
 /// EC2's limit of values in one filter; moto does not enforce it, the proxy does.
@@ -137,13 +233,23 @@ pub struct FaultProxy {
     pub endpoint: String,
     plans: Arc<Mutex<BTreeMap<String, FaultPlan>>>,
     injected: Arc<Mutex<BTreeMap<String, usize>>>,
+    seen: Arc<Mutex<Vec<(String, Seen)>>>,
+    no_capacity_in: Arc<Mutex<BTreeMap<String, String>>>,
+    health: Arc<Mutex<HealthDelay>>,
 }
 
 impl FaultProxy {
     pub async fn start(upstream: &str) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let proxy = FaultProxy { endpoint: format!("http://{addr}"), plans: Arc::default(), injected: Arc::default() };
+        let proxy = FaultProxy {
+            endpoint: format!("http://{addr}"),
+            plans: Arc::default(),
+            injected: Arc::default(),
+            seen: Arc::default(),
+            no_capacity_in: Arc::default(),
+            health: Arc::default(),
+        };
         let (state, upstream) = (proxy.clone(), upstream.to_owned());
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         tokio::spawn(async move {
@@ -174,12 +280,88 @@ impl FaultProxy {
         self.injected.lock().unwrap().clone()
     }
 
+    /// Every request for `action` so far, in order.
+    pub fn requests(&self, action: &str) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|(a, _)| a == action).map(|(_, s)| s.clone()).collect()
+    }
+
+    /// RunInstances into this subnet answers `code` (InsufficientInstanceCapacity,
+    /// InsufficientFreeAddressesInSubnet, ...), every time.
+    pub fn no_capacity_in(&self, subnet: &str, code: &str) {
+        self.no_capacity_in.lock().unwrap().insert(subnet.to_owned(), code.to_owned());
+    }
+
+    /// From now on, a target stays `initial` (`Elb.InitialHealthChecking`) in every
+    /// DescribeTargetHealth answer for `delay` after the proxy first sees it registered in its
+    /// group, as ELB reports a target until its health checks pass. Targets seen before keep
+    /// the delay they were seen with.
+    pub fn delay_target_health(&self, delay: Duration) {
+        self.health.lock().unwrap().delay = Some(delay);
+    }
+
+    /// When the proxy first reported this target `healthy` in this group.
+    pub fn healthy_at(&self, group: &str, target: &str) -> Option<Instant> {
+        self.health.lock().unwrap().healthy_at.get(&(group.to_owned(), target.to_owned())).copied()
+    }
+
+    /// Rewrites a DescribeTargetHealth answer for `group` (see [`FaultProxy::delay_target_health`]).
+    fn rewrite_target_health(&self, group: &str, xml: &str) -> String {
+        let mut h = self.health.lock().unwrap();
+        let Some(delay) = h.delay else { return xml.to_owned() };
+        let now = Instant::now();
+        let mut present = Vec::new();
+        let mut out = String::with_capacity(xml.len());
+        let mut rest = xml;
+        while let Some(start) = rest.find("<member>") {
+            let Some(end) = rest[start..].find("</member>").map(|e| start + e + "</member>".len()) else { break };
+            out.push_str(&rest[..start]);
+            let mut member = rest[start..end].to_owned();
+            let id = member.split("<Id>").nth(1).and_then(|r| r.split("</Id>").next()).unwrap_or("").to_owned();
+            let key = (group.to_owned(), id.clone());
+            if member.contains("<State>healthy</State>") {
+                present.push(key.clone());
+                let (first, delay) = *h.first_seen.entry(key.clone()).or_insert((now, delay));
+                if now < first + delay {
+                    member = member.replace(
+                        "<State>healthy</State>",
+                        "<State>initial</State><Reason>Elb.InitialHealthChecking</Reason><Description>Initial health checks in progress</Description>",
+                    );
+                } else {
+                    h.healthy_at.entry(key).or_insert(now);
+                }
+            }
+            out.push_str(&member);
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        // A target that left the group starts over when it is registered again.
+        h.first_seen.retain(|(g, t), _| g != group || present.iter().any(|(pg, pt)| pg == g && pt == t));
+        out
+    }
+
     async fn handle(&self, req: Request<Incoming>, upstream: &str, client: &reqwest::Client) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let form = String::from_utf8_lossy(&body).to_string();
-        let action = form.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_owned();
+        let decoded = decode_form(&form);
+        let action = decoded.get("Action").cloned().unwrap_or_default();
         let is_ec2 = form.contains("Version=2016-11-15");
+        self.seen.lock().unwrap().push((action.clone(), Seen { at: Instant::now(), form: decoded.clone() }));
+        let no_capacity = match (action.as_str(), decoded.get("SubnetId")) {
+            ("RunInstances", Some(subnet)) => self.no_capacity_in.lock().unwrap().get(subnet).cloned(),
+            _ => None,
+        };
+        if let Some(code) = no_capacity {
+            let subnet = &decoded["SubnetId"];
+            *self.injected.lock().unwrap().entry(format!("RunInstances:no_capacity:{subnet}")).or_default() += 1;
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>No capacity for {subnet} in its Availability Zone.</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+            );
+            let mut response = Response::new(Full::new(Bytes::from(xml)));
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            response.headers_mut().insert("content-type", "text/xml".parse().unwrap());
+            return response;
+        }
         if is_ec2 && most_filter_values(&form) > MAX_FILTER_VALUES {
             *self.injected.lock().unwrap().entry(format!("{action}:too_many_filter_values")).or_default() += 1;
             let xml = format!(
@@ -203,8 +385,15 @@ impl FaultProxy {
                     .or_else(|| pick(&mut p.server_errors, "server_error"))
                     .or_else(|| pick(&mut p.no_capacity, "no_capacity"))
                     .or_else(|| pick(&mut p.lose_responses, "lost_response"))
+                    .or_else(|| pick(&mut p.stall, "stall"))
             })
         };
+        if fault == Some("stall") {
+            let pause = self.plans.lock().unwrap().get(&action).map(|p| p.stall_for).unwrap_or_default();
+            *self.injected.lock().unwrap().entry(format!("{action}:stall")).or_default() += 1;
+            tokio::time::sleep(pause).await;
+            return forward(client, upstream, &parts, body).await;
+        }
         if let Some(kind) = fault {
             *self.injected.lock().unwrap().entry(format!("{action}:{kind}")).or_default() += 1;
             if kind == "lost_response" {
@@ -230,7 +419,17 @@ impl FaultProxy {
             response.headers_mut().insert("content-type", "text/xml".parse().unwrap());
             return response;
         }
-        forward(client, upstream, &parts, body).await
+        let response = forward(client, upstream, &parts, body).await;
+        if action == "DescribeTargetHealth"
+            && let Some(group) = decoded.get("TargetGroupArn")
+        {
+            let (mut head, bytes) = response.into_parts();
+            let bytes = bytes.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let xml = self.rewrite_target_health(group, &String::from_utf8_lossy(&bytes));
+            head.headers.remove("content-length");
+            return Response::from_parts(head, Full::new(Bytes::from(xml)));
+        }
+        response
     }
 }
 
