@@ -7,15 +7,16 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `local` (default) | [`local`]: real local processes behind a balancer; implies `http` |
-//! | `aws` | [`aws`]: EC2 instances and ELBv2 traffic (needs Rust 1.94.1, like the AWS SDK) |
-//! | `gcp` | [`gcp`]: Compute Engine instances behind a backend service, and a fake Compute API (Rust 1.91) |
-//! | `azure` | [`azure`]: Azure VMs behind Standard Load Balancer backend pools, and a fake ARM |
-//! | `http` | [`HttpProbe`], the HTTP health probe |
+//! | `local` (default) | `immut::local`: real local processes behind a balancer; implies `http` |
+//! | `aws` | `immut::aws`: EC2 instances and ELBv2 traffic (needs Rust 1.94.1, like the AWS SDK) |
+//! | `gcp` | `immut::gcp`: Compute Engine instances behind a backend service, and a fake Compute API (Rust 1.91) |
+//! | `azure` | `immut::azure`: Azure VMs behind Standard Load Balancer backend pools, and a fake ARM |
+//! | `http` | `immut::HttpProbe`, the HTTP health probe |
 //! | `state-s3`, `state-gcs`, `state-azure` | the shared state ([`state`]) on S3, GCS or Azure Blob by URL |
-//! | `conformance` | [`conformance`], the suite every provider runs, and [`test_tools`] |
+//! | `conformance` | `immut::conformance`, the suite every provider runs, and `immut::test_tools` |
 //!
-//! The re-exports are an explicit list, so that a module added to the core can never collide
+//! (Modules behind a feature are named in plain text here, so the docs build with any feature
+//! set.) The re-exports are an explicit list, so that a module added to the core can never collide
 //! with a provider's name here (`immut::aws`, `immut::local`, ...).
 
 pub use immut_core::{
