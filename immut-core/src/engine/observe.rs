@@ -101,6 +101,7 @@ impl Deployment {
                 Phase::RollingBack { .. } => self.previous_count,
                 _ => self.inner.settings.desired,
             },
+            previous_count: self.previous_count,
             last_change_at: self.last_change_at,
             switched_at: self.switched_at,
             passed_gates: self.passed_gates.clone(),

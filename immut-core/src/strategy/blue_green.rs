@@ -78,7 +78,9 @@ impl ReplacementStrategy for BlueGreen {
         let old_serving = view.old_serving_healthy.len() + view.old_serving_unhealthy.len();
         if new_serving >= n && old_serving == 0 {
             let switched = view.switched_at.or(view.last_change_at).unwrap_or_default();
-            if view.now < switched + self.bake {
+            // A first deployment replaces nothing: there is no old release to keep baking for.
+            let bake = if view.previous_count == 0 && view.old_idle.is_empty() { Duration::ZERO } else { self.bake };
+            if view.now < switched + bake {
                 if !view.new_serving_unhealthy.is_empty() {
                     return Decision::Fail {
                         reason: format!(
@@ -87,7 +89,7 @@ impl ReplacementStrategy for BlueGreen {
                         ),
                     };
                 }
-                return Decision::wait_until("baking the new release", switched + self.bake);
+                return Decision::wait_until("baking the new release", switched + bake);
             }
             if !view.old_idle.is_empty() {
                 let release_at = switched + self.bake + self.keep_old;
@@ -160,9 +162,15 @@ mod tests {
         v.passed_gates.insert(PROMOTE_GATE.into());
         assert!(matches!(s.decide(&v), Decision::Switch { .. }));
         let mut v = fresh(2, 0);
+        v.previous_count = 2;
         v.new_serving_healthy = ids("new-", 1);
         v.new_serving_unhealthy = ids("bad-", 1);
         v.switched_at = Some(Duration::ZERO);
         assert!(matches!(s.decide(&v), Decision::Fail { .. }));
+        // A first deployment has nothing to bake against: done once all of it serves healthy.
+        let mut first = fresh(2, 0);
+        first.new_serving_healthy = ids("new-", 2);
+        first.switched_at = Some(Duration::ZERO);
+        assert_eq!(s.decide(&first), Decision::Done);
     }
 }

@@ -79,6 +79,9 @@ pub struct FleetView {
     pub now: Duration,
     /// The desired instance count.
     pub desired: usize,
+    /// How many instances of the previous release served when the deployment began: 0 for a
+    /// first deployment, which has nothing to bake against or roll back to.
+    pub previous_count: usize,
     /// New, live, not yet healthy (pending, booting or failing health).
     pub launching: Vec<InstanceId>,
     /// New and healthy, but not for the min-ready time yet; not serving.
@@ -331,7 +334,7 @@ pub(crate) mod test_views {
 
     /// A fleet of `old` old instances serving healthy, and nothing new.
     pub fn fresh(desired: usize, old: usize) -> FleetView {
-        FleetView { desired, old_serving_healthy: ids("old-", old), ..FleetView::default() }
+        FleetView { desired, previous_count: old, old_serving_healthy: ids("old-", old), ..FleetView::default() }
     }
 }
 
