@@ -125,4 +125,4 @@ area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut 
 echo
 echo "== summary"
 printf '%s\n' "${timings[@]}"
-echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'), $("$venv/bin/python" --version), $(rustc --version)"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute")))'), $("$venv/bin/python" --version), $(rustc --version)"
