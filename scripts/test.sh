@@ -82,14 +82,14 @@ area "rust-version floors" "$venv/bin/python" scripts/check-rust-version.py
 # Always the same package selection (--workspace, with the facade's cloud features so that the
 # cloud examples are built too): a different one recompiles the dependencies.
 sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3)
-# The crash tests print how many kill points they exercised, and the AWS figures test prints
-# its call counts, so those run with their output shown.
+# The crash tests print how many kill points they exercised, the fault campaign its case count
+# and fault mix, and the AWS figures test its call counts, so those run with their output shown.
 area "tests" cargo test "${sel[@]}" --lib --bins --tests --examples -- \
-  --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling
+  --skip survives_a_kill --skip a_crash_at_every --skip calls_of_a_rolling --skip randomized_fault_schedules
 # Criterion benches in test mode run each benchmark once: a smoke test, not a measurement.
 area "benches (smoke)" cargo test "${sel[@]}" --benches
-area "crash tests and figures" cargo test "${sel[@]}" --test crash --test journal --test figures_aws -- --show-output \
-  survives_a_kill a_crash_at_every calls_of_a_rolling
+area "crash tests, campaign, figures" cargo test "${sel[@]}" --test crash --test journal --test figures_aws \
+  --test fault_campaign -- --show-output survives_a_kill a_crash_at_every calls_of_a_rolling randomized_fault_schedules
 area "doctests" cargo test "${sel[@]}" --doc
 
 # The examples are built with the suite's selection and run as built: `cargo run --example`
