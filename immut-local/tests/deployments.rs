@@ -791,7 +791,19 @@ async fn each_service_has_a_balancer_process_of_its_own() {
         (!support::balancers_from(&dir).contains(&old_pid)).then_some(())
     })
     .await;
-    assert_eq!(alpha.serving().await.unwrap(), vec![launched[0].id.clone()], "restarted with its serving set");
+    // The first call after the kill may meet the dying balancer's socket: that is Unavailable,
+    // which callers (the engine) retry; the next call starts a new balancer.
+    let serving = support::eventually("the restarted balancer to answer", Duration::from_secs(10), || async {
+        match alpha.serving().await {
+            Ok(serving) => Some(serving),
+            Err(e) => {
+                assert!(e.is_retryable(), "a dead balancer is a retryable error: {e}");
+                None
+            }
+        }
+    })
+    .await;
+    assert_eq!(serving, vec![launched[0].id.clone()], "restarted with its serving set");
     let restarted = immut_local::LocalBalancer::find(&dir, "alpha").unwrap().unwrap();
     assert!(restarted.running && restarted.pid != Some(old_pid));
     assert_eq!(restarted.address, alpha.addr(), "on the same address");
