@@ -32,6 +32,7 @@ pub mod faults;
 pub mod paging;
 pub mod record;
 pub mod server;
+pub mod standalone;
 
 pub use clock::{Clock, Timeline};
 pub use faults::{Fault, FaultRule, Faults};

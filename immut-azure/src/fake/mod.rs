@@ -133,3 +133,19 @@ impl FakeArm {
         self.server.shutdown().await;
     }
 }
+
+impl immut_fake::standalone::Standalone for FakeArm {
+    type Settings = Settings;
+
+    async fn start(addr: SocketAddr, settings: Settings) -> std::io::Result<Self> {
+        FakeArm::start_with(addr, settings).await
+    }
+
+    fn url(&self) -> &str {
+        FakeArm::url(self)
+    }
+
+    async fn stop(self) {
+        self.shutdown().await
+    }
+}

@@ -138,3 +138,19 @@ impl FakeGce {
         self.server.shutdown().await;
     }
 }
+
+impl immut_fake::standalone::Standalone for FakeGce {
+    type Settings = Settings;
+
+    async fn start(addr: SocketAddr, settings: Settings) -> std::io::Result<Self> {
+        FakeGce::start_with(addr, settings).await
+    }
+
+    fn url(&self) -> &str {
+        FakeGce::url(self)
+    }
+
+    async fn stop(self) {
+        self.shutdown().await
+    }
+}
