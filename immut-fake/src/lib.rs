@@ -11,7 +11,8 @@
 //!   [`Api`] implementation; its errors are types that render the cloud's body ([`CloudError`]);
 //! - the **model** (resources and their states over a [`Clock`]) sits behind it, so a handler
 //!   reads like the API reference and the model reads like the cloud's behaviour;
-//! - [`paging`], [`clock::Timeline`] and [`Faults`] are helpers every resource uses.
+//! - [`paging`], [`clock::Timeline`] and [`Faults`] are helpers every resource uses;
+//! - [`official_client`] runs a cloud's official client against a fake, to prove the contract.
 //!
 //! The control endpoint lives under `/_fake/` on the same port, like moto's `/moto-api/`:
 //!
@@ -29,6 +30,7 @@
 
 pub mod clock;
 pub mod faults;
+pub mod official_client;
 pub mod paging;
 pub mod record;
 pub mod server;
