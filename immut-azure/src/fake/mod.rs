@@ -28,6 +28,13 @@
 //! pool members (IP-based pools) that have run for [`Settings::healthy_after_ms`], and only
 //! pools a rule uses are probed at all. Subnets are accepted by the shape of their id.
 //!
+//! Two switches give the other answers ARM's contract allows, which a client must follow too:
+//! [`Settings::async_operation_header`] off leaves out `Azure-AsyncOperation` (a PUT then tells
+//! its progress only by `provisioningState`, a DELETE or POST by its `Location`), and
+//! [`Settings::rule_health_ms`] makes a rule's health a 202 whose `Location` answers the result
+//! once it is computed (`final-state-via: location` in the reference), after its
+//! `Azure-AsyncOperation` says `Succeeded` when that header is on.
+//!
 //! Faults come through [`FakeArm::inject`] or `POST /_fake/faults` (see [`immut_fake`]), by
 //! operationId: `VirtualMachines_CreateOrUpdate`, `ComputeOperations_Get`, ... A
 //! [`Fault::OperationError`] on `VirtualMachines_CreateOrUpdate` (target: a substring of the VM

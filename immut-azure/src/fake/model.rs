@@ -39,6 +39,16 @@ pub struct Settings {
     /// `x-ms-ratelimit-remaining-subscription-{reads,writes,deletes}`. The defaults are ARM's
     /// (250/25, 200/10, 200/10).
     pub buckets: [[u64; 2]; 3],
+    /// Whether long-running operations name their status resource in `Azure-AsyncOperation`
+    /// (the default, as Compute and Network do). ARM's resource-provider contract makes the
+    /// header optional: without it a PUT's progress is the resource's own `provisioningState`
+    /// (GET the resource), and a DELETE's or POST's is its `Location` (202 until it is done).
+    pub async_operation_header: bool,
+    /// How long `LoadBalancerLoadBalancingRules_Health` takes to compute: 0 answers 200 with
+    /// the result at once; more answers 202 with a `Location` (and `Azure-AsyncOperation`
+    /// unless [`Settings::async_operation_header`] is off) that answers 202 until then and 200
+    /// with the result after (the reference's two answers, `final-state-via: location`).
+    pub rule_health_ms: u64,
 }
 
 impl Default for Settings {
@@ -54,6 +64,8 @@ impl Default for Settings {
             page_size: 50,
             token: None,
             buckets: [[250, 25], [200, 10], [200, 10]],
+            async_operation_header: true,
+            rule_health_ms: 0,
         }
     }
 }
@@ -228,6 +240,24 @@ pub enum Effect {
     None,
 }
 
+/// What the `Location` of a finished operation answers besides its status.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Nothing: 204.
+    Nothing,
+    /// The health of a load-balancing rule, as it is when asked.
+    RuleHealth {
+        /// Subscription.
+        sub: String,
+        /// Resource group, as given.
+        group: String,
+        /// Load balancer, as given.
+        lb: String,
+        /// Rule, as given.
+        rule: String,
+    },
+}
+
 /// A long-running operation, as its status resource reports it.
 #[derive(Debug, Clone)]
 pub struct Op {
@@ -243,8 +273,10 @@ pub struct Op {
     pub error: Option<(String, String)>,
     /// Its effect, until applied.
     pub effect: Option<Effect>,
-    /// The resource it acts on (an ARM id): a Location poll of a finished create answers it.
+    /// The resource it acts on (an ARM id).
     pub resource: String,
+    /// What its `Location` answers once it is done.
+    pub outcome: Outcome,
 }
 
 /// Everything the fake knows.
@@ -442,6 +474,7 @@ impl Model {
                 error,
                 effect: Some(effect),
                 resource,
+                outcome: Outcome::Nothing,
             },
         );
         id

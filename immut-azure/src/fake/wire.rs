@@ -11,7 +11,7 @@ use immut_fake::{Api, Env, Fault, Request, Response, Timeline};
 use serde_json::{Map, Value, json};
 
 use super::error::ArmError;
-use super::model::{Disk, Effect, Image, Key, Lb, Model, Nic, SIZES, Settings, Vm, check_tags, valid_vm_name};
+use super::model::{Disk, Effect, Image, Key, Lb, Model, Nic, Outcome, SIZES, Settings, Vm, check_tags, valid_vm_name};
 
 type Result<T> = std::result::Result<T, ArmError>;
 
@@ -451,6 +451,61 @@ fn normalize_lb(id: &str, props: &mut Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
+/// `LoadBalancerHealthPerRule` of a rule at `now`: each address of the rule's pool, `Up` when
+/// the rule has a probe and the VM with that IP passes it.
+fn rule_health(
+    m: &Model,
+    (sub, group, lb): (&str, &str, &str),
+    rule: &str,
+    now: Duration,
+    faults: &immut_fake::Faults,
+) -> Result<Value> {
+    let found = m
+        .lbs
+        .get(&Key::new(sub, group, lb))
+        .ok_or_else(|| ArmError::not_found("Microsoft.Network/loadBalancers", lb, group))?;
+    let props = &found.properties;
+    let r = props
+        .get("loadBalancingRules")
+        .and_then(Value::as_array)
+        .and_then(|rs| rs.iter().find(|r| r["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(rule))))
+        .ok_or_else(|| {
+            ArmError::not_found("Microsoft.Network/loadBalancers/loadBalancingRules", &format!("{lb}/{rule}"), group)
+        })?;
+    let probed = str_at(r, &["properties", "probe", "id"]).is_some();
+    let pool_id = str_at(r, &["properties", "backendAddressPool", "id"]).map(str::to_ascii_lowercase);
+    let addrs: Vec<String> = props
+        .get("backendAddressPools")
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().find(|p| p["id"].as_str().map(str::to_ascii_lowercase) == pool_id))
+        .and_then(|p| p["properties"]["loadBalancerBackendAddresses"].as_array())
+        .map(|a| a.iter().filter_map(|a| str_at(a, &["properties", "ipAddress"]).map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut up = 0;
+    let entries: Vec<Value> = addrs
+        .iter()
+        .map(|ip| {
+            let vm = m.vm_by_ip(sub, ip);
+            let healthy = probed && vm.is_some_and(|vm| m.healthy(vm, now, faults));
+            up += usize::from(healthy);
+            let mut e = json!({
+                "ipAddress": ip,
+                "state": if healthy { "Up" } else { "Down" },
+                "reason": if healthy { "Up_Probe_Success" } else if vm.is_none() { "Down_Unreachable" } else { "Down_Probe_Failure" },
+            });
+            // A reference to the NIC's IP configuration (`NetworkInterfaceIPConfiguration` in
+            // the reference: an object with its id, not a string).
+            if let Some(vm) = vm {
+                let config = m.nics.get(&Key::new(&vm.sub, &vm.group, &vm.nic)).map_or("ipconfig1", |n| &n.ip_config);
+                let id = format!("{}/ipConfigurations/{config}", nic_id(&vm.sub, &vm.group, &vm.nic));
+                e["networkInterfaceIPConfigurationId"] = json!({ "id": id });
+            }
+            e
+        })
+        .collect();
+    Ok(json!({ "up": up, "down": entries.len() - up, "loadBalancerBackendAddresses": entries }))
+}
+
 impl ArmApi {
     /// An API over a fresh model.
     pub fn new(settings: Settings) -> Self {
@@ -467,10 +522,11 @@ impl ArmApi {
         api: &str,
     ) -> Vec<(String, String)> {
         let base = format!("{}/subscriptions/{sub}/providers/{namespace}/locations/{location}", env.base_url);
-        vec![
-            ("azure-asyncoperation".into(), format!("{base}/operations/{op}?api-version={api}")),
-            ("retry-after".into(), m.settings.retry_after_s.to_string()),
-        ]
+        let mut headers = vec![("retry-after".into(), m.settings.retry_after_s.to_string())];
+        if m.settings.async_operation_header {
+            headers.push(("azure-asyncoperation".into(), format!("{base}/operations/{op}?api-version={api}")));
+        }
+        headers
     }
 
     fn with_location(
@@ -667,7 +723,12 @@ impl ArmApi {
                             Response { status: 202, headers, body: Vec::new() }
                         }
                         (_, Some((code, message))) => ArmError::new(409, code.clone(), message.clone()).into_response(),
-                        _ => Response { status: 204, headers: Vec::new(), body: Vec::new() },
+                        _ => match &op.outcome {
+                            Outcome::Nothing => Response { status: 204, headers: Vec::new(), body: Vec::new() },
+                            Outcome::RuleHealth { sub, group, lb, rule } => {
+                                Response::ok(&rule_health(&m, (sub, group, lb), rule, now, faults)?)
+                            }
+                        },
                     });
                 }
                 let mut v = json!({ "name": op.id, "status": state, "startTime": env.clock.rfc3339(op.life.start()) });
@@ -880,56 +941,34 @@ impl ArmApi {
                 Ok(Response::ok(&p))
             }
             Route::RuleHealth { sub, group, lb, rule } => {
-                let found = m
-                    .lbs
-                    .get(&Key::new(&sub, &group, &lb))
-                    .ok_or_else(|| ArmError::not_found("Microsoft.Network/loadBalancers", &lb, &group))?;
-                let props = &found.properties;
-                let r = props
-                    .get("loadBalancingRules")
-                    .and_then(Value::as_array)
-                    .and_then(|rs| {
-                        rs.iter().find(|r| r["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&rule)))
-                    })
-                    .ok_or_else(|| {
-                        ArmError::not_found(
-                            "Microsoft.Network/loadBalancers/loadBalancingRules",
-                            &format!("{lb}/{rule}"),
-                            &group,
-                        )
-                    })?;
-                let probed = str_at(r, &["properties", "probe", "id"]).is_some();
-                let pool_id = str_at(r, &["properties", "backendAddressPool", "id"]).map(str::to_ascii_lowercase);
-                let addrs: Vec<String> = props
-                    .get("backendAddressPools")
-                    .and_then(Value::as_array)
-                    .and_then(|ps| ps.iter().find(|p| p["id"].as_str().map(str::to_ascii_lowercase) == pool_id))
-                    .and_then(|p| p["properties"]["loadBalancerBackendAddresses"].as_array())
-                    .map(|a| {
-                        a.iter().filter_map(|a| str_at(a, &["properties", "ipAddress"]).map(str::to_owned)).collect()
-                    })
-                    .unwrap_or_default();
-                let mut up = 0;
-                let entries: Vec<Value> = addrs
-                    .iter()
-                    .map(|ip| {
-                        let vm = m.vm_by_ip(&sub, ip);
-                        let healthy = probed && vm.is_some_and(|vm| m.healthy(vm, now, faults));
-                        up += usize::from(healthy);
-                        let mut e = json!({
-                            "ipAddress": ip,
-                            "state": if healthy { "Up" } else { "Down" },
-                            "reason": if healthy { "Up_Probe_Success" } else if vm.is_none() { "Down_Unreachable" } else { "Down_Probe_Failure" },
-                        });
-                        if let Some(vm) = vm {
-                            e["networkInterfaceIPConfigurationId"] = format!("{}/ipConfigurations/ipconfig1", nic_id(&vm.sub, &vm.group, &vm.nic)).into();
-                        }
-                        e
-                    })
-                    .collect();
-                Ok(Response::ok(
-                    &json!({ "up": up, "down": entries.len() - up, "loadBalancerBackendAddresses": entries }),
-                ))
+                // Checked now, so that a missing rule is a 404 whether or not it is computed later.
+                let health = rule_health(&m, (&sub, &group, &lb), &rule, now, faults)?;
+                if m.settings.rule_health_ms == 0 {
+                    return Ok(Response::ok(&health));
+                }
+                let location = m.lbs[&Key::new(&sub, &group, &lb)].location.clone();
+                let took = Duration::from_millis(m.settings.rule_health_ms);
+                let op = m.start_op(
+                    "Microsoft.Network",
+                    &location,
+                    took,
+                    now,
+                    None,
+                    Effect::None,
+                    format!("{}/loadBalancingRules/{rule}", lb_id(&sub, &group, &lb)),
+                );
+                let outcome = Outcome::RuleHealth { sub: sub.clone(), group: group.clone(), lb, rule };
+                m.ops.get_mut(&op).expect("just started").outcome = outcome;
+                let headers = Self::with_location(
+                    Self::lro_headers(env, &m, &sub, "Microsoft.Network", &location, &op, &api),
+                    env,
+                    &sub,
+                    "Microsoft.Network",
+                    &location,
+                    &op,
+                    &api,
+                );
+                Ok(Response { status: 202, headers, body: Vec::new() })
             }
         }
     }

@@ -117,3 +117,36 @@ async fn the_fake_speaks_arm() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(support::leftovers(&fake, "leaky"), vec!["networkInterfaces/leaky-nic".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_answers_are_chosen_through_the_control_endpoint() {
+    let fake = support::fake().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let set = http
+        .post(format!("{}/_fake/settings", fake.url()))
+        .body(r#"{"async_operation_header": false, "rule_health_ms": 100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let vm = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachines/fallback?api-version=2024-07-01",
+        fake.url()
+    );
+    let auth = ("authorization", "Bearer fake-token");
+    let put = http
+        .put(&vm)
+        .header(auth.0, auth.1)
+        .json(&hand_vm("fallback", &support::image(1), "Standard_B2s", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    assert!(!put.headers().contains_key("azure-asyncoperation"), "{:?}", put.headers());
+    assert!(!put.headers().contains_key("location"), "a PUT tells its progress by provisioningState");
+    assert_eq!(put.json::<Value>().await.unwrap()["properties"]["provisioningState"], "Creating");
+    let del = http.delete(&vm).header(auth.0, auth.1).send().await.unwrap();
+    assert_eq!(del.status(), 202);
+    assert!(!del.headers().contains_key("azure-asyncoperation"));
+    assert!(del.headers()["location"].to_str().unwrap().contains("/operationResults/"));
+}
