@@ -525,10 +525,21 @@ impl Clients {
     /// `Retry-After` (at least the poll interval). A `Failed` or `Canceled` end is an error
     /// that carries the operation's error; one that outlasts the timeout is `Unavailable`.
     pub(crate) async fn wait(&self, first: &Headers, resource: Option<Url>, op: &str) -> Result<()> {
+        self.poll(first, resource, op, false).await.map(|_| ())
+    }
+
+    /// [`Clients::wait`] for an operation whose result is what its `Location` answers at the
+    /// end (a POST whose reference says `final-state-via: location`): that answer's body, read
+    /// after `Azure-AsyncOperation` says `Succeeded` when both are given.
+    pub(crate) async fn outcome(&self, first: &Headers, op: &str) -> Result<Value> {
+        self.poll(first, None, op, true).await
+    }
+
+    async fn poll(&self, first: &Headers, resource: Option<Url>, op: &str, result_at_location: bool) -> Result<Value> {
         let header = |h: &Headers, n: &'static str| h.get_optional_str(&HeaderName::from_static(n)).map(str::to_owned);
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         let mut delay = retry_after(first);
-        let status_url = header(first, "azure-asyncoperation");
+        let mut status_url = header(first, "azure-asyncoperation");
         let mut location = header(first, "location");
         loop {
             if tokio::time::Instant::now() >= deadline {
@@ -548,7 +559,12 @@ impl Clients {
                 delay = retry_after(&a.headers);
                 let status = a.body.get("status").and_then(Value::as_str).unwrap_or("InProgress").to_owned();
                 match status.as_str() {
-                    "Succeeded" => return Ok(()),
+                    "Succeeded" if result_at_location && location.is_some() => {
+                        // Done: the result is one more read away, at its Location.
+                        status_url = None;
+                        continue;
+                    }
+                    "Succeeded" => return Ok(Value::Null),
                     "Failed" | "Canceled" => {
                         let e = a.body.get("error").cloned().unwrap_or(Value::Null);
                         let code = e.get("code").and_then(Value::as_str).unwrap_or("OperationFailed").to_owned();
@@ -569,25 +585,19 @@ impl Clients {
                         }
                         continue;
                     }
-                    Ok(_) => return Ok(()),
+                    Ok(a) => return Ok(a.body),
                     // The operation's own failure is the final answer of its Location: mapped
                     // from its code like any other.
                     Err(e) => return Err(e),
                 }
             }
-            let Some(url) = resource.clone() else { return Ok(()) };
+            let Some(url) = resource.clone() else { return Ok(Value::Null) };
             let a = self.raw(Method::Get, url, None, &[], op).await?;
             match a.body.pointer("/properties/provisioningState").and_then(Value::as_str) {
-                None | Some("Succeeded") => return Ok(()),
+                None | Some("Succeeded") => return Ok(Value::Null),
                 Some(s @ ("Failed" | "Canceled")) => {
-                    return Err(map_error(
-                        Failure::Operation {
-                            status: s.to_owned(),
-                            code: "ProvisioningFailed".into(),
-                            message: "the resource's provisioningState".into(),
-                        },
-                        op,
-                    ));
+                    let (code, message) = failed_status(&a.body);
+                    return Err(map_error(Failure::Operation { status: s.to_owned(), code, message }, op));
                 }
                 _ => delay = retry_after(&a.headers),
             }
@@ -614,6 +624,22 @@ impl Clients {
     pub(crate) fn paced(&self) -> PacingStats {
         self.pacer.stats()
     }
+}
+
+/// Why a resource's provisioning failed, from its instance view when the answer has one (a VM
+/// read with `$expand=instanceView` lists `ProvisioningState/failed/<code>` with the message,
+/// the error its operation would have carried); `ProvisioningFailed` otherwise.
+fn failed_status(resource: &Value) -> (String, String) {
+    let statuses = resource.pointer("/properties/instanceView/statuses").and_then(Value::as_array);
+    statuses
+        .into_iter()
+        .flatten()
+        .find_map(|s| {
+            let code = s.get("code")?.as_str()?.strip_prefix("ProvisioningState/failed/")?;
+            let message = s.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
+            Some((code.to_owned(), message))
+        })
+        .unwrap_or_else(|| ("ProvisioningFailed".into(), "the resource's provisioningState".into()))
 }
 
 /// Reads a response whole; the body as JSON (`null` when empty).

@@ -453,8 +453,10 @@ impl AzureProvider {
                 let raw = r.into_raw_response();
                 let status = u16::from(raw.status());
                 let headers = raw.headers().clone();
+                // With its instance view: when only the provisioningState tells the progress,
+                // a failure's code (AllocationFailed, ...) is there.
                 let resource = c.url(&format!(
-                    "{}/Microsoft.Compute/virtualMachines/{name}?api-version={}",
+                    "{}/Microsoft.Compute/virtualMachines/{name}?api-version={}&$expand=instanceView",
                     c.group_path(),
                     crate::client::COMPUTE_API
                 ))?;
@@ -1035,26 +1037,19 @@ impl AzureTraffic {
             c.group_path(),
             self.lb
         ))?;
-        let mut a = c.raw(Method::Post, url, None, &[], op).await?;
-        if a.status == 202 {
-            // Computed asynchronously: its Location answers the result once it is ready.
-            let location = a.headers.get_optional_string(&azure_core::headers::HeaderName::from_static("location"));
-            let Some(location) = location else {
+        let a = c.raw(Method::Post, url, None, &[], op).await?;
+        // 202: computed asynchronously; its Location answers the result once it is ready.
+        let health = if a.status == 202 {
+            if a.headers.get_optional_str(&azure_core::headers::HeaderName::from_static("location")).is_none() {
                 return Err(
                     Error::new(ErrorKind::Unavailable, "the rule health answer has no Location").with_provider("azure")
                 );
-            };
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let url = Url::parse(&location)
-                    .map_err(|_| Error::new(ErrorKind::Other, "bad Location").with_provider("azure"))?;
-                a = c.raw(Method::Get, url, None, &[], op).await?;
-                if a.status != 202 {
-                    break;
-                }
             }
-        }
-        Ok(a.body["loadBalancerBackendAddresses"]
+            c.outcome(&a.headers, op).await?
+        } else {
+            a.body
+        };
+        Ok(health["loadBalancerBackendAddresses"]
             .as_array()
             .map(|entries| {
                 entries
