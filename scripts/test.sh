@@ -39,7 +39,7 @@ setup_test_tools() {
   local want have
   want=$(sha256sum "$requirements" | cut -d' ' -f1)
   have=$(cat "$venv/.requirements.sha256" 2>/dev/null || true)
-  if [ "$want" = "$have" ] && [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import moto.server" 2>/dev/null; then
+  if [ "$want" = "$have" ] && [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import moto.server, google.cloud.compute_v1, azure.mgmt.compute, azure.mgmt.network" 2>/dev/null; then
     echo "== test tools: $venv is up to date"
     return
   fi
@@ -125,4 +125,4 @@ area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut 
 echo
 echo "== summary"
 printf '%s\n' "${timings[@]}"
-echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute")))'), $("$venv/bin/python" --version), $(rustc --version)"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), $(rustc --version)"

@@ -9,17 +9,9 @@ async fn googles_python_client_lists_creates_and_deletes_on_the_fake() {
     let python = immut_core::test_tools::python_with("google.cloud.compute_v1").unwrap_or_else(|e| panic!("{e}"));
     let fake = support::fake().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gcp/python/official_client.py");
-    let url = fake.url().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args([script, &url, support::PROJECT, support::ZONE])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("python runs")
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the official client failed on the fake:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("deleted: none left"), "{stdout}");
+    let args = vec![fake.url().to_owned(), support::PROJECT.into(), support::ZONE.into()];
+    let out = immut_fake::official_client::run_script(python, script, args)
+        .await
+        .unwrap_or_else(|e| panic!("the official client failed on the fake: {e}"));
+    assert!(out.contains("deleted: none left"), "{out}");
 }
