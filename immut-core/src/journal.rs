@@ -109,11 +109,35 @@ pub enum JournalEntry {
         /// Why.
         reason: String,
     },
+    /// What the engine observed, journaled at the first step and then only when a count or a
+    /// limit changed: the record a picture of the run is drawn from (it plots these, never a
+    /// curve inferred from the actions). Resume ignores it.
+    Observed(Observed),
     /// The deployment ended.
     End {
         /// How.
         outcome: Box<Outcome>,
     },
+}
+
+/// The fleet as one engine step observed it, and the limits it was held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Observed {
+    /// Engine step.
+    pub step: u64,
+    /// Serving and healthy instances, any release.
+    pub serving_healthy: usize,
+    /// Serving instances, any release.
+    pub serving: usize,
+    /// Live instances, any release.
+    pub total: usize,
+    /// The healthy floor in force (it changes when a rollback begins).
+    pub floor: usize,
+    /// The surge ceiling in force.
+    pub ceiling: usize,
+    /// Whether the deployment was rolling back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_back: bool,
 }
 
 /// A launch about to happen: enough to finish it after a crash, adopting what already exists.
@@ -296,7 +320,7 @@ pub fn interrupted(read: &JournalRead) -> Option<Interrupted> {
                 found.passed_gates.insert(gate.clone());
             }
             JournalEntry::RollingBack { reason } => found.rolling_back = Some(reason.clone()),
-            JournalEntry::Begin { .. } | JournalEntry::End { .. } => {}
+            JournalEntry::Begin { .. } | JournalEntry::End { .. } | JournalEntry::Observed(_) => {}
         }
     }
     found.pending_launch = open.into_values().flatten().max_by_key(|l| l.wave);
@@ -647,5 +671,52 @@ struct MemoryLock {
 impl Drop for MemoryLock {
     fn drop(&mut self) {
         self.locks.lock().expect("poisoned").remove(&self.service);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_observation_round_trips_and_resume_reads_past_it() {
+        let observed = JournalEntry::Observed(Observed {
+            step: 3,
+            serving_healthy: 2,
+            serving: 3,
+            total: 5,
+            floor: 2,
+            ceiling: 6,
+            rolling_back: false,
+        });
+        let record = JournalRecord { deployment: DeploymentId::new("d1"), at_ms: 7, entry: observed };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["kind"], "observed");
+        assert_eq!(json["serving_healthy"], 2);
+        assert!(json.get("rolling_back").is_none(), "false is left out: {json}");
+        assert_eq!(serde_json::from_value::<JournalRecord>(json).unwrap(), record);
+        let base = crate::model::BaselineSpec::new("b", semver::Version::new(1, 0, 0), Default::default());
+        let artifact = crate::model::ArtifactSpec::new("web", semver::Version::new(2, 0, 0), "img-2");
+        let begin = JournalEntry::Begin {
+            release: Box::new(Release::new("web", &artifact, &base).unwrap()),
+            previous_release: None,
+            previous: None,
+            previous_count: 0,
+            initial_total: 0,
+            desired: 5,
+            strategy: "rolling".into(),
+            replacing: Vec::new(),
+        };
+        let at = |at_ms, entry| JournalRecord { deployment: DeploymentId::new("d1"), at_ms, entry };
+        let read = JournalRead {
+            records: vec![at(0, begin), record.clone(), at(9, JournalEntry::GatePassed { gate: "bake".into() })],
+            torn: Vec::new(),
+        };
+        let found = interrupted(&read).expect("begun and not ended");
+        assert_eq!(found.passed_gates.len(), 1, "records after the observation are read");
+        assert!(found.launched.is_empty() && found.pending_launch.is_none() && found.rolling_back.is_none());
+        let mut ended = read.records.clone();
+        ended.push(at(10, record.entry.clone()));
+        assert!(interrupted(&JournalRead { records: ended, torn: Vec::new() }).is_some(), "an observation is no end");
     }
 }

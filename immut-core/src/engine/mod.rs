@@ -201,6 +201,7 @@ pub struct Deployment {
     started_wall_ms: u64,
     pacing: crate::provider::PacingStats,
     memory: memory::Memory,
+    observed: Option<journal::Observed>,
 }
 
 impl Deployment {
@@ -237,6 +238,7 @@ impl Deployment {
             started_wall_ms: 0,
             pacing: crate::provider::PacingStats::default(),
             memory: memory::Memory::default(),
+            observed: None,
             inner,
         }
     }
@@ -402,6 +404,7 @@ impl Deployment {
             self.explain(spent).await?;
         }
         let limits = self.limits();
+        self.journal_observed(&view, limits).await?;
         invariants::check_observed(&view, limits, self.initial_total).map_err(|v| self.violated(v))?;
         let decision = match self.chores(&view, &obs).await? {
             Some(chore) => chore,

@@ -19,6 +19,28 @@ impl Deployment {
         }
     }
 
+    /// Journals what this step observed, when a count or a limit differs from the last
+    /// observation journaled (the first step always does), so the journal stays small. It is
+    /// written before the invariants are checked, so a picture shows the dip that failed a run.
+    pub(super) async fn journal_observed(&mut self, view: &FleetView, limits: Limits) -> Result<()> {
+        let observed = journal::Observed {
+            step: self.step,
+            serving_healthy: view.serving_healthy(),
+            serving: view.serving(),
+            total: view.total_live(),
+            floor: limits.floor,
+            ceiling: limits.ceiling,
+            rolling_back: matches!(self.phase, Phase::RollingBack { .. }),
+        };
+        let unchanged = self.observed.is_some_and(|last| journal::Observed { step: observed.step, ..last } == observed);
+        if self.inner.journal.is_none() || unchanged {
+            return Ok(());
+        }
+        self.write_ahead(JournalEntry::Observed(observed)).await?;
+        self.observed = Some(observed);
+        Ok(())
+    }
+
     /// Confirms the lease, when the deployment holds one: it is still the newest epoch and has
     /// time left for a call ([`crate::state::Lease::confirm`]).
     pub(super) async fn confirm_lease(&self) -> Result<()> {
