@@ -67,6 +67,40 @@ pub struct Wave {
     pub detached: Vec<InstanceId>,
     /// Instances terminated.
     pub terminated: Vec<InstanceId>,
+    /// When it was launched, in milliseconds since the start.
+    #[serde(default)]
+    pub launched_at_ms: u64,
+}
+
+/// Something the plan does at a moment: what a picture of the plan marks on its time axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Milliseconds since the start (the step that did it).
+    pub at_ms: u64,
+    /// What.
+    pub kind: MarkKind,
+    /// The wave it belongs to (0 before the first launch).
+    pub wave: u32,
+    /// How many instances it concerns.
+    pub count: usize,
+}
+
+/// What a [`Mark`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkKind {
+    /// A wave was launched.
+    Launch,
+    /// Instances started serving.
+    Attach,
+    /// Instances stopped serving.
+    Detach,
+    /// Traffic moved in one step.
+    Switch,
+    /// Instances were terminated.
+    Terminate,
+    /// The deployment started rolling back.
+    Rollback,
 }
 
 /// Capacity at one engine step.
@@ -91,6 +125,15 @@ pub struct Plan {
     pub waves: Vec<Wave>,
     /// The capacity curve.
     pub capacity: Vec<CapacityPoint>,
+    /// The healthy floor the deployment is held to.
+    #[serde(default)]
+    pub floor: usize,
+    /// The surge ceiling.
+    #[serde(default)]
+    pub ceiling: usize,
+    /// Launches, switches, terminations and rollbacks, in order, with their times.
+    #[serde(default)]
+    pub marks: Vec<Mark>,
     /// Provider and traffic calls the deployment would make.
     pub calls: SimCalls,
     /// Expected duration under `latencies`, in milliseconds.
@@ -104,6 +147,10 @@ impl Plan {
         let mut waves: Vec<Wave> = Vec::new();
         let mut capacity = Vec::new();
         let mut outcome = None;
+        let (mut floor, mut ceiling, mut now, mut marks) = (0, 0, 0, Vec::new());
+        let mut mark = |kind: MarkKind, at_ms: u64, waves: &[Wave], count: usize| {
+            marks.push(Mark { at_ms, kind, wave: waves.last().map_or(0, |w| w.wave), count })
+        };
         let current = |waves: &mut Vec<Wave>| -> usize {
             if waves.is_empty() {
                 waves.push(Wave::default());
@@ -112,35 +159,45 @@ impl Plan {
         };
         for event in events {
             match event {
-                Event::Step { step, at_ms, capacity: c, .. } => capacity.push(CapacityPoint {
-                    step: *step,
-                    at_ms: *at_ms,
-                    serving_healthy: c.serving_healthy,
-                    total: c.total,
-                }),
+                Event::Started { floor: f, ceiling: c, .. } => (floor, ceiling) = (*f, *c),
+                Event::Step { step, at_ms, capacity: c, .. } => {
+                    now = *at_ms;
+                    capacity.push(CapacityPoint {
+                        step: *step,
+                        at_ms: *at_ms,
+                        serving_healthy: c.serving_healthy,
+                        total: c.total,
+                    })
+                }
                 Event::Launched { wave, ids, .. } => {
                     if waves.last().is_none_or(|w| w.wave != *wave) {
-                        waves.push(Wave { wave: *wave, ..Wave::default() });
+                        waves.push(Wave { wave: *wave, launched_at_ms: now, ..Wave::default() });
                     }
                     waves.last_mut().expect("just pushed").launched.extend(ids.iter().cloned());
+                    mark(MarkKind::Launch, now, &waves, ids.len());
                 }
                 Event::Attached { ids } => {
                     let i = current(&mut waves);
-                    waves[i].attached.extend(ids.iter().cloned())
+                    waves[i].attached.extend(ids.iter().cloned());
+                    mark(MarkKind::Attach, now, &waves, ids.len());
                 }
                 Event::Detached { ids } => {
                     let i = current(&mut waves);
-                    waves[i].detached.extend(ids.iter().cloned())
+                    waves[i].detached.extend(ids.iter().cloned());
+                    mark(MarkKind::Detach, now, &waves, ids.len());
                 }
                 Event::Switched { attached, detached } => {
                     let i = current(&mut waves);
                     waves[i].attached.extend(attached.iter().cloned());
                     waves[i].detached.extend(detached.iter().cloned());
+                    mark(MarkKind::Switch, now, &waves, attached.len());
                 }
                 Event::Terminated { ids } => {
                     let i = current(&mut waves);
-                    waves[i].terminated.extend(ids.iter().cloned())
+                    waves[i].terminated.extend(ids.iter().cloned());
+                    mark(MarkKind::Terminate, now, &waves, ids.len());
                 }
+                Event::RollbackStarted { .. } => mark(MarkKind::Rollback, now, &waves, 0),
                 Event::Finished { outcome: o } => outcome = Some(o.clone()),
                 _ => {}
             }
@@ -151,6 +208,9 @@ impl Plan {
             outcome,
             waves,
             capacity,
+            floor,
+            ceiling,
+            marks,
             calls,
             latencies,
         })
