@@ -14,6 +14,7 @@
 //! | `http` | `immut::HttpProbe`, the HTTP health probe |
 //! | `state-s3`, `state-gcs`, `state-azure` | the shared state ([`state`]) on S3, GCS or Azure Blob by URL |
 //! | `conformance` | `immut::conformance`, the suite every provider runs, and `immut::test_tools` |
+//! | `report` | `immut::report`: pictures (SVG) and self-contained HTML reports of plans and deployments |
 //!
 //! (Modules behind a feature are named in plain text here, so the docs build with any feature
 //! set.) The re-exports are an explicit list, so that a module added to the core can never collide
@@ -36,6 +37,10 @@ pub use immut_core::HttpProbe;
 
 #[cfg(feature = "conformance")]
 pub use immut_core::{conformance, conformance_tests, test_tools};
+
+/// Pictures of plans and deployments: capacity over time against the floor and ceiling.
+#[cfg(feature = "report")]
+pub use immut_report as report;
 
 /// The embedded local provider: real processes behind a TCP balancer.
 #[cfg(feature = "local")]
