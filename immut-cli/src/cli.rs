@@ -74,7 +74,11 @@ pub enum Command {
         force: bool,
     },
     /// Dry-runs the deployment on the simulator from the live fleet: waves, capacity, duration, calls.
-    Plan,
+    Plan {
+        /// Also draws the plan as a picture (SVG) in this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
     /// Deploys the spec's release.
     Deploy {
         /// Allows going to an older version: an explicit rollback.
@@ -93,6 +97,8 @@ pub enum Command {
     Rollback,
     /// The ledger: every finished deployment of the service.
     History,
+    /// Draws a deployment from the journal and the ledger: an HTML report, or the picture alone.
+    Report(crate::report::ReportArgs),
     /// Verifies the ledger's hash chain.
     Verify {
         /// A head hash kept elsewhere: also catches entries cut from the end.
@@ -278,7 +284,8 @@ impl Ctx {
 
     async fn dispatch(self, command: &Command) -> Run {
         match command {
-            Command::Plan => self.plan().await,
+            Command::Plan { svg } => self.plan(svg.as_deref()).await,
+            Command::Report(args) => crate::report::report(&self.spec, args, self.json),
             Command::Deploy { rollback } => self.deploy(*rollback).await,
             Command::Status => self.status().await,
             Command::Resume { rollback } => self.resume(*rollback).await,
@@ -306,7 +313,7 @@ impl Ctx {
         Ok(counts.into_iter().max_by_key(|(_, n)| *n).map(|(r, _)| r.clone()))
     }
 
-    async fn plan(self) -> Run {
+    async fn plan(self, svg: Option<&std::path::Path>) -> Run {
         let state = self.state()?;
         let release = self.release()?;
         let previous = self.current(&state)?.filter(|p| p.id() != release.id());
@@ -320,6 +327,9 @@ impl Ctx {
             print_json(&plan);
         } else {
             say(crate::render::plan(&self.spec, &release, &plan));
+        }
+        if let Some(path) = svg {
+            crate::report::plan_svg(&self.spec, &release, &plan, path, self.json)?;
         }
         Ok(match Exit::of_outcome(&plan.outcome, false) {
             Exit::Success => Exit::Success,

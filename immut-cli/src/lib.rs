@@ -2,7 +2,7 @@
 //!
 //! The `immut` command: a declarative service spec ([`spec`], `immut.toml`) and the commands
 //! platform teams run from CI and on call: `plan`, `deploy`, `status`, `audit`, `rollback`,
-//! `history`, `verify`, `resume`, `reap`, `adopt`, `destroy`, `init` and `completions`.
+//! `history`, `report`, `verify`, `resume`, `reap`, `adopt`, `destroy`, `init` and `completions`.
 //!
 //! It is a thin face over the `immut` library: every command is a few public library calls
 //! ([`immut::Deployer`], [`immut::audit::Audit`], [`immut::ledger::Ledger`],
@@ -15,6 +15,7 @@ pub mod init;
 pub mod progress;
 pub mod providers;
 pub mod render;
+pub mod report;
 pub mod spec;
 pub mod state;
 

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_immut");
 
+#[path = "cli/report.rs"]
+mod report;
+
 /// A directory of its own for one test, with a spec in it.
 struct Dir {
     path: PathBuf,
