@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use immut::audit::{Audit, AuditReport};
@@ -11,6 +11,7 @@ use immut::{Deployer, Deployment, DeploymentId, Error, Instance, InstanceId, Pro
 use serde_json::json;
 
 use crate::exit::{self, Exit};
+use crate::faults::Faults;
 use crate::progress::{InFlight, Mode, Progress};
 use crate::providers::{self, Access, Backend};
 use crate::spec::{self, Spec, SpecErrors};
@@ -84,6 +85,9 @@ pub enum Command {
         /// Allows going to an older version: an explicit rollback.
         #[arg(long)]
         rollback: bool,
+        /// Fault injection for the crash tests (hidden).
+        #[command(flatten)]
+        faults: Faults,
     },
     /// The serving release, live instances by release, any deployment in flight and the lock's holder.
     Status,
@@ -92,6 +96,18 @@ pub enum Command {
         /// Rolls it back instead of continuing it.
         #[arg(long)]
         rollback: bool,
+        /// Fault injection for the crash tests (hidden).
+        #[command(flatten)]
+        faults: Faults,
+    },
+    /// Approves the gate the deployment in flight waits at (`promotion = "manual"`), or rejects it.
+    Promote {
+        /// Rejects it instead: the deployment rolls back.
+        #[arg(long, value_name = "REASON")]
+        reject: Option<String>,
+        /// The gate, when several wait (`promote`, `canary-step-1`, ...).
+        #[arg(long, value_name = "NAME")]
+        gate: Option<String>,
     },
     /// Redeploys the previous successful release, from the ledger.
     Rollback,
@@ -128,6 +144,14 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Local provider: shows what runs and what state cannot be read; repairs it with --yes.
+    Repair {
+        /// Moves unreadable files aside and rebuilds the records of running instances.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Local provider: stops the service's balancer process (the instances keep running).
+    StopBalancer,
     /// Prints a shell completion script.
     Completions {
         /// The shell.
@@ -225,6 +249,9 @@ struct Ctx {
     spec: Spec,
     json: bool,
     mode: Mode,
+    faults: Faults,
+    /// The id of the deployment this command drives, for the approval gate.
+    deployment_id: Arc<OnceLock<DeploymentId>>,
 }
 
 impl Ctx {
@@ -236,7 +263,12 @@ impl Ctx {
             _ if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() => Mode::Live,
             _ => Mode::Json,
         };
-        Ctx { spec, json, mode }
+        Ctx { spec, json, mode, faults: Faults::default(), deployment_id: Arc::default() }
+    }
+
+    fn with_faults(mut self, faults: &Faults) -> Ctx {
+        self.faults = faults.clone();
+        self
     }
 
     /// A library error as a failure: errors about the input point into the spec.
@@ -260,20 +292,40 @@ impl Ctx {
     }
 
     async fn backend(&self, access: Access, releases: &[&Release]) -> Result<Backend, Failure> {
-        providers::connect(&self.spec, access, releases).await.map_err(|e| self.err(e))
+        providers::connect(&self.spec, access, releases, self.faults.kill_at_spawn).await.map_err(|e| self.err(e))
     }
 
+    /// The deployer of a real run: its gates wait for `immut promote` when the spec asks.
     fn deployer(&self, backend: &Backend, state: &State, key: Option<SigningKey>) -> Result<Deployer, Failure> {
+        self.deployer_with(backend, state, key, self.spec.promotion == immut::strategy::Promotion::Manual)
+    }
+
+    fn deployer_with(
+        &self,
+        backend: &Backend,
+        state: &State,
+        key: Option<SigningKey>,
+        approvals: bool,
+    ) -> Result<Deployer, Failure> {
         let mut b = self
             .spec
             .deployer_builder()
             .provider_arc(backend.provider.clone())
             .traffic_arc(backend.traffic.clone())
             .health_arc(backend.health.clone())
-            .journal_arc(state.journal_dyn())
+            .journal_arc(self.faults.journal(state.journal_dyn()))
             .ledger(state.ledger.clone());
         if let Some(key) = key {
             b = b.signing_key(key);
+        }
+        if approvals {
+            let approvals = crate::approval::Approvals::new(state.approvals.clone());
+            b = b.gate(crate::approval::ApprovalGate::new(
+                approvals,
+                &self.spec.service,
+                self.deployment_id.clone(),
+                self.mode,
+            ));
         }
         b.build().map_err(|e| self.err(e))
     }
@@ -286,9 +338,12 @@ impl Ctx {
         match command {
             Command::Plan { svg } => self.plan(svg.as_deref()).await,
             Command::Report(args) => crate::report::report(&self.spec, args, self.json),
-            Command::Deploy { rollback } => self.deploy(*rollback).await,
+            Command::Deploy { rollback, faults } => self.with_faults(faults).deploy(*rollback).await,
             Command::Status => self.status().await,
-            Command::Resume { rollback } => self.resume(*rollback).await,
+            Command::Resume { rollback, faults } => self.with_faults(faults).resume(*rollback).await,
+            Command::Promote { reject, gate } => self.promote(gate.as_deref(), reject.as_deref()).await,
+            Command::Repair { yes } => self.repair(*yes).await,
+            Command::StopBalancer => self.stop_balancer().await,
             Command::Rollback => self.rollback().await,
             Command::History => self.history(),
             Command::Verify { head } => self.verify(head.as_deref()),
@@ -318,7 +373,8 @@ impl Ctx {
         let release = self.release()?;
         let previous = self.current(&state)?.filter(|p| p.id() != release.id());
         let backend = self.backend(Access::Read, &[&release]).await?;
-        let deployer = self.deployer(&backend, &state, self.key()?)?;
+        // The plan assumes that every gate is approved at once.
+        let deployer = self.deployer_with(&backend, &state, self.key()?, false)?;
         let serving = self.serving_release(&backend).await?;
         let previous = previous.filter(|p| Some(p.id()) == serving.as_ref());
         let plan =
@@ -353,7 +409,7 @@ impl Ctx {
         if rollback {
             deployment = deployment.as_rollback();
         }
-        self.drive(deployment).await
+        self.drive(deployment, &backend).await
     }
 
     async fn rollback(self) -> Run {
@@ -374,7 +430,7 @@ impl Ctx {
         let backend = self.backend(Access::Write, &releases).await?;
         let deployer = self.deployer(&backend, &state, key)?;
         let deployment = deployer.rollback_to_previous(&self.spec.service).map_err(|e| self.err(e))?;
-        self.drive(deployment).await
+        self.drive(deployment, &backend).await
     }
 
     async fn resume(self, rollback: bool) -> Run {
@@ -394,14 +450,15 @@ impl Ctx {
         if rollback {
             deployment.cancel_handle().cancel();
         }
-        let exit = self.drive(deployment).await?;
+        let exit = self.drive(deployment, &backend).await?;
         // A resume asked to roll back has done what it was asked.
         Ok(if rollback && exit == Exit::Cancelled { Exit::Success } else { exit })
     }
 
     /// Runs a deployment to its end, printing its events; Ctrl-C and SIGTERM cancel it (it
     /// rolls back), a second one says what is still in flight.
-    async fn drive(&self, deployment: Deployment) -> Run {
+    async fn drive(&self, deployment: Deployment, backend: &Backend) -> Run {
+        let _ = self.deployment_id.set(deployment.id().clone());
         let cancel = deployment.cancel_handle();
         let state = Arc::new(Mutex::new(InFlight::default()));
         let mode = self.mode;
@@ -434,12 +491,31 @@ impl Ctx {
             })
         };
         let mut progress = Progress::new(self.mode, state);
-        let outcome = deployment.run_with(|e| progress.event(e)).await;
+        let mut launched: Vec<InstanceId> = Vec::new();
+        let outcome = deployment
+            .run_with(|e| {
+                if let immut::Event::Launched { ids, .. } = e {
+                    launched.extend(ids.iter().cloned());
+                }
+                progress.event(e)
+            })
+            .await;
         signals.abort();
         let cancelled = cancel.is_cancelled();
         let exit = Exit::of_outcome(&outcome, cancelled);
+        if matches!(exit, Exit::RolledBack | Exit::RollbackFailed) {
+            quote_failures(backend, &launched).await;
+        }
         if self.mode != Mode::Json {
             eprintln!("{}", verdict(exit));
+        }
+        if let immut::Phase::Refused { reason } = &outcome.phase
+            && exit == Exit::Refused
+            && reason.contains("artifact.version")
+        {
+            eprintln!(
+                "to deploy an older version on purpose, run `immut deploy --rollback`; `immut rollback` goes back to the previous release"
+            );
         }
         Ok(exit)
     }
@@ -456,7 +532,7 @@ impl Ctx {
         let interrupted = immut::journal::interrupted(&read);
         let holder = state.journal.holder(service).map_err(|e| self.err(e))?;
         let current = state.ledger.current(service).map_err(|e| self.err(e))?;
-        let report = crate::render::StatusReport::new(
+        let mut report = crate::render::StatusReport::new(
             &self.spec,
             release.as_ref(),
             &live,
@@ -465,12 +541,52 @@ impl Ctx {
             holder.as_ref(),
             current.as_ref(),
         );
+        if let Some(flight) = &interrupted {
+            let approvals = crate::approval::Approvals::new(state.approvals.clone());
+            report.awaiting_approval = approvals.pending(service, &flight.deployment).await.map_err(|e| self.err(e))?;
+        }
         if self.json {
             print_json(&report);
         } else {
             say(report.table());
         }
         Ok(Exit::Success)
+    }
+
+    async fn promote(self, gate: Option<&str>, reject: Option<&str>) -> Run {
+        let state = self.state()?;
+        let decided = crate::approval::promote(&state, &self.spec.service, gate, reject).await?;
+        if self.json {
+            print_json(&decided);
+        } else {
+            let what = if decided.verdict.approved { "approved" } else { "rejected" };
+            let next = if decided.verdict.approved { "goes on" } else { "rolls back" };
+            say(format!(
+                "{what} gate {} of deployment {} of {}; the deployment {next} at its next poll",
+                decided.gate, decided.deployment, decided.service
+            ));
+        }
+        Ok(Exit::Success)
+    }
+
+    async fn repair(self, yes: bool) -> Run {
+        let state = self.state()?;
+        let report = crate::repair::repair(&self.spec, &state, yes).await.map_err(|e| self.err(e))?;
+        self.report(report)
+    }
+
+    async fn stop_balancer(self) -> Run {
+        let report = crate::repair::stop_balancer(&self.spec).await.map_err(|e| self.err(e))?;
+        self.report(report)
+    }
+
+    fn report(&self, report: crate::repair::Report) -> Run {
+        if self.json {
+            print_json(&report.json);
+        } else {
+            say(&report.text);
+        }
+        Ok(report.exit)
     }
 
     fn history(self) -> Run {
@@ -547,7 +663,7 @@ impl Ctx {
             say(format!("reconciling: replacing {} instances through the strategy", report.offenders().len()));
         }
         let deployer = self.deployer(&backend, &state, self.key()?)?;
-        self.drive(deployer.reconcile(&report, expected)).await
+        self.drive(deployer.reconcile(&report, expected), &backend).await
     }
 
     async fn reap(self, yes: bool) -> Run {
@@ -675,6 +791,21 @@ impl Ctx {
             }
         }
         Ok(Exit::Success)
+    }
+}
+
+/// Why the last instances of a failed deployment died on their own, in the provider's words
+/// (the local provider quotes their logs): at most three, newest first, on stderr.
+async fn quote_failures(backend: &Backend, launched: &[InstanceId]) {
+    let mut quoted = 0;
+    for id in launched.iter().rev() {
+        if quoted == 3 {
+            break;
+        }
+        if let Some(detail) = backend.provider.failure_detail(id).await {
+            eprintln!("{detail}");
+            quoted += 1;
+        }
     }
 }
 

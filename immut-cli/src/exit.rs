@@ -18,8 +18,8 @@ pub enum Exit {
     RollbackFailed = 4,
     /// 5: cancelled (Ctrl-C, SIGTERM) and rolled back.
     Cancelled = 5,
-    /// 6: refused, nothing changed: another deployment holds the service's lock, or a
-    /// downgrade was asked without `--rollback`.
+    /// 6: refused, nothing changed: another deployment holds the service's lock, a
+    /// downgrade was asked without `--rollback`, or `promote` found nothing waiting.
     Refused = 6,
     /// 7: a provider (or state) call failed: unreachable, throttled past the retries, denied.
     Provider = 7,
@@ -36,7 +36,8 @@ Exit codes:
    3  rolled back: the deployment failed; the previous release serves
    4  rollback failed: both releases may serve; a human is needed
    5  cancelled (Ctrl-C or SIGTERM) and rolled back
-   6  refused, nothing changed: the service's lock is held, or a downgrade without --rollback
+   6  refused, nothing changed: the service's lock is held, a downgrade without --rollback,
+      or nothing waits for `immut promote`
    7  provider error: a provider or state call failed
   70  internal error (a bug); `immut resume` continues from the journal";
 

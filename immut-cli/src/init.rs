@@ -27,7 +27,8 @@ const LOCAL: &str = r#"# immut service spec: the sample service built into immut
 
 service = "web"                  # 1 to 40 lowercase letters, digits or '-'
 desired = 3                      # how many instances serve
-state = ".immut/state"           # journal, deployment lock and ledger (a directory)
+state = ".immut/state"           # journal, lease, ledger, approvals: a directory, or a URL shared
+                                 # by every deploying machine, s3://bucket/prefix (feature state-s3)
 # signing_key_env = "IMMUT_SIGNING_KEY"   # the NAME of a variable holding a signing key (16+ bytes)
 
 [provider]
@@ -58,9 +59,10 @@ labels = { team = "platform" }   # extra labels on every instance
 # params = { port = "20000-20099" }
 
 # How releases replace each other:
-#   blue_green: bake, keep_old
+#   blue_green: bake, keep_old, promotion
 #   rolling:    max_surge, max_unavailable (counts or percents: 1, "25%"), pause
-#   canary:     steps (for example [1, "25%", "50%"]), pause
+#   canary:     steps (for example [1, "25%", "50%"]), pause, promotion
+# promotion = "manual": each gate (the switch, each canary step) waits for `immut promote`
 [strategy]
 kind = "blue_green"
 bake = "2s"                      # the new fleet serves this long before the old one goes

@@ -2,19 +2,23 @@
 //!
 //! The `immut` command: a declarative service spec ([`spec`], `immut.toml`) and the commands
 //! platform teams run from CI and on call: `plan`, `deploy`, `status`, `audit`, `rollback`,
-//! `history`, `report`, `verify`, `resume`, `reap`, `adopt`, `destroy`, `init` and `completions`.
+//! `history`, `report`, `verify`, `resume`, `promote`, `reap`, `adopt`, `destroy`, `init` and
+//! `completions`, and for the local provider `repair` and `stop-balancer`.
 //!
 //! It is a thin face over the `immut` library: every command is a few public library calls
 //! ([`immut::Deployer`], [`immut::audit::Audit`], [`immut::ledger::Ledger`],
 //! [`immut::journal::FileJournal`]), so a team that outgrows the CLI keeps its behaviour in
 //! its own Rust code. Exit codes are in [`exit`].
 
+pub mod approval;
 pub mod cli;
 pub mod exit;
+pub mod faults;
 pub mod init;
 pub mod progress;
 pub mod providers;
 pub mod render;
+pub mod repair;
 pub mod report;
 pub mod spec;
 pub mod state;

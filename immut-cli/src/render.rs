@@ -142,6 +142,8 @@ pub struct StatusReport {
     pub in_flight: Option<InFlightReport>,
     /// The deployment that holds the service's lock.
     pub lock_holder: Option<DeploymentId>,
+    /// Gates of the deployment in flight that wait for `immut promote`.
+    pub awaiting_approval: Vec<crate::approval::Waiting>,
 }
 
 impl StatusReport {
@@ -189,6 +191,7 @@ impl StatusReport {
                 running: holder == Some(&i.deployment),
             }),
             lock_holder: holder.cloned(),
+            awaiting_approval: Vec::new(),
         }
     }
 
@@ -227,6 +230,17 @@ impl StatusReport {
             ),
         };
         let _ = writeln!(out, "in flight         {flight}");
+        for w in &self.awaiting_approval {
+            let _ = writeln!(
+                out,
+                "awaiting approval gate {} of deployment {} since {}: run `{}` to go on or `{}` to roll back",
+                w.gate,
+                w.deployment,
+                time(w.since_ms),
+                crate::approval::APPROVE,
+                crate::approval::REJECT
+            );
+        }
         let _ = write!(
             out,
             "lock held by      {}",

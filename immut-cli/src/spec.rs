@@ -10,7 +10,7 @@
 //! ```toml
 //! service = "web"                 # 1 to 40 lowercase letters, digits or '-'
 //! desired = 3                     # instances the service runs
-//! state = ".immut/state"          # journal, lock and ledger (a directory)
+//! state = ".immut/state"          # journal, lease, ledger: a directory, or s3://bucket/prefix
 //! # signing_key_env = "IMMUT_SIGNING_KEY"   # the NAME of a variable holding the key
 //!
 //! [provider]
@@ -26,8 +26,9 @@
 //! version = "1.0.0"
 //!
 //! [strategy]
-//! kind = "blue_green"             # blue_green (bake, keep_old), rolling (max_surge,
-//! bake = "2s"                     # max_unavailable, pause) or canary (steps, pause)
+//! kind = "blue_green"             # blue_green (bake, keep_old, promotion), rolling (max_surge,
+//! bake = "2s"                     # max_unavailable, pause) or canary (steps, pause, promotion)
+//! # promotion = "manual"          # each gate waits for `immut promote`
 //! ```
 //!
 //! Relative paths (state, user-data file, provider directories) are resolved against the
@@ -44,7 +45,7 @@ use std::time::Duration;
 use immut::engine::{HealthThresholds, ReplacementBudget};
 use immut::semver::Version;
 use immut::sim::Latencies;
-use immut::strategy::ReplacementStrategy;
+use immut::strategy::{Promotion, ReplacementStrategy};
 use immut::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, LaunchSpec, Rolling};
 use serde::Deserialize;
 use toml::Spanned;
@@ -320,6 +321,8 @@ struct RawStrategy {
     pause: Option<Spanned<String>>,
     #[serde(default)]
     steps: Option<Spanned<Vec<Spanned<RawCount>>>>,
+    #[serde(default)]
+    promotion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -500,11 +503,17 @@ pub enum StrategySettings {
 }
 
 impl StrategySettings {
-    /// The library's strategy.
+    /// The library's strategy, with automatic promotion.
     pub fn build(&self) -> Arc<dyn ReplacementStrategy> {
+        self.build_with(Promotion::Auto)
+    }
+
+    /// The library's strategy. A manual promotion makes blue/green wait at its `promote` gate
+    /// (a canary asks its step gates either way).
+    pub fn build_with(&self, promotion: Promotion) -> Arc<dyn ReplacementStrategy> {
         match self {
             StrategySettings::BlueGreen { bake, keep_old } => {
-                Arc::new(BlueGreen::new().bake(*bake).keep_old(*keep_old))
+                Arc::new(BlueGreen::new().bake(*bake).keep_old(*keep_old).promotion(promotion))
             }
             StrategySettings::Rolling { max_surge, max_unavailable, pause } => {
                 Arc::new(Rolling::new().max_surge(*max_surge).max_unavailable(*max_unavailable).pause(*pause))
@@ -580,6 +589,8 @@ pub struct Spec {
     pub launch: LaunchSpec,
     /// The strategy.
     pub strategy: StrategySettings,
+    /// Who passes the strategy's gates: automatic, or `immut promote` (`strategy.promotion`).
+    pub promotion: Promotion,
     /// Health checks.
     pub health: HealthSettings,
     /// Engine timing.
@@ -596,7 +607,7 @@ impl Spec {
     pub fn deployer_builder(&self) -> DeployerBuilder {
         let r = &self.rollout;
         let mut b = Deployer::builder()
-            .strategy_arc(self.strategy.build())
+            .strategy_arc(self.strategy.build_with(self.promotion))
             .desired(self.desired)
             .min_ready(r.min_ready)
             .health_thresholds(self.health.thresholds);
@@ -853,6 +864,38 @@ impl Checker<'_> {
         if p.is_absolute() { p.to_owned() } else { self.base.join(p) }
     }
 
+    /// Reports each setting that is present (`Some` span) but not `allowed`, in `message`'s words.
+    fn only(
+        &mut self,
+        present: &[(&str, Option<std::ops::Range<usize>>)],
+        allowed: impl Fn(&str) -> bool,
+        message: impl Fn(&str) -> String,
+    ) {
+        for (name, span) in present {
+            if let Some(span) = span.clone().filter(|_| !allowed(name)) {
+                self.errors.push(self.locator.error(Some(span), message(name)));
+            }
+        }
+    }
+
+    fn promotion(&mut self, raw: Option<&Spanned<String>>) -> Promotion {
+        let Some(raw) = raw else { return Promotion::Auto };
+        self.note("strategy.promotion", raw);
+        match raw.get_ref().as_str() {
+            "auto" => Promotion::Auto,
+            "manual" => Promotion::Manual,
+            other => {
+                self.err(
+                    raw,
+                    format!(
+                        "strategy.promotion: {other:?}; use \"auto\" (gates pass at once) or \"manual\" (each gate waits for `immut promote`)"
+                    ),
+                );
+                Promotion::Auto
+            }
+        }
+    }
+
     fn positive(&mut self, field: &str, value: &Spanned<i64>, at_least: i64) -> i64 {
         self.note(field, value);
         if *value.get_ref() < at_least {
@@ -941,6 +984,7 @@ impl Checker<'_> {
             params: b.params.clone(),
         };
         let strategy = self.strategy(&raw.strategy);
+        let promotion = self.promotion(raw.strategy.get_ref().promotion.as_ref());
         let health = self.health(raw.health.as_ref());
         let rollout = self.rollout(raw.rollout.as_ref());
         let plan_latencies = self.latencies("plan", raw.plan.as_ref().map(Spanned::get_ref), default_plan_latencies());
@@ -959,6 +1003,7 @@ impl Checker<'_> {
             baseline_version,
             launch,
             strategy,
+            promotion,
             health,
             rollout,
             plan_latencies,
@@ -992,20 +1037,15 @@ impl Checker<'_> {
                 ),
             );
         }
-        let sections: [(&str, Option<std::ops::Range<usize>>); 4] = [
+        let sections = [
             ("local", p.local.as_ref().map(Spanned::span)),
             ("sim", p.sim.as_ref().map(Spanned::span)),
             ("aws", p.aws.as_ref().map(Spanned::span)),
             ("gcp", p.gcp.as_ref().map(Spanned::span)),
         ];
-        for (name, span) in sections {
-            if let Some(span) = span.filter(|_| name != kind && known.contains(&kind)) {
-                self.errors.push(self.locator.error(
-                    Some(span),
-                    format!("provider.{name}: is set but provider.kind is {kind:?}; remove [provider.{name}] or set kind = {name:?}"),
-                ));
-            }
-        }
+        self.only(&sections, |name| name == kind || !known.contains(&kind), |name| {
+            format!("provider.{name}: is set but provider.kind is {kind:?}; remove [provider.{name}] or set kind = {name:?}")
+        });
         match kind {
             "sim" => ProviderSettings::Sim(self.sim(p.sim.as_ref())),
             "aws" => ProviderSettings::Aws(self.aws(p.aws.as_ref(), &p.kind)),
@@ -1252,33 +1292,31 @@ impl Checker<'_> {
         self.note("strategy.kind", &s.kind);
         let kind = s.kind.get_ref().as_str();
         let allowed: &[&str] = match kind {
-            "blue_green" => &["bake", "keep_old"],
+            "blue_green" => &["bake", "keep_old", "promotion"],
             "rolling" => &["max_surge", "max_unavailable", "pause"],
-            "canary" => &["steps", "pause"],
+            "canary" => &["steps", "pause", "promotion"],
             other => {
                 self.err(
                     &s.kind,
                     format!("strategy.kind: {other:?} is not a strategy; use blue_green, rolling or canary"),
                 );
-                &["bake", "keep_old", "max_surge", "max_unavailable", "pause", "steps"]
+                &["bake", "keep_old", "max_surge", "max_unavailable", "pause", "steps", "promotion"]
             }
         };
-        let present: [(&str, Option<std::ops::Range<usize>>); 6] = [
+        let present = [
             ("bake", s.bake.as_ref().map(Spanned::span)),
             ("keep_old", s.keep_old.as_ref().map(Spanned::span)),
             ("max_surge", s.max_surge.as_ref().map(Spanned::span)),
             ("max_unavailable", s.max_unavailable.as_ref().map(Spanned::span)),
             ("pause", s.pause.as_ref().map(Spanned::span)),
             ("steps", s.steps.as_ref().map(Spanned::span)),
+            ("promotion", s.promotion.as_ref().map(Spanned::span)),
         ];
-        for (name, span) in present {
-            if let Some(span) = span.filter(|_| !allowed.contains(&name)) {
-                self.errors.push(self.locator.error(
-                    Some(span),
-                    format!("strategy.{name}: is not a setting of {kind}; {kind} takes {}", allowed.join(", ")),
-                ));
-            }
-        }
+        self.only(
+            &present,
+            |name| allowed.contains(&name),
+            |name| format!("strategy.{name}: is not a setting of {kind}; {kind} takes {}", allowed.join(", ")),
+        );
         let pause = self.duration("strategy.pause", s.pause.as_ref(), Duration::ZERO);
         match kind {
             "rolling" => StrategySettings::Rolling {

@@ -683,3 +683,69 @@ fn a_session_on_the_local_provider() {
     assert_eq!(removed["removed"].as_array().unwrap().len(), 3);
     assert_eq!(d.status()["releases"], serde_json::json!([]), "every process is stopped");
 }
+
+/// The sim spec with blue/green that waits for `immut promote` before it switches.
+fn manual_promotion(d: &Dir) {
+    let path = d.path.join("immut.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rolling = "kind = \"rolling\"\nmax_surge = \"25%\"\nmax_unavailable = 0";
+    assert!(text.contains(rolling), "{text}");
+    std::fs::write(&path, text.replace(rolling, "kind = \"blue_green\"\npromotion = \"manual\"")).unwrap();
+}
+
+#[test]
+fn a_manual_promotion_waits_for_immut_promote_from_another_process() {
+    let d = Dir::sim("promote");
+    manual_promotion(&d);
+    let r = d.expect(&["promote"], 6);
+    assert!(r.stderr.contains("no deployment of web is in flight"), "{}", r.stderr);
+    assert_eq!(d.ok(&["plan", "--json"]).json()["outcome"]["phase"]["phase"], "succeeded", "the plan assumes approval");
+
+    let mut run = d.spawn(&["deploy", "--json"]);
+    run.wait_for("\"event\":\"awaiting_approval\"");
+    let status = d.status();
+    let waiting = &status["awaiting_approval"][0];
+    assert_eq!(waiting["gate"], "promote", "{status}");
+    assert_eq!(waiting["deployment"], status["in_flight"]["deployment"], "{status}");
+    let table = d.ok(&["status"]).stdout;
+    assert!(
+        table.contains("awaiting approval gate promote of deployment d")
+            && table.contains("run `immut promote` to go on or `immut promote --reject REASON` to roll back"),
+        "{table}"
+    );
+    let approved = d.ok(&["promote", "--json"]).json();
+    assert_eq!(approved["gate"], "promote");
+    assert_eq!(approved["verdict"]["approved"], true);
+    assert_eq!(approved["deployment"], waiting["deployment"]);
+    let again = d.expect(&["promote"], 6);
+    assert!(again.stderr.contains("nothing changed"), "{}", again.stderr);
+    let (code, lines) = run.finish();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("\"event\":\"gate_passed\"")), "{}", lines.join("\n"));
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["outcome"]["phase"]["phase"], "succeeded");
+    let v1 = release_of(&d.status());
+    assert_eq!(d.status()["awaiting_approval"], serde_json::json!([]));
+
+    // Rejected from another process: the deployment rolls back, exit 3.
+    let mut run = d.spawn(&["deploy", "--json", "--set", "artifact.version=2.0.0"]);
+    run.wait_for("\"event\":\"awaiting_approval\"");
+    let rejected = d.ok(&["promote", "--reject", "the error rate doubled"]);
+    assert!(rejected.stdout.contains("rejected gate promote of deployment d"), "{}", rejected.stdout);
+    let (code, lines) = run.finish();
+    assert_eq!(code, Some(3), "{}", lines.join("\n"));
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let reason = last["outcome"]["phase"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("rejected by") && reason.contains("the error rate doubled"), "{reason}");
+    assert_eq!(release_of(&d.status()), v1, "the previous release serves");
+}
+
+#[test]
+fn promotion_is_checked_against_the_strategy() {
+    let d = Dir::sim("promotion-spec");
+    let r = d.expect(&["plan", "--set", "strategy.promotion=manual"], 2);
+    assert!(r.stderr.contains("strategy.promotion: is not a setting of rolling"), "{}", r.stderr);
+    manual_promotion(&d);
+    let r = d.expect(&["plan", "--set", "strategy.promotion=sometimes"], 2);
+    assert!(r.stderr.contains("--set strategy.promotion=sometimes: strategy.promotion: \"sometimes\""), "{}", r.stderr);
+}

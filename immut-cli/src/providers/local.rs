@@ -54,8 +54,17 @@ pub(super) async fn retire(spec: &Spec, s: &LocalSettings) -> Result<Option<Stri
     Ok(stopped.map(|pid| format!("stopped the balancer of {} (pid {pid})", spec.service)))
 }
 
-pub(super) async fn connect(spec: &Spec, s: &LocalSettings, access: Access) -> Result<Backend> {
-    let provider = LocalProvider::builder().state_dir(&s.state_dir).term_timeout(s.term_timeout).build()?;
+pub(super) async fn connect(
+    spec: &Spec,
+    s: &LocalSettings,
+    access: Access,
+    crash: Option<immut::local::SpawnCrash>,
+) -> Result<Backend> {
+    let mut builder = LocalProvider::builder().state_dir(&s.state_dir).term_timeout(s.term_timeout);
+    if let Some(at) = crash {
+        builder = builder.crash_at_spawn(at);
+    }
+    let provider = builder.build()?;
     // The balancer is a process of its own per service, found (or started on first use) at
     // the address kept in the state directory, so it outlives every command; `listen` only
     // matters when it is first started. A command that only reads never starts one: it reads

@@ -66,10 +66,19 @@ pub fn release(spec: &Spec) -> Result<Release> {
 }
 
 /// Connects to the backend the spec names. `releases` are the releases the command may
-/// launch (the simulator's faults are keyed by them).
-pub async fn connect(spec: &Spec, access: Access, releases: &[&Release]) -> Result<Backend> {
+/// launch (the simulator's faults are keyed by them); `crash` is the crash tests' kill point
+/// in the local provider's spawn loop.
+pub async fn connect(
+    spec: &Spec,
+    access: Access,
+    releases: &[&Release],
+    crash: Option<immut::local::SpawnCrash>,
+) -> Result<Backend> {
+    if crash.is_some() && !matches!(spec.provider, ProviderSettings::Local(_)) {
+        return Err(immut::Error::invalid("provider.kind", "--kill-at-spawn needs the local provider"));
+    }
     match &spec.provider {
-        ProviderSettings::Local(s) => local::connect(spec, s, access).await,
+        ProviderSettings::Local(s) => local::connect(spec, s, access, crash).await,
         ProviderSettings::Sim(s) => sim::connect(s, releases),
         #[cfg(feature = "aws")]
         ProviderSettings::Aws(s) => aws::connect(spec, s).await,
