@@ -132,7 +132,7 @@ impl BalancerBuilder {
 
     /// The executable started as the balancer process (default: this program,
     /// `std::env::current_exe()`). It must call [`crate::serve_if_requested`] first thing in
-    /// `main`; a test harness points this at a binary that does, such as `immut-local-deploy`.
+    /// `main`; a test harness points this at a binary that does, such as `immut` or `immut-sample`.
     pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
         self.executable = Some(path.into());
         self

@@ -33,7 +33,7 @@ pub(crate) fn map_io(error: io::Error, operation: &str, path: &Path) -> Error {
 }
 
 /// The fix every corrupt-state error names.
-pub(crate) const REPAIR_HINT: &str = "nothing was changed; see what runs with `immut-local-deploy --state-dir DIR --status`, then move the file aside and rebuild what can be rebuilt with `immut-local-deploy --state-dir DIR --repair`";
+pub(crate) const REPAIR_HINT: &str = "nothing was changed; see what runs with `immut repair` (it changes nothing), then move the file aside and rebuild what can be rebuilt with `immut repair --yes`";
 
 /// A state file that does not parse: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -993,7 +993,7 @@ mod tests {
         let e = read_records(&dir).unwrap_err();
         let text = e.to_string();
         assert!(text.contains(&bad.display().to_string()) && text.contains("line 3"), "{text}");
-        assert!(text.contains("--repair") && !e.is_retryable(), "{text}");
+        assert!(text.contains("immut repair --yes") && !e.is_retryable(), "{text}");
         // A temporary file of an atomic write is no record.
         std::fs::remove_file(&bad).unwrap();
         std::fs::write(instances_dir(&dir).join(".web-x.json.1.2.tmp"), "{").unwrap();

@@ -137,7 +137,11 @@ impl Inventory {
                     p.service.as_deref().unwrap_or("-"),
                     p.version.as_deref().unwrap_or("-"),
                     p.port.map_or("-".to_owned(), |p| p.to_string()),
-                    if p.rebuildable { "--repair rebuilds its record" } else { "its record cannot be rebuilt" }
+                    if p.rebuildable {
+                        "`immut repair --yes` rebuilds its record"
+                    } else {
+                        "its record cannot be rebuilt"
+                    }
                 ));
             }
         }

@@ -204,7 +204,7 @@ impl LocalBalancer {
             return Err(Error::invalid(
                 "protocol",
                 format!(
-                    "the balancer of {} runs as {}, not {}; stop it (immut-local-deploy --stop-balancer) and delete {} to change it",
+                    "the balancer of {} runs as {}, not {}; stop it (`immut stop-balancer`) and delete {} to change it",
                     handle.service,
                     status.protocol,
                     handle.protocol,

@@ -30,9 +30,9 @@ pub fn sample_path() -> &'static str {
 }
 
 /// The executable the tests start balancers from: a test harness cannot serve as one, the
-/// deploy CLI does (it calls `immut_local::serve_if_requested`).
+/// sample binary does (it calls `immut_local::serve_if_requested` first).
 pub fn balancer_exe() -> &'static str {
-    env!("CARGO_BIN_EXE_immut-local-deploy")
+    env!("CARGO_BIN_EXE_immut-sample")
 }
 
 pub fn release(service: &str, version: Version, spec: LaunchSpec) -> Release {
