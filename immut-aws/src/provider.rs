@@ -84,7 +84,7 @@ impl AwsProvider {
 
     /// Blue/green traffic: two target groups behind one listener whose default action is a
     /// weighted forward to both, so ELB health-checks both, the idle one at weight 0. New
-    /// instances are staged (registered) in the idle group by the health check, proven by ELB
+    /// instances are staged (registered) in the idle group by `Traffic::prepare`, proven by ELB
     /// there, and a switch moves the weights; the old instances stay registered in their group
     /// at weight 0 for a fast switch back, and are deregistered when they are terminated.
     ///

@@ -2,13 +2,14 @@
 //!
 //! Blue/green as an ALB works. Both groups are in the listener's forward action, the idle one
 //! at weight 0, so ELB health-checks both while only one gets requests. New instances are
-//! registered (staged) in the idle group by the health check and are `Unknown` until ELB reports
-//! them `healthy` there, so the engine switches only instances ELB has proven. A switch states
-//! its end (the new instances' group at full weight, the other at 0) and makes the listener
-//! so; a retry after a lost answer finds it so and changes nothing. When both groups hold
-//! serving instances (a canary or a rolling deployment through the listener), the weights follow
-//! the instance counts, so each instance gets the same share and a canary's share of instances
-//! is its share of requests.
+//! registered (staged) in the idle group by [`Traffic::prepare`], which the engine calls once
+//! each runs, and are `Unknown` until ELB reports them `healthy` there, so the engine switches
+//! only instances ELB has proven; the health check only reads. A switch states its end (the new
+//! instances' group at full weight, the other at 0) and makes the listener so; a retry after a
+//! lost answer finds it so and changes nothing. When both groups hold serving instances (a
+//! canary or a rolling deployment through the listener), the weights follow the instance
+//! counts, so each instance gets the same share and a canary's share of instances is its share
+//! of requests.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -429,6 +430,29 @@ impl Traffic for AwsTraffic {
         Ok(serving)
     }
 
+    /// Behind a listener with an idle group: registers the new instances that neither group
+    /// knows in the idle group (weight 0), so ELB health-checks them without sending them
+    /// requests, and writes the idle group into the forward first if the listener left it out.
+    /// An instance of a release the serving group holds is left for attach, which puts it
+    /// there. In a target group, or with both groups serving, there is nothing to stage: the
+    /// attach registers, and ELB judges the instance in the group that serves it.
+    async fn prepare(&self, instances: &[Instance]) -> Result<()> {
+        let Mode::Listener { listener, groups } = &self.mode else { return Ok(()) };
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let seen = self.sighting(listener, groups, instances).await?;
+        let Some(idle) = seen.idle else { return Ok(()) };
+        let stage: Vec<String> =
+            instances.iter().map(|i| i.id.to_string()).filter(|id| seen.unstaged.contains(id)).collect();
+        if stage.is_empty() {
+            return Ok(());
+        }
+        let state = self.probe_both(listener, groups, seen.state).await?;
+        debug_assert!(!state.weights.serves(idle));
+        self.clients.register(&groups[idle], &stage).await
+    }
+
     async fn attach(&self, instances: &[Instance]) -> Result<()> {
         if instances.is_empty() {
             return Ok(());
@@ -464,7 +488,7 @@ impl Traffic for AwsTraffic {
     }
 
     /// In a target group: attach, then detach (which waits out the drain). Behind a listener:
-    /// the new instances' group (where the health check staged them) gets full weight and the
+    /// the new instances' group (where `prepare` staged them) gets full weight and the
     /// other 0, with one ModifyListener, once ELB reports every new target healthy (at most
     /// the health timeout). The switch states its end, so a retry after a lost answer, or the
     /// same switch again, finds the listener there and sends nothing; it still waits the drain.
@@ -485,14 +509,14 @@ impl Traffic for AwsTraffic {
 /// health checks are disabled and unknown otherwise.
 ///
 /// An instance registered in no group: behind a listener with an idle group (weight 0), a
-/// running instance with immut's provenance, of a release the serving group does not hold, is
-/// **staged**: registered in the idle group, so that ELB probes it without sending it requests,
-/// and unknown until ELB has judged it. Otherwise (a target group, or both groups serving) it
+/// running instance with immut's provenance, of a release the serving group does not hold,
+/// belongs in the idle group for probing ([`Traffic::prepare`] registers it there), so it is
+/// unknown until ELB has judged it. Otherwise (a target group, or both groups serving) it
 /// passes, so that this check composes with checks that gate the attach (status checks, the
-/// HTTP probe), and ELB judges it once attached.
+/// HTTP probe), and ELB judges it once attached. The check never changes anything.
 ///
-/// One DescribeTargetHealth per group serves both this check and `serving()` in an engine step:
-/// the answers are reused (see `AwsConfig::read_ttl`).
+/// One DescribeTargetHealth per group serves this check, `serving()` and `prepare()` in an
+/// engine step: the answers are reused (see `AwsConfig::read_ttl`).
 #[async_trait]
 impl HealthCheck for AwsTraffic {
     async fn check(&self, instance: &Instance) -> Result<Health> {
@@ -516,8 +540,35 @@ impl HealthCheck for AwsTraffic {
             }
             Mode::Listener { listener, groups } => (listener, groups),
         };
+        let seen = self.sighting(listener, groups, instances).await?;
+        Ok(instances
+            .iter()
+            .map(|i| match seen.found.get(i.id.as_str()) {
+                Some(t) => verdict(t),
+                None if seen.unstaged.contains(i.id.as_str()) => Health::Unknown,
+                None => Health::Healthy,
+            })
+            .collect())
+    }
+}
+
+/// What the listener's two groups show of some instances.
+struct Sighting {
+    /// The listener as read.
+    state: ListenerState,
+    /// The group at weight 0 while the other serves, if one is.
+    idle: Option<usize>,
+    /// Each instance's target in the group that speaks for it.
+    found: HashMap<String, Target>,
+    /// Instances in neither group that belong in the idle one for probing.
+    unstaged: HashSet<String>,
+}
+
+impl AwsTraffic {
+    /// Reads the groups for `instances`, from this step's answers where it can: the serving
+    /// groups first, the idle one only when an instance is not found there.
+    async fn sighting(&self, listener: &str, groups: &[String; 2], instances: &[Instance]) -> Result<Sighting> {
         let state = self.clients.listener(listener, groups, false).await?;
-        // The serving groups first; the idle one only when an instance is not found there.
         let mut order: Vec<usize> = (0..2).filter(|&i| state.weights.serves(i)).collect();
         order.extend((0..2).filter(|&i| !state.weights.serves(i)));
         let mut members: [Option<Vec<Target>>; 2] = [None, None];
@@ -554,29 +605,16 @@ impl HealthCheck for AwsTraffic {
                     && i.state == InstanceState::Running
             })
             .collect();
-        let mut staged: HashSet<String> = HashSet::new();
+        let mut unstaged = HashSet::new();
         if let (Some(idle), false) = (idle, candidates.is_empty()) {
-            let serving = members[1 - idle].clone().unwrap_or_default();
-            let serving_ids: Vec<String> = serving.iter().map(|t| t.id.clone()).collect();
+            // An instance of a release the serving group holds joins that group on attach: it
+            // needs no probing on the side.
+            let serving_ids: Vec<String> = members[1 - idle].iter().flatten().map(|t| t.id.clone()).collect();
             let releases = self.releases(&serving_ids).await?;
             let held: HashSet<Option<&ReleaseId>> = releases.values().map(Option::as_ref).collect();
-            let stage: Vec<String> =
-                candidates.iter().filter(|i| !held.contains(&i.release())).map(|i| i.id.to_string()).collect();
-            if !stage.is_empty() {
-                let state = self.probe_both(listener, groups, state).await?;
-                debug_assert!(!state.weights.serves(idle));
-                self.clients.register(&groups[idle], &stage).await?;
-                staged.extend(stage);
-            }
+            unstaged.extend(candidates.iter().filter(|i| !held.contains(&i.release())).map(|i| i.id.to_string()));
         }
-        Ok(instances
-            .iter()
-            .map(|i| match found.get(i.id.as_str()) {
-                Some(t) => verdict(t),
-                None if staged.contains(i.id.as_str()) => Health::Unknown,
-                None => Health::Healthy,
-            })
-            .collect())
+        Ok(Sighting { state, idle, found, unstaged })
     }
 }
 

@@ -132,6 +132,65 @@ async fn blue_green_switches_only_once_elb_reports_the_new_targets_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_only_reads_and_prepare_stages_new_instances_in_the_idle_group() {
+    use immut_core::HealthCheck;
+    let (_turn, proxy, provider, _stack, traffic) = proxied("prepare").await;
+    let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
+    let d = deployer(&provider, &traffic, BlueGreen::new()).desired(2).build().unwrap();
+    assert!(d.deploy(v1.clone()).run().await.succeeded());
+    let serving = serving_group(&traffic).await;
+    let launch = |release: &Release, count: usize, token: &str| {
+        let request = LaunchRequest::new(
+            Arc::new(release.clone()),
+            count,
+            &DeploymentId::new("d-prepare"),
+            LaunchToken::new(token),
+        );
+        let provider = provider.clone();
+        async move {
+            let launched = provider.launch(&request).await.unwrap();
+            provider.describe(&Query::ids(launched.iter().map(|i| i.id.clone()))).await.unwrap()
+        }
+    };
+    let (new, same) = (launch(&v2, 2, "t-new").await, launch(&v1, 1, "t-same").await);
+    assert!(new.iter().chain(&same).all(|i| i.state == immut_core::InstanceState::Running));
+    let registrations = || proxy.requests("RegisterTargets");
+    let (registered, modified) = (registrations().len(), proxy.requests("ModifyListener").len());
+
+    // The check reads: a new release's instance in neither group is unknown (it belongs in the
+    // idle group for probing); one of the serving release passes (attach puts it there). The
+    // check registers nothing and leaves the listener alone.
+    let verdicts = traffic.check_many(&[new.clone(), same.clone()].concat()).await.unwrap();
+    assert_eq!(verdicts, vec![Health::Unknown, Health::Unknown, Health::Healthy]);
+    assert_eq!(registrations().len(), registered, "the health check registered targets");
+    assert_eq!(proxy.requests("ModifyListener").len(), modified, "the health check changed the listener");
+
+    // prepare stages the new release's instances in the idle group, at weight 0: ELB probes
+    // them, no request reaches them. The serving release's instance is left for attach.
+    traffic.prepare(&[new.clone(), same.clone()].concat()).await.unwrap();
+    let sent = registrations();
+    assert_eq!(sent.len(), registered + 1, "one RegisterTargets for the staged instances");
+    let staged = &sent[registered].form;
+    assert_ne!(staged.get("TargetGroupArn"), Some(&serving), "staged in the idle group, not the serving one");
+    let mut ids: Vec<&String> =
+        staged.iter().filter(|(k, _)| k.starts_with("Targets.member.") && k.ends_with(".Id")).map(|(_, v)| v).collect();
+    ids.sort();
+    let mut want: Vec<String> = new.iter().map(|i| i.id.to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want.iter().collect::<Vec<_>>(), "only the new release's instances");
+    assert_eq!(serving_group(&traffic).await, serving, "traffic did not move");
+    let serving_ids = traffic.serving().await.unwrap();
+    assert!(new.iter().all(|i| !serving_ids.contains(&i.id)), "staged instances get no requests");
+
+    // Again: idempotent, nothing more is sent. ELB's verdict on them now comes from the idle group.
+    traffic.prepare(&new).await.unwrap();
+    assert_eq!(registrations().len(), registered + 1, "a second prepare registers nothing");
+    assert_eq!(traffic.check_many(&new).await.unwrap(), vec![Health::Healthy, Health::Healthy]);
+    use immut_core::ProviderExt;
+    provider.terminate_all(&[new, same].concat().into_iter().map(|i| i.id).collect::<Vec<_>>()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_modify_listener_answer_is_retried_to_the_same_end() {
     let (_turn, proxy, provider, _stack, traffic) = proxied("lost-switch").await;
     let (v1, v2) = (support::release("web", (1, 0, 0), AMI), support::release("web", (2, 0, 0), AMI_2));
