@@ -19,8 +19,10 @@ pub struct Capabilities {
     pub max_launch_batch: usize,
     /// The most ids one terminate call accepts; [`ProviderExt::terminate_all`] splits larger sets.
     pub max_terminate_batch: usize,
-    /// Whether the backend itself honours the launch token as an idempotency key. The engine
-    /// adopts by token either way.
+    /// Whether the backend itself honours the launch token as an idempotency key (EC2's
+    /// ClientToken, GCE's requestId). The engine adopts by token either way; where the backend
+    /// honours it, a fresh token's first launch attempt goes out without a look-up by token
+    /// first, which a retry, a resumed launch and a deployment id the caller chose still make.
     pub honours_token: bool,
     /// Which characters label values may hold.
     pub label_charset: LabelCharset,

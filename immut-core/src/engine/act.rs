@@ -173,9 +173,11 @@ impl Deployment {
         }
         let provider = self.inner.provider.clone();
         // A backend that honours the token as an idempotency key needs no look-up before a
-        // fresh token's first attempt. After any doubt (a retry, or a launch a dead process
-        // journaled) the engine looks up by token first and adopts what exists.
-        let fresh = provider.capabilities().honours_token && !resumed_launch;
+        // fresh token's first attempt. After any doubt (a retry, a launch a dead process
+        // journaled, or an id the caller chose, which an earlier run without a journal may have
+        // launched under) the engine looks up by token first and adopts what exists.
+        let reused_id = self.chosen_id && !self.resumed;
+        let fresh = provider.capabilities().honours_token && !resumed_launch && !reused_id;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         // A look-up by token right after an ambiguous failure may miss instances the cloud
         // has launched but not yet shows: it waits out the consistency window first, measured

@@ -193,6 +193,9 @@ pub struct Deployment {
     last_serving: HashSet<InstanceId>,
     begun: bool,
     resumed: bool,
+    /// The caller chose the id ([`Deployment::with_id`]): its launch tokens may have been used
+    /// by an earlier run that no journal recorded.
+    chosen_id: bool,
     lock: Option<LockGuard>,
     replacing: HashSet<InstanceId>,
     pending_launch: Option<LaunchIntent>,
@@ -230,6 +233,7 @@ impl Deployment {
             last_serving: HashSet::new(),
             begun: false,
             resumed: false,
+            chosen_id: false,
             lock: None,
             replacing: HashSet::new(),
             pending_launch: None,
@@ -246,6 +250,7 @@ impl Deployment {
     /// Sets the deployment id (default: derived from the release and the clock).
     pub fn with_id(mut self, id: DeploymentId) -> Self {
         self.id = id;
+        self.chosen_id = true;
         self
     }
 
