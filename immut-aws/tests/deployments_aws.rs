@@ -3,8 +3,9 @@
 //! through a fault-injecting proxy, and a lost launch response that must not duplicate.
 //! The modules test what moto alone cannot show: ELB's health checks (`alb`: targets that
 //! stay `initial`, a lost ModifyListener answer, canary weights), launch options, zones
-//! without capacity, timeouts and credentials (`launch`), and fleets of 500 and the scope of
-//! unmanaged instances (`fleet`).
+//! without capacity, timeouts and credentials (`launch`), fleets of 500 and the scope of
+//! unmanaged instances (`fleet`), and web identity credentials from the standard environment
+//! against moto's STS (`web_identity`).
 
 mod support;
 
@@ -14,6 +15,8 @@ mod alb;
 mod fleet;
 #[path = "deployments_aws/launch.rs"]
 mod launch;
+#[path = "deployments_aws/web_identity.rs"]
+mod web_identity;
 
 use std::sync::Arc;
 use std::time::Duration;

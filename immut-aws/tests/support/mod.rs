@@ -156,11 +156,23 @@ pub struct FaultPlan {
     pub stall_for: Duration,
 }
 
-/// One request the proxy saw: when, and its decoded form (`Key=value` pairs).
+/// One request the proxy saw: when, its decoded form (`Key=value` pairs), and the access key
+/// id it was signed with (SigV4's `Credential=`; the id is not secret, the signature is not kept).
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub at: Instant,
     pub form: BTreeMap<String, String>,
+    pub access_key_id: Option<String>,
+    /// Whether it carried a session token (`X-Amz-Security-Token`) that STS issued through
+    /// this proxy.
+    pub issued_session: bool,
+}
+
+/// The access key id of a SigV4 `Authorization` header.
+fn access_key_id(headers: &hyper::HeaderMap) -> Option<String> {
+    let auth = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    Some(credential.split('/').next()?.to_owned())
 }
 
 /// Decodes `application/x-www-form-urlencoded`.
@@ -236,6 +248,8 @@ pub struct FaultProxy {
     seen: Arc<Mutex<Vec<(String, Seen)>>>,
     no_capacity_in: Arc<Mutex<BTreeMap<String, String>>>,
     health: Arc<Mutex<HealthDelay>>,
+    /// The secret keys and session tokens STS issued through the proxy (never printed).
+    issued: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -249,6 +263,7 @@ impl FaultProxy {
             seen: Arc::default(),
             no_capacity_in: Arc::default(),
             health: Arc::default(),
+            issued: Arc::default(),
         };
         let (state, upstream) = (proxy.clone(), upstream.to_owned());
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -278,6 +293,11 @@ impl FaultProxy {
     /// How many faults were injected, by kind.
     pub fn injected(&self) -> BTreeMap<String, usize> {
         self.injected.lock().unwrap().clone()
+    }
+
+    /// Every request so far, with its action, in order.
+    pub fn all_requests(&self) -> Vec<(String, Seen)> {
+        self.seen.lock().unwrap().clone()
     }
 
     /// Every request for `action` so far, in order.
@@ -346,7 +366,16 @@ impl FaultProxy {
         let decoded = decode_form(&form);
         let action = decoded.get("Action").cloned().unwrap_or_default();
         let is_ec2 = form.contains("Version=2016-11-15");
-        self.seen.lock().unwrap().push((action.clone(), Seen { at: Instant::now(), form: decoded.clone() }));
+        let access_key_id = access_key_id(&parts.headers);
+        let issued_session = parts
+            .headers
+            .get("x-amz-security-token")
+            .and_then(|t| t.to_str().ok())
+            .is_some_and(|t| self.issued.lock().unwrap().iter().any(|s| s == t));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((action.clone(), Seen { at: Instant::now(), form: decoded.clone(), access_key_id, issued_session }));
         let no_capacity = match (action.as_str(), decoded.get("SubnetId")) {
             ("RunInstances", Some(subnet)) => self.no_capacity_in.lock().unwrap().get(subnet).cloned(),
             _ => None,
@@ -429,7 +458,30 @@ impl FaultProxy {
             head.headers.remove("content-length");
             return Response::from_parts(head, Full::new(Bytes::from(xml)));
         }
+        if action.starts_with("AssumeRole") {
+            let (head, bytes) = response.into_parts();
+            let bytes = bytes.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let xml = String::from_utf8_lossy(&bytes);
+            for tag in ["SecretAccessKey", "SessionToken"] {
+                if let Some(value) =
+                    xml.split(&format!("<{tag}>")).nth(1).and_then(|r| r.split(&format!("</{tag}>")).next())
+                {
+                    self.issued.lock().unwrap().push(value.to_owned());
+                }
+            }
+            return Response::from_parts(head, Full::new(bytes));
+        }
         response
+    }
+
+    /// Whether `text` shows any secret key or session token STS issued through the proxy.
+    pub fn shows_an_issued_secret(&self, text: &str) -> bool {
+        self.issued.lock().unwrap().iter().any(|s| text.contains(s.as_str()))
+    }
+
+    /// How many secrets (secret keys and session tokens) STS issued through the proxy.
+    pub fn issued_secrets(&self) -> usize {
+        self.issued.lock().unwrap().len()
     }
 }
 
