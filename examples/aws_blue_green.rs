@@ -62,8 +62,10 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         if builder.config().region.is_none() {
             builder = builder.region("us-east-1");
         }
-        // An emulator takes any credentials; bring your own with AWS_ACCESS_KEY_ID or a profile.
-        if env("AWS_ACCESS_KEY_ID").is_none() && env("AWS_PROFILE").is_none() {
+        // An emulator takes any credentials; bring your own with AWS_ACCESS_KEY_ID, a profile or
+        // a web identity token.
+        let own = ["AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"];
+        if own.iter().all(|name| env(name).is_none()) {
             builder = builder.credentials("testing", "testing");
         }
     }
