@@ -58,8 +58,27 @@ setup_test_tools() {
   echo "$want" >"$venv/.requirements.sha256"
 }
 
+# Installs Debian package $1 when command $2 is missing (as root, or through passwordless sudo);
+# otherwise stops with what to install. $3 says which test needs it.
+apt_install() {
+  local package=$1 command=$2 why=$3
+  command -v "$command" >/dev/null && return
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  if ! command -v apt-get >/dev/null || { [ ${#sudo[@]} -gt 0 ] && ! sudo -n true 2>/dev/null; }; then
+    fail "$command is missing ($why). Install the package $package (Debian and Ubuntu: apt-get install $package), then run this again"
+  fi
+  echo "== test tools: installing Debian's $package ($why)"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null ||
+    { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null; } ||
+    fail "apt-get install $package failed (see above)"
+}
+
 command -v cargo >/dev/null || fail "cargo is missing: install Rust 1.94.1 or newer with rustup (https://rustup.rs), then run this again"
 setup_test_tools
+if [ -z "${IMMUT_CHROMIUM:-}" ]; then
+  apt_install chromium chromium "the HTML report test renders a page in headless Chromium; IMMUT_CHROMIUM overrides"
+fi
 # The tests and examples that start moto read this; by hand they find target/test-venv.
 export IMMUT_TEST_PYTHON="$venv/bin/python"
 if $setup_only; then
@@ -81,7 +100,7 @@ area "rust-version floors" "$venv/bin/python" scripts/check-rust-version.py
 
 # Always the same package selection (--workspace, with the facade's cloud features so that the
 # cloud examples are built too): a different one recompiles the dependencies.
-sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3)
+sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3,immut-cli/state-s3)
 # The crash tests print how many kill points they exercised, the fault campaign its case count
 # and fault mix, and the AWS figures test its call counts, so those run with their output shown.
 area "tests" cargo test "${sel[@]}" --lib --bins --tests --examples -- \
@@ -125,4 +144,4 @@ area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut 
 echo
 echo "== summary"
 printf '%s\n' "${timings[@]}"
-echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), $(rustc --version)"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), $("${IMMUT_CHROMIUM:-chromium}" --version 2>/dev/null | head -1), $(rustc --version)"
