@@ -1,6 +1,6 @@
-//! The sample service as a standalone binary; see `immut_local::sample`. Started with the
-//! balancer's hidden flag it is a balancer process instead, so that a test harness (which
-//! cannot serve as one) starts its balancers from this binary.
+//! The sample service as a standalone binary; see `immut_local::sample`. Started with
+//! `immut_local::BALANCER_FLAG` it is a balancer process instead, so that a test harness (which
+//! cannot be one) can point `BalancerBuilder::executable` at it.
 
 fn main() {
     immut_local::serve_if_requested();
