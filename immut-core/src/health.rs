@@ -1,4 +1,6 @@
-//! Health checks: each judges one instance healthy, unhealthy or unknown. They compose.
+//! Health checks: each judges one instance healthy, unhealthy or unknown. They compose with
+//! [`AllOf`]: [`ProviderStatus`], `HttpProbe` (is it alive?) and `VersionCheck` (does it run
+//! the build its labels say?), the last two with the `http` feature.
 //!
 //! Two kinds of "no" are kept apart. An instance that answers badly (a 500, a refused
 //! connection, an impaired status) is [`Health::Unhealthy`]: that is a verdict on the instance.
@@ -16,6 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::model::{Instance, InstanceState};
+
+#[cfg(feature = "http")]
+mod version;
+#[cfg(feature = "http")]
+pub use version::{Expected, VersionCheck, VersionSource};
 
 /// How many instances [`HealthCheck::check_many`]'s default judges at once.
 pub const DEFAULT_CONCURRENCY: usize = 32;
