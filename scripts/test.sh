@@ -69,8 +69,8 @@ apt_install() {
     fail "$command is missing ($why). Install the package $package (Debian and Ubuntu: apt-get install $package), then run this again"
   fi
   echo "== test tools: installing Debian's $package ($why)"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null ||
-    { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null; } ||
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null ||
+    { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null; } ||
     fail "apt-get install $package failed (see above)"
 }
 
