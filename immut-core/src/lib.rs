@@ -57,6 +57,7 @@ pub mod checker;
 pub mod dry_run;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod health;
 pub mod journal;
 pub mod ledger;
@@ -77,6 +78,7 @@ pub mod test_tools;
 
 pub use engine::{CancelHandle, Deployer, DeployerBuilder, Deployment, Event, Outcome, Phase};
 pub use error::{Error, ErrorKind, Result};
+pub use feed::ChangeFeed;
 #[cfg(feature = "http")]
 pub use health::HttpProbe;
 pub use health::{AllOf, FnCheck, Health, HealthCheck, ProviderStatus};

@@ -76,6 +76,10 @@ pub struct CallCounts {
     /// Calls that made new instances known to the balancer for probing.
     #[serde(default)]
     pub prepare: u64,
+    /// Change-feed calls: polls that asked whether anything changed instead of reading the
+    /// fleet ([`crate::feed`]).
+    #[serde(default)]
+    pub changes: u64,
     /// Retried attempts.
     pub retries: u64,
 }

@@ -150,6 +150,9 @@ pub struct SimCalls {
     pub switch: u64,
     /// Batched health checks.
     pub health: u64,
+    /// Change-feed calls ([`SimFeed`]).
+    #[serde(default)]
+    pub changes: u64,
     /// Calls answered with a throttling error.
     pub throttled: u64,
     /// Calls answered with an injected failure.
@@ -315,6 +318,9 @@ struct SimState {
     /// Blips in a row per instance: two in a row make the instance look failed to a check
     /// with the engine's default thresholds, an event outside the engine's control.
     blips: HashMap<InstanceId, u32>,
+    /// When anything last changed by a call (or out of band), for the change feed; changes
+    /// that come with time are in `transitions`.
+    changed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -393,6 +399,7 @@ impl SimState {
             }
             if count > 0 {
                 self.out_of_band_applied += 1;
+                self.changed_at = Some(now);
             }
         }
     }
@@ -444,9 +451,20 @@ impl SimProvider {
         SimBuilder::default()
     }
 
-    /// A deployer builder wired to this simulated cloud: its provider, traffic and health.
+    /// A deployer builder wired to this simulated cloud: its provider, traffic, health and
+    /// change feed.
     pub fn deployer(&self) -> crate::DeployerBuilder {
-        crate::Deployer::builder().provider(self.clone()).traffic(self.traffic()).health(self.health())
+        crate::Deployer::builder()
+            .provider(self.clone())
+            .traffic(self.traffic())
+            .health(self.health())
+            .change_feed(self.feed())
+    }
+
+    /// The change feed of this simulated cloud: whether describe, the serving set or a
+    /// health check may answer differently since an instant ([`crate::feed`]).
+    pub fn feed(&self) -> SimFeed {
+        SimFeed { shared: self.shared.clone() }
     }
 
     /// The traffic side of this simulated cloud.
@@ -523,6 +541,7 @@ impl SimProvider {
     pub fn launch_unmanaged(&self, count: usize, image: &str, serving: bool) -> Vec<Instance> {
         let now = Instant::now();
         let mut state = self.lock();
+        state.changed_at = Some(now);
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             let idx = state.instances.len();
@@ -549,6 +568,7 @@ impl SimProvider {
     pub fn edit_label(&self, id: &InstanceId, key: &str, value: &str) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
+        state.changed_at = Some(Instant::now());
         let instance = &mut state.instances[idx].instance;
         let mut labels = (*instance.labels).clone();
         labels.insert(key.to_owned(), value.to_owned());
@@ -562,6 +582,7 @@ impl SimProvider {
     pub fn resize(&self, id: &InstanceId, machine_type: &str) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
+        state.changed_at = Some(Instant::now());
         let instance = &mut state.instances[idx].instance;
         instance.observed =
             Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
@@ -573,6 +594,7 @@ impl SimProvider {
     pub fn seed_instances(&self, instances: &[Instance], serving: &[InstanceId]) {
         let now = Instant::now();
         let mut state = self.lock();
+        state.changed_at = Some(now);
         for instance in instances {
             let idx = state.instances.len();
             state.index.insert(instance.id.clone(), idx);
@@ -626,6 +648,7 @@ fn insert(state: &mut SimState, request: &LaunchRequest, running_at: Instant, he
         machine_type: request.release.baseline().spec.machine_type.clone(),
     });
     let mut out = Vec::with_capacity(request.count);
+    state.changed_at = Some(Instant::now());
     for _ in 0..request.count {
         let idx = state.instances.len();
         let id = InstanceId::new(format!("sim-{idx:07}"));
@@ -720,9 +743,10 @@ impl Provider for SimProvider {
     }
 
     async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
-        let mut out = Vec::new();
+        let mut out;
         {
             let state = self.call(|c| c.describe += 1).await?;
+            out = Vec::with_capacity(if query.ids.is_some() { 0 } else { state.instances.len() });
             let now = Instant::now();
             let visible = |idx: usize| state.instances[idx].visible_at <= now;
             match &query.ids {
@@ -765,6 +789,7 @@ impl Provider for SimProvider {
     async fn terminate(&self, ids: &[InstanceId]) -> Result<()> {
         let mut state = self.call(|c| c.terminate += 1).await?;
         let now = Instant::now();
+        state.changed_at = Some(now);
         let lat = self.shared.latencies;
         for id in ids {
             if let Some(&idx) = state.index.get(id)
@@ -807,6 +832,7 @@ impl Adopt for SimProvider {
     ) -> Result<Vec<Instance>> {
         let mut state = self.call(|_| {}).await?;
         let now = Instant::now();
+        state.changed_at = Some(now);
         let mut out = Vec::new();
         for id in ids {
             let Some(&idx) = state.index.get(id) else {
@@ -831,6 +857,7 @@ pub struct SimTraffic {
 impl SimTraffic {
     fn serve(state: &mut SimState, instances: &[Instance], initial: Duration) {
         let now = Instant::now();
+        state.changed_at = Some(now);
         for i in instances {
             if state.serving.insert(i.id.clone()) {
                 state.attached_at.insert(i.id.clone(), now);
@@ -875,6 +902,7 @@ impl Traffic for SimTraffic {
     async fn detach(&self, ids: &[InstanceId]) -> Result<()> {
         {
             let mut state = self.shared.call(|c| c.detach += 1).await?;
+            state.changed_at = Some(Instant::now());
             for id in ids {
                 state.serving.remove(id);
             }
@@ -941,8 +969,12 @@ impl HealthCheck for SimHealth {
         let mut out = Vec::with_capacity(instances.len());
         for i in instances {
             let mut health = Self::judge(&state, &i.id, now);
-            let in_initial = state.attached_at.get(&i.id).is_some_and(|at| now < *at + initial);
-            if health.is_healthy() && in_initial && state.serving.contains(&i.id) {
+            // Each look-up only when its setting is on: this runs for every instance at
+            // every observation.
+            let in_initial = !initial.is_zero()
+                && health.is_healthy()
+                && state.attached_at.get(&i.id).is_some_and(|at| now < *at + initial);
+            if in_initial && state.serving.contains(&i.id) {
                 health = Health::Unknown;
             } else if health.is_healthy() && flap > 0.0 && state.random() < flap {
                 health = Health::Unhealthy("failed one health check (simulated blip)".into());
@@ -951,11 +983,39 @@ impl HealthCheck for SimHealth {
                 if *streak == 2 {
                     state.out_of_band_applied += 1;
                 }
-            } else {
+            } else if !state.blips.is_empty() {
                 state.blips.remove(&i.id);
             }
             out.push(health);
         }
         Ok(out)
+    }
+}
+
+/// The change feed of a [`SimProvider`] ([`crate::feed::ChangeFeed`]). Each call costs the API
+/// latency and can be throttled, like any call; it answers from what changed by a call (or out
+/// of band) and from the instants at which time changes an answer (an instance running,
+/// turning healthy, becoming visible, gone, past the balancer's initial period). Health blips
+/// are drawn per check and cannot be foretold: with a flap rate, the feed cannot tell.
+#[derive(Debug, Clone)]
+pub struct SimFeed {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl crate::feed::ChangeFeed for SimFeed {
+    async fn changed_since(&self, since: Instant) -> Result<Option<bool>> {
+        if self.shared.faults.flap_rate > 0.0 {
+            return Ok(None);
+        }
+        let state = self.shared.call(|c| c.changes += 1).await?;
+        let now = Instant::now();
+        // Every call answers after its latency, so a read that went out at `since` saw what
+        // changed at `since` itself: only later changes count. Without latency it may not have.
+        let lat = self.shared.latencies;
+        let after = |at: Instant| if lat.api.is_zero() || lat.jitter >= 1.0 { at >= since } else { at > since };
+        let called = state.changed_at.is_some_and(after);
+        let timed = since <= now && state.transitions.range(since..=now).any(|&at| after(at));
+        Ok(Some(called || timed))
     }
 }

@@ -45,8 +45,8 @@ impl Deployment {
         let fresh: Vec<Instance> = obs
             .instances
             .iter()
-            .filter(|i| i.state == InstanceState::Running && !obs.serving.contains(&i.id))
             .filter(|i| target.is_some() && i.release() == target.as_ref())
+            .filter(|i| i.state == InstanceState::Running && !obs.serving.contains(&i.id))
             .filter(|i| self.memory.launched.get(&i.id).is_some_and(|l| !l.prepared))
             .cloned()
             .collect();

@@ -67,6 +67,10 @@ pub(super) struct Settings {
     pub(super) instance_deadline: Duration,
     pub(super) budget: ReplacementBudget,
     pub(super) thresholds: HealthThresholds,
+    /// Polls consult it before reading the fleet (see [`crate::feed`]).
+    pub(super) feed: Option<Arc<dyn ChangeFeed>>,
+    /// With a feed, the longest the engine goes without a full read.
+    pub(super) full_read_every: Duration,
 }
 
 /// Builds a [`Deployer`]. Setters never fail; [`DeployerBuilder::build`] checks everything.
@@ -90,6 +94,8 @@ pub struct DeployerBuilder {
     instance_deadline: Option<Duration>,
     budget: Option<ReplacementBudget>,
     thresholds: Option<HealthThresholds>,
+    feed: Option<Arc<dyn ChangeFeed>>,
+    full_read_every: Option<Duration>,
 }
 
 impl DeployerBuilder {
@@ -208,6 +214,17 @@ impl DeployerBuilder {
         self.poll_interval = Some(interval);
         self
     }
+    /// A change feed over the provider, the traffic and the health check: a poll on an
+    /// unchanged fleet then costs one feed call instead of a full read (see [`crate::feed`]).
+    pub fn change_feed(mut self, feed: impl ChangeFeed + 'static) -> Self {
+        self.feed = Some(Arc::new(feed));
+        self
+    }
+    /// With a change feed, the longest the engine trusts it without a full read (default 60 s).
+    pub fn full_read_every(mut self, every: Duration) -> Self {
+        self.full_read_every = Some(every);
+        self
+    }
     /// The retry policy for retryable errors.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
@@ -267,6 +284,13 @@ impl DeployerBuilder {
                 ),
             ));
         }
+        let full_read_every = self.full_read_every.unwrap_or(Duration::from_secs(60));
+        if full_read_every.is_zero() {
+            return Err(Error::invalid(
+                "full_read_every",
+                "must be above zero; leave the change feed out to read in full at every poll",
+            ));
+        }
         let thresholds = self.thresholds.unwrap_or_default();
         if thresholds.healthy == 0 || thresholds.unhealthy == 0 {
             return Err(Error::invalid("health_thresholds", "both counts must be at least 1"));
@@ -292,6 +316,8 @@ impl DeployerBuilder {
                     instance_deadline,
                     budget: self.budget.unwrap_or_default(),
                     thresholds,
+                    feed: self.feed,
+                    full_read_every,
                 },
             }),
         })

@@ -27,8 +27,10 @@ impl Deployment {
         let now = Instant::now();
         let deadline = self.inner.settings.instance_deadline;
         let mut expired = Vec::new();
-        let (mut next, mut expected) = (None::<Instant>, None::<Instant>);
-        let typical = self.memory.typical_boot();
+        let mut next = None::<Instant>;
+        let mut expected = None::<(Instant, Instant, Duration)>;
+        let range = self.memory.boot_range();
+        let interval = self.inner.settings.poll_interval;
         for id in &view.launching {
             if let Some(l) = self.memory.launched.get(id)
                 && !l.failed
@@ -39,13 +41,29 @@ impl Deployment {
                 } else {
                     next = Some(next.map_or(due, |n| n.min(due)));
                 }
-                if let Some(t) = typical {
-                    let at = l.at + t;
-                    expected = Some(expected.map_or(at, |e| e.min(at)));
+                if let Some((shortest, longest)) = range {
+                    // A tenth of the shortest either side, and one interval past the longest:
+                    // a wave a little faster or slower than any seen so far is still found
+                    // closely, though few samples show little of the spread.
+                    let margin = shortest / 10;
+                    let (from, to) = (l.at + shortest - margin, l.at + longest + margin + interval);
+                    let widened = expected.map_or((from, to), |(f, t, _)| (f.min(from), t.max(to)));
+                    expected = Some((widened.0, widened.1, Duration::ZERO));
                 }
             }
         }
         self.memory.next_deadline = next;
+        // Closer in a narrow window than in a wide one, so that a wide spread of boot times
+        // costs about as many polls as a narrow one: about 60 in the window at most.
+        expected = expected.map(|(from, to, _)| {
+            (from, to, (interval / 10).max((to - from) / 60).max(Duration::from_millis(100)).min(interval))
+        });
+        // Before any instance of this deployment turned healthy, one that runs has only its
+        // health checks left to pass: polled at an eighth of the interval until it does (or
+        // its deadline comes).
+        if range.is_none() && self.memory.booted_unproven {
+            expected = Some((now, now + deadline, (interval / 8).max(Duration::from_millis(100))));
+        }
         self.memory.next_expected = expected;
         if matches!(self.phase, Phase::Deploying) {
             let spent = self.memory.spend(&expired, self.inner.settings.budget, self.inner.settings.desired);
@@ -66,7 +84,15 @@ impl Deployment {
         if !stopped_serving.is_empty() {
             return Ok(Some(Decision::Detach { ids: stopped_serving }));
         }
+        // Every failed new instance still up, not only those that failed just now: a detach
+        // above may have gone first, and a failed instance is never expired twice.
         let mut ids: Vec<InstanceId> = expired.into_iter().map(|(id, _)| id).collect();
+        ids.extend(
+            view.launching
+                .iter()
+                .filter(|id| self.memory.launched.get(*id).is_some_and(|l| l.failed && !l.terminated))
+                .cloned(),
+        );
         ids.extend(
             obs.instances
                 .iter()

@@ -49,6 +49,12 @@ impl Streak {
         self.seen_at_step
     }
 
+    /// Whether another verdict like the last one would change nothing: it is not in the middle
+    /// of a run towards a threshold. A poll may skip the read only when every run is settled.
+    pub(super) fn settled(&self) -> bool {
+        if self.healthy { self.bad == 0 } else { self.ok == 0 }
+    }
+
     /// Since when the instance has counted as healthy, if it does.
     pub(super) fn healthy_since(&self) -> Option<Instant> {
         self.healthy_since
@@ -91,11 +97,23 @@ pub(super) struct Memory {
     /// When the first launching instance's deadline runs out: the engine wakes for it even
     /// when the provider promises no change.
     pub(super) next_deadline: Option<Instant>,
-    /// When the first launching instance is expected to turn healthy, from how long this
-    /// deployment's earlier instances took: the engine polls closely around it.
-    pub(super) next_expected: Option<Instant>,
+    /// When launching instances are expected to turn healthy, from the earliest to the
+    /// latest, from how long this deployment's earlier instances took (or, before any did,
+    /// while one runs but is not healthy yet): the engine polls closely within it.
+    /// With how close a poll interval.
+    pub(super) next_expected: Option<(Instant, Instant, Duration)>,
+    /// Whether the last observation showed a new instance running but not healthy yet.
+    pub(super) booted_unproven: bool,
     /// When the previous observation was made.
     pub(super) previous_observation: Option<Instant>,
+    /// When the last full read went out: a change feed is asked about what changed since.
+    pub(super) read_at: Option<Instant>,
+    /// Whether the last read's health verdicts were all in hand and every run of verdicts is
+    /// settled, so that reading again with nothing changed would change nothing.
+    pub(super) settled: bool,
+    /// When the first launched instance that describe has not shown yet leaves its
+    /// consistency window (and counts as failed): the engine's clock, not the provider's.
+    pub(super) next_unseen_expiry: Option<Instant>,
     /// How long recent instances took from launch to healthy (at the earliest).
     boot_samples: std::collections::VecDeque<Duration>,
     /// Ids this deployment terminated, and when.
@@ -135,11 +153,13 @@ impl Memory {
         }
     }
 
-    /// The median launch-to-healthy time learned so far.
-    pub(super) fn typical_boot(&self) -> Option<Duration> {
-        let mut samples: Vec<Duration> = self.boot_samples.iter().copied().collect();
-        samples.sort();
-        samples.get(samples.len() / 2).copied()
+    /// The shortest and the longest launch-to-healthy time learned so far. Boot times spread
+    /// (a real cloud's, or the simulator's under jitter), so the close polling covers the
+    /// whole range seen, not one typical value that a slower or faster wave would miss.
+    pub(super) fn boot_range(&self) -> Option<(Duration, Duration)> {
+        let min = self.boot_samples.iter().min()?;
+        let max = self.boot_samples.iter().max()?;
+        Some((*min, *max))
     }
 
     /// Remembers what a terminate call was given.
@@ -164,16 +184,20 @@ impl Memory {
         window: Duration,
         asked_at: Instant,
         step: u64,
+        deployment: &DeploymentId,
     ) -> (Vec<(InstanceId, u32)>, HashSet<InstanceId>) {
         let now = asked_at;
         let mut failures = Vec::new();
         let mut stand_ins = HashSet::new();
+        self.next_unseen_expiry = None;
         if self.launched.is_empty() && self.terminated.is_empty() {
             return (failures, stand_ins);
         }
         // One pass over the fleet marks what it shows; no map of the fleet is built.
         for i in instances.iter() {
-            if let Some(l) = self.launched.get_mut(&i.id) {
+            // What this deployment launched carries its id: the rest of the fleet needs no look-up.
+            let ours = i.provenance.as_ref().is_none_or(|p| p.deployment == *deployment);
+            if ours && let Some(l) = self.launched.get_mut(&i.id) {
                 l.seen = true;
                 l.observed_at_step = step;
                 if i.state.is_lingering() && !l.failed && !l.terminated {
@@ -181,7 +205,8 @@ impl Memory {
                     failures.push((i.id.clone(), l.wave));
                 }
             }
-            if let Some(at) = self.terminated.get_mut(&i.id)
+            if !self.terminated.is_empty()
+                && let Some(at) = self.terminated.get_mut(&i.id)
                 && !i.state.is_live()
             {
                 // On its way out: no longer watched.
@@ -196,6 +221,8 @@ impl Memory {
             if l.terminated {
                 forget.push(id.clone());
             } else if !l.seen && now < l.at + window {
+                let expiry = l.at + window;
+                self.next_unseen_expiry = Some(self.next_unseen_expiry.map_or(expiry, |e| e.min(expiry)));
                 let mut stand_in = l.instance.clone();
                 stand_in.state = InstanceState::Pending;
                 instances.push(stand_in);
@@ -217,6 +244,9 @@ impl Memory {
 
     /// Ids this deployment terminated that describe now shows live again.
     pub(super) fn reappeared(&self, instances: &[Instance]) -> Vec<InstanceId> {
+        if self.terminated.is_empty() {
+            return Vec::new();
+        }
         instances
             .iter()
             .filter(|i| i.state.is_live() && self.terminated.contains_key(&i.id))

@@ -43,6 +43,7 @@ use records::blocking;
 use retry::retry_call;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::feed::ChangeFeed;
 use crate::health::{Health, HealthCheck, ProviderStatus};
 use crate::journal::{self, Journal, JournalEntry, JournalRecord, LaunchIntent, LockGuard};
 use crate::ledger::Ledger;
@@ -133,7 +134,8 @@ impl Deployer {
                 change_policy: self.inner.change_policy.clone(),
                 allow_downgrade: self.inner.allow_downgrade,
                 signing_key: self.inner.signing_key.clone(),
-                settings: self.inner.settings.clone(),
+                // The feed speaks for the backends it was given with, not for these.
+                settings: Settings { feed: None, ..self.inner.settings.clone() },
             }),
         }
     }

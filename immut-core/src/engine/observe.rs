@@ -6,6 +6,8 @@ use super::*;
 pub(super) struct Observation {
     pub(super) instances: Vec<Instance>,
     pub(super) serving: HashSet<InstanceId>,
+    /// Whether each of `instances` serves: looked up once, used by every pass.
+    pub(super) serves: Vec<bool>,
     pub(super) health: Vec<Health>,
     /// New instances that stopped or vanished without the engine's doing, with their wave.
     pub(super) failures: Vec<(InstanceId, u32)>,
@@ -40,51 +42,79 @@ impl Deployment {
         self.calls.describe += 1;
         self.calls.serving += 1;
         let window = self.inner.provider.capabilities().consistency_window;
-        let (failures, stand_ins) = self.memory.reconcile(&mut instances, window, asked_at, self.step);
-        let health = self.judge(&instances, &serving).await;
-        Ok(Observation { instances, serving, health, failures, stand_ins })
+        let (failures, stand_ins) = self.memory.reconcile(&mut instances, window, asked_at, self.step, &self.id);
+        self.memory.read_at = Some(asked_at);
+        let (serves, checked) = self.checked_first(&mut instances, &serving);
+        let health = self.judge(&instances, checked).await;
+        Ok(Observation { instances, serving, serves, health, failures, stand_ins })
     }
 
-    /// Health of the instances whose classification depends on it: those of the target
-    /// release and those serving. An old instance that does not serve is old and idle
-    /// whatever its health, so it is not checked. A check that fails after its retries
-    /// leaves the instances `Unknown` for this step (see [`crate::health`]).
-    pub(super) async fn judge(&mut self, instances: &[Instance], serving: &HashSet<InstanceId>) -> Vec<Health> {
-        let target = self.target().cloned();
-        let decides = |i: &Instance| {
-            serving.contains(&i.id)
-                || (i.state.is_live()
-                    && target.is_some()
-                    && i.release() == target.as_ref()
-                    && !self.replacing.contains(&i.id))
-        };
-        let checked: Vec<usize> = (0..instances.len()).filter(|&n| decides(&instances[n])).collect();
+    /// Moves the instances whose classification depends on their health (those of the target
+    /// release and those serving) ahead of the rest, keeping the order within each group, and
+    /// returns how many they are: the health check gets them as one slice, uncopied. Every
+    /// group of the view (old and idle, lingering, ...) lies in one group or the other, so its
+    /// order is the describe order still. An old instance that does not serve is old and idle
+    /// whatever its health, so it is not checked.
+    fn checked_first(&self, instances: &mut Vec<Instance>, serving: &HashSet<InstanceId>) -> (Vec<bool>, usize) {
+        let target = self.target();
+        // (serves, checked) per instance.
+        let flags: Vec<(bool, bool)> = instances
+            .iter()
+            .map(|i| {
+                let serves = serving.contains(&i.id);
+                let checked = serves
+                    || (i.state.is_live()
+                        && target.is_some()
+                        && i.release() == target
+                        && (self.replacing.is_empty() || !self.replacing.contains(&i.id)));
+                (serves, checked)
+            })
+            .collect();
+        let checked = flags.iter().filter(|f| f.1).count();
+        if checked == instances.len() {
+            return (flags.into_iter().map(|f| f.0).collect(), checked);
+        }
+        let mut n = 0;
+        let rest: Vec<Instance> = instances
+            .extract_if(.., |_| {
+                n += 1;
+                !flags[n - 1].1
+            })
+            .collect();
+        instances.extend(rest);
+        // What is not checked does not serve.
+        let mut serves: Vec<bool> = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+        serves.resize(instances.len(), false);
+        (serves, checked)
+    }
+
+    /// Health of the first `checked` instances (see [`Deployment::checked_first`]); the rest
+    /// are `Unknown`. A check that fails after its retries leaves them all `Unknown` for this
+    /// step (see [`crate::health`]).
+    pub(super) async fn judge(&mut self, instances: &[Instance], checked: usize) -> Vec<Health> {
         let mut health = vec![Health::Unknown; instances.len()];
-        if checked.is_empty() {
+        // Cleared below when the verdicts are not in hand: the next poll must read again.
+        self.memory.settled = true;
+        if checked == 0 {
             return health;
         }
-        // Most steps check every instance: then the fleet is passed as it is, uncopied.
-        let copied: Vec<Instance>;
-        let subject: &[Instance] = if checked.len() == instances.len() {
-            instances
-        } else {
-            copied = checked.iter().map(|&n| instances[n].clone()).collect();
-            &copied
-        };
+        let subject = &instances[..checked];
         let check = self.inner.health.clone();
         let result = self.retrying("health", || check.check_many(subject)).await;
         self.calls.health += 1;
         match result {
             Ok(verdicts) if verdicts.len() == subject.len() => {
-                for (n, v) in checked.into_iter().zip(verdicts) {
-                    health[n] = v;
+                for (slot, v) in health.iter_mut().zip(verdicts) {
+                    *slot = v;
                 }
             }
             Ok(verdicts) => {
+                self.memory.settled = false;
                 let error = format!("the check returned {} verdicts for {} instances", verdicts.len(), subject.len());
                 self.pending.push_back(Event::HealthUnknown { error, instances: subject.len() });
             }
             Err(e) => {
+                self.memory.settled = false;
                 tracing::warn!(error = %e, "health check unavailable; instances count as unknown this step");
                 self.pending.push_back(Event::HealthUnknown { error: e.to_string(), instances: subject.len() });
             }
@@ -108,24 +138,32 @@ impl Deployment {
             lingering_holds_quota: self.inner.provider.capabilities().lingering_holds_quota,
             ..FleetView::default()
         };
+        // Most of a fleet serves: sized once, not grown by doubling at every observation.
+        view.old_serving_healthy.reserve(obs.instances.len());
+        view.new_serving_healthy.reserve(obs.instances.len());
         let thresholds = self.inner.settings.thresholds;
         let started = self.started.unwrap_or(now);
         let target = self.target().cloned();
         let generation = self.step;
-        for (instance, health) in obs.instances.iter().zip(&obs.health) {
+        let mut settled = true;
+        self.memory.booted_unproven = false;
+        for ((instance, health), &serving) in obs.instances.iter().zip(&obs.health).zip(&obs.serves) {
             let id = &instance.id;
-            let serving = obs.serving.contains(id);
             if instance.state.is_lingering() && !serving {
                 view.lingering.push(id.clone());
                 continue;
             }
-            let healthy = instance.state.is_live()
-                && self
-                    .memory
-                    .streaks
-                    .entry(id.clone())
-                    .or_insert_with(|| Streak::first(serving))
-                    .record(health, thresholds, generation, now);
+            let healthy = instance.state.is_live() && {
+                // Looked up before inserting: most instances have a run already, and the
+                // entry API would clone every id to find out.
+                let streak = match self.memory.streaks.get_mut(id) {
+                    Some(streak) => streak,
+                    None => self.memory.streaks.entry(id.clone()).or_insert_with(|| Streak::first(serving)),
+                };
+                let healthy = streak.record(health, thresholds, generation, now);
+                settled &= streak.settled();
+                healthy
+            };
             let since = if healthy { self.memory.streaks.get(id).and_then(Streak::healthy_since) } else { None };
             if since == Some(now) {
                 // It turned healthy after the previous observation: that is the earliest it
@@ -138,7 +176,10 @@ impl Deployment {
             let bucket = match (is_target, serving, healthy) {
                 (true, true, true) => &mut view.new_serving_healthy,
                 (true, true, false) => &mut view.new_serving_unhealthy,
-                (true, false, false) => &mut view.launching,
+                (true, false, false) => {
+                    self.memory.booted_unproven |= instance.state == InstanceState::Running;
+                    &mut view.launching
+                }
                 (true, false, true) => {
                     let ready_at = since.expect("healthy has a since") + min_ready;
                     if ready_at <= now {
@@ -159,6 +200,7 @@ impl Deployment {
             }
         }
         self.memory.previous_observation = Some(now);
+        self.memory.settled &= settled;
         // Only instances still observed keep their run of verdicts.
         self.memory.streaks.retain(|_, s| s.seen_at_step() == generation);
         view
