@@ -5,27 +5,68 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Checker, assert_final_fleet, latencies, release};
+use common::{assert_final_fleet, latencies, release};
 use futures_util::StreamExt;
-use immut_core::engine::{Event, ManualGate, Phase};
+use immut_core::checker::Checker;
+use immut_core::engine::{Event, ManualGate, Outcome, Phase};
 use immut_core::sim::{Faults, SimProvider};
 use immut_core::strategy::{Decision, FleetView, Limits, ReplacementStrategy};
-use immut_core::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, ErrorKind, Rolling};
+use immut_core::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, ErrorKind, Release, Rolling};
 
 fn deployer(sim: &SimProvider, desired: usize) -> DeployerBuilder {
     sim.deployer().desired(desired).min_ready(Duration::from_secs(5)).progress_deadline(Duration::from_secs(300))
 }
 
-async fn run(deployer: &Deployer, sim: &SimProvider, check_floor: bool) -> Checker {
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    let mut checker = Checker::new(check_floor);
-    let events = deployer.deploy(v2).with_previous(v1).events();
+/// A deployer builder whose provider and traffic go through the independent checker, which
+/// reads the simulator's ground truth on every call. Call it once the old fleet is seeded.
+fn checked(
+    sim: &SimProvider,
+    desired: usize,
+    strategy: impl ReplacementStrategy + 'static,
+) -> (DeployerBuilder, Checker) {
+    let checker = Checker::new(sim.clone(), "web", desired, strategy.limits(desired));
+    let (provider, traffic) = checker.wrap(sim.clone(), sim.traffic());
+    let builder = Deployer::builder()
+        .provider(provider)
+        .traffic(traffic)
+        .health(sim.health())
+        .change_feed(sim.feed())
+        .strategy(strategy)
+        .desired(desired)
+        .min_ready(Duration::from_secs(5))
+        .progress_deadline(Duration::from_secs(300));
+    (builder, checker)
+}
+
+/// What a checked run saw: the outcome, the checker's violations (end state included), the
+/// decisions the engine refused, and its retries.
+struct Run {
+    outcome: Outcome,
+    violations: Vec<String>,
+    refused: Vec<String>,
+    retries: usize,
+}
+
+async fn run(deployer: &Deployer, checker: &Checker, new: &Release, old: Option<&Release>) -> Run {
+    let mut deployment = deployer.deploy(new.clone());
+    if let Some(old) = old {
+        deployment = deployment.with_previous(old.clone());
+    }
+    let (mut refused, mut retries, mut outcome) = (Vec::new(), 0, None);
+    let events = deployment.events();
     futures_util::pin_mut!(events);
     while let Some(event) = events.next().await {
-        checker.observe(&event);
+        serde_json::to_string(&event).expect("event serializes");
+        match event {
+            Event::InvariantViolated { invariant, detail } => refused.push(format!("{invariant}: {detail}")),
+            Event::Retrying { .. } => retries += 1,
+            Event::Finished { outcome: o } => outcome = Some(o),
+            _ => {}
+        }
     }
-    let _ = sim;
-    checker
+    let outcome = outcome.expect("the stream ends with Finished");
+    let violations = checker.finish(&outcome, new, old);
+    Run { outcome, violations, refused, retries }
 }
 
 #[tokio::test(start_paused = true)]
@@ -33,9 +74,10 @@ async fn rolling_replaces_six_one_at_a_time() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
     sim.seed(&v1, 6, true);
-    let d = deployer(&sim, 6).strategy(Rolling::new()).build().unwrap();
-    let c = run(&d, &sim, true).await;
-    let outcome = c.finished.clone().unwrap();
+    let (builder, checker) = checked(&sim, 6, Rolling::new());
+    let d = builder.build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
+    let outcome = c.outcome.clone();
     assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_eq!(outcome.waves, 6);
     assert_eq!(outcome.serving.len(), 6, "the outcome lists the final serving set");
@@ -45,13 +87,48 @@ async fn rolling_replaces_six_one_at_a_time() {
     assert_eq!(sim.calls().terminate, 6);
 }
 
+/// Polled as against a real cloud (no promise of the next change): through the change feed,
+/// the same deployment reads the fleet only when something changed, and ends the same way.
+#[tokio::test(start_paused = true)]
+async fn polling_through_the_change_feed_reads_only_what_changed() {
+    let mut describes = Vec::new();
+    for feed in [false, true] {
+        let faults = Faults { no_next_change: true, ..Faults::default() };
+        let sim = latencies(SimProvider::builder()).faults(faults).seed(5).jitter(0.2).build().unwrap();
+        let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+        sim.seed(&v1, 6, true);
+        let strategy = Rolling::new().max_surge(Count::Count(2));
+        let checker = Checker::new(sim.clone(), "web", 6, strategy.limits(6));
+        let (provider, traffic) = checker.wrap(sim.clone(), sim.traffic());
+        let mut builder = Deployer::builder()
+            .provider(provider)
+            .traffic(traffic)
+            .health(sim.health())
+            .strategy(strategy)
+            .desired(6)
+            .min_ready(Duration::from_secs(5));
+        if feed {
+            builder = builder.change_feed(sim.feed());
+        }
+        let c = run(&builder.build().unwrap(), &checker, &v2, Some(&v1)).await;
+        assert!(c.outcome.succeeded(), "{}", c.outcome.summary());
+        assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
+        assert_final_fleet(&sim, &c.outcome, &v2, Some(&v1), 6, 6).await;
+        assert_eq!(c.outcome.calls.changes, sim.calls().changes, "every feed call is counted");
+        assert_eq!(c.outcome.calls.changes > 0, feed, "{:?}", c.outcome.calls);
+        describes.push(sim.calls().describe);
+    }
+    assert!(describes[1] * 2 < describes[0], "the feed spared most full reads: {describes:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn canary_walks_its_steps_through_gates() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
     sim.seed(&v1, 10, true);
     let strategy = Canary::new([Count::Count(1), Count::Percent(50)]).pause(Duration::from_secs(60));
-    let d = deployer(&sim, 10).strategy(strategy).build().unwrap();
+    let (builder, checker) = checked(&sim, 10, strategy);
+    let d = builder.build().unwrap();
     let (v1c, v2c) = (v1.clone(), v2.clone());
     let mut gates = Vec::new();
     let outcome = d
@@ -65,6 +142,7 @@ async fn canary_walks_its_steps_through_gates() {
         .await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert_eq!(gates, vec!["canary-step-1", "canary-step-2"]);
+    assert_eq!(checker.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_eq!(outcome.waves, 3);
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 10, 10).await;
 }
@@ -76,12 +154,15 @@ async fn failing_canary_gate_rolls_back() {
     sim.seed(&v1, 4, true);
     let gate = ManualGate::new();
     gate.reject("canary-step-1", "error rate 7% over budget");
-    let d = deployer(&sim, 4).strategy(Canary::new([Count::Count(1)])).gate(gate).build().unwrap();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run().await;
+    let (builder, checker) = checked(&sim, 4, Canary::new([Count::Count(1)]));
+    let d = builder.gate(gate).build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
+    let outcome = c.outcome.clone();
     match &outcome.phase {
         Phase::RolledBack { reason } => assert!(reason.contains("error rate 7%"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
 
@@ -92,16 +173,17 @@ async fn never_healthy_release_exhausts_its_replacement_budget_and_rolls_back() 
     let sim = latencies(SimProvider::builder()).faults(faults).build().unwrap();
     let v1 = release((1, 0, 0));
     sim.seed(&v1, 3, true);
-    let d = deployer(&sim, 3).strategy(BlueGreen::new()).progress_deadline(Duration::from_secs(120)).build().unwrap();
-    let c = run(&d, &sim, true).await;
-    let outcome = c.finished.clone().unwrap();
+    let (builder, checker) = checked(&sim, 3, BlueGreen::new());
+    let d = builder.progress_deadline(Duration::from_secs(120)).build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
+    let outcome = c.outcome.clone();
     match &outcome.phase {
         Phase::RolledBack { reason } => {
             assert!(reason.contains("Unhealthy") && reason.contains("replacement budget is exhausted"), "{reason}")
         }
         other => panic!("{other:?}"),
     }
-    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
 }
 
@@ -113,14 +195,15 @@ async fn quota_midway_through_rolling_fails_closed_and_relaunches_the_old_releas
     let sim = latencies(SimProvider::builder()).faults(faults).build().unwrap();
     let v1 = release((1, 0, 0));
     sim.seed(&v1, 4, true);
-    let d = deployer(&sim, 4).strategy(Rolling::new()).build().unwrap();
-    let c = run(&d, &sim, true).await;
-    let outcome = c.finished.clone().unwrap();
+    let (builder, checker) = checked(&sim, 4, Rolling::new());
+    let d = builder.build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
+    let outcome = c.outcome.clone();
     match &outcome.phase {
         Phase::RolledBack { reason } => assert!(reason.contains("QuotaExceeded"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
 
@@ -131,10 +214,12 @@ async fn throttling_is_retried_and_visible_in_events() {
     let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
     sim.seed(&v1, 5, true);
     let retry = immut_core::engine::RetryPolicy { max_retries: 20, ..Default::default() };
-    let d = deployer(&sim, 5).strategy(Rolling::new().max_surge(Count::Count(2))).retry(retry).build().unwrap();
-    let c = run(&d, &sim, true).await;
-    let outcome = c.finished.clone().unwrap();
+    let (builder, checker) = checked(&sim, 5, Rolling::new().max_surge(Count::Count(2)));
+    let d = builder.retry(retry).build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
+    let outcome = c.outcome.clone();
     assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert!(c.retries > 0 && sim.calls().throttled > 0, "retries {} throttled {}", c.retries, sim.calls().throttled);
     assert_eq!(outcome.calls.retries as usize, c.retries);
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 5, 5).await;
@@ -145,7 +230,8 @@ async fn cancellation_rolls_back() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
     sim.seed(&v1, 3, true);
-    let d = deployer(&sim, 3).strategy(BlueGreen::new()).build().unwrap();
+    let (builder, checker) = checked(&sim, 3, BlueGreen::new());
+    let d = builder.build().unwrap();
     let deployment = d.deploy(v2.clone()).with_previous(v1.clone());
     let cancel = deployment.cancel_handle();
     tokio::spawn(async move {
@@ -158,6 +244,7 @@ async fn cancellation_rolls_back() {
         "{:?}",
         outcome.phase
     );
+    assert_eq!(checker.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 3, 3).await;
 }
 
@@ -168,7 +255,8 @@ async fn manual_promotion_waits_for_approval() {
     sim.seed(&v1, 2, true);
     let gate = ManualGate::new();
     let strategy = BlueGreen::new().promotion(immut_core::strategy::Promotion::Manual);
-    let d = deployer(&sim, 2).strategy(strategy).gate(gate.clone()).build().unwrap();
+    let (builder, checker) = checked(&sim, 2, strategy);
+    let d = builder.gate(gate.clone()).build().unwrap();
     let approver = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(200)).await;
         gate.approve("promote");
@@ -177,6 +265,7 @@ async fn manual_promotion_waits_for_approval() {
     approver.await.unwrap();
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert!(outcome.elapsed >= Duration::from_secs(200));
+    assert_eq!(checker.finish(&outcome, &v2, Some(&v1)), Vec::<String>::new());
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 2, 2).await;
 }
 
@@ -184,9 +273,12 @@ async fn manual_promotion_waits_for_approval() {
 async fn first_deployment_starts_from_nothing() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let v1 = release((1, 0, 0));
-    let d = deployer(&sim, 3).strategy(Rolling::new().max_surge(Count::Percent(100))).build().unwrap();
-    let outcome = d.deploy(v1.clone()).run().await;
+    let (builder, checker) = checked(&sim, 3, Rolling::new().max_surge(Count::Percent(100)));
+    let d = builder.build().unwrap();
+    let c = run(&d, &checker, &v1, None).await;
+    let outcome = c.outcome.clone();
     assert!(outcome.succeeded(), "{}", outcome.summary());
+    assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
     assert_eq!(outcome.previous, None);
     assert_final_fleet(&sim, &outcome, &v1, None, 3, 0).await;
 }
@@ -220,12 +312,13 @@ async fn wrong_strategy_is_caught_by_the_invariant_checker() {
     let sim = latencies(SimProvider::builder()).build().unwrap();
     let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
     sim.seed(&v1, 4, true);
-    let d = deployer(&sim, 4).strategy(DropsBelowFloor).build().unwrap();
-    let c = run(&d, &sim, true).await;
+    let (builder, checker) = checked(&sim, 4, DropsBelowFloor);
+    let d = builder.build().unwrap();
+    let c = run(&d, &checker, &v2, Some(&v1)).await;
     assert_eq!(c.refused.len(), 1, "{:?}", c.refused);
     assert!(c.refused[0].starts_with("healthy_floor"), "{:?}", c.refused);
     assert!(c.violations.is_empty(), "the engine let it happen: {:?}", c.violations);
-    let outcome = c.finished.unwrap();
+    let outcome = c.outcome;
     assert!(
         matches!(&outcome.phase, Phase::RolledBack { reason } if reason.contains("InvariantViolated")),
         "{:?}",

@@ -150,6 +150,12 @@ fn schedule() -> impl Strategy<Value = Schedule> {
 }
 
 impl Schedule {
+    /// Half the cases poll, as against a real cloud, through the change feed; the others are
+    /// woken by the simulator's promise of its next change.
+    fn polled(&self) -> bool {
+        self.seed.is_multiple_of(2)
+    }
+
     /// The faults this case injects, by name, for the campaign's printed mix.
     fn mix(&self) -> Vec<&'static str> {
         let mut m = Vec::new();
@@ -259,6 +265,8 @@ fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Res
             flap_rate: schedule.flap_rate,
             out_of_band: oob(&schedule.out_of_band),
             out_of_band_stops: oob(&schedule.stops),
+            // Half the cases poll, as against a real cloud, through the change feed.
+            no_next_change: schedule.polled(),
             ..Faults::default()
         };
         let sim = latencies(SimProvider::builder())
@@ -294,6 +302,11 @@ fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Res
                 });
             if gated {
                 b = b.gate(Reject);
+            }
+            // The polled half reads through the simulator's change feed, skipping reads of an
+            // unchanged fleet; the checker sees every call that changes the fleet either way.
+            if schedule.polled() {
+                b = b.change_feed(sim.feed());
             }
             b.build().unwrap()
         };
@@ -377,6 +390,9 @@ fn randomized_fault_schedules_keep_every_invariant() {
             if old.is_some() {
                 *m.entry("resized or first deployment").or_default() += 1;
             }
+            if schedule.polled() {
+                *m.entry("polled, change feed").or_default() += 1;
+            }
             for f in schedule.mix() {
                 *m.entry(f).or_default() += 1;
             }
@@ -391,4 +407,31 @@ fn randomized_fault_schedules_keep_every_invariant() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// A case the campaign found: an instance stuck pending reached its deadline in the step
+/// that had to detach an instance stopped out of band first, and was then never terminated.
+#[test]
+fn a_failed_instance_is_terminated_even_when_a_detach_goes_first() {
+    let plan = Plan::Rolling { surge: Count::Count(0), unavailable: Count::Percent(80), pause: 24 };
+    let schedule = Schedule {
+        launch_failure_rate: 0.0,
+        throttle_rate: 0.0,
+        quota_at_launch: Some(1),
+        new_never_healthy: false,
+        partial_launch_rate: 0.0,
+        stuck_pending_rate: 0.02,
+        flap_rate: 0.05,
+        staleness: 0,
+        linger: 0,
+        lb_initial: 0,
+        jitter: 0.3,
+        out_of_band: vec![],
+        stops: vec![(149, 1)],
+        cancel_at: None,
+        crash_at: None,
+        reject_gate: false,
+        seed: 16931215177855889783,
+    };
+    campaign(&plan, 5, 5, &schedule).unwrap();
 }
