@@ -27,6 +27,12 @@
 //! against a real cloud; the bound is the same. [`Mode::PolledJittered`]: polled, and every
 //! latency is drawn from `[0.8 d, 1.2 d]`; its bound takes every latency at `0.8 d`, which no
 //! engine can beat, but which is loose: a wave waits for its slowest instance.
+//!
+//! Every run goes through `SimProvider::deployer`, which wires the simulator's change feed
+//! (`immut_core::feed`): a polled run asks it at each poll and reads the fleet in full only when
+//! something changed, when the engine's own clock makes a decision due, or every 60 s. Each feed
+//! call costs the API latency like any call, and counts as an observation call. The oracle is
+//! woken by the promise and never asks the feed.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,7 +11,9 @@
 //!   the jittered polled run with the oracle on the same jittered simulator.
 //! - `cpu_us_per_instance`: thread CPU time of a full rolling replacement of N = 10 000 on the
 //!   simulator, divided by N (the best of three runs).
-//! - `observation_calls_per_wave`: describe, serving-set and health calls per wave.
+//! - `observation_calls_per_wave`: describe, serving-set, health and change-feed calls per
+//!   wave (the polled runs ask the simulator's change feed at each poll and read the fleet in
+//!   full only when it changed; see the crate docs).
 //! - `mutating_calls_per_wave`: launch, terminate, attach, detach and switch calls per wave;
 //!   `mutating_calls_per_wave_batch_100`: the same at N = 1000 on a provider that launches at
 //!   most 100 instances per call.
@@ -51,7 +53,7 @@ fn main() {
                 let oracle = jittered_oracle[name].as_f64().unwrap_or(f64::NAN);
                 vs_oracle.insert(name.into(), json!(round(outcome.elapsed.as_secs_f64() / oracle, 4)));
             }
-            observation.insert(name.into(), per_wave(calls.describe + calls.serving + calls.health));
+            observation.insert(name.into(), per_wave(calls.describe + calls.serving + calls.health + calls.changes));
             mutating.insert(name.into(), per_wave(calls.fleet_mutations() + calls.traffic_mutations()));
             let (b_outcome, b_calls) = run_mode(strategy, N, mode, Some(100));
             batched.insert(
