@@ -21,19 +21,19 @@
 //! with a provider's name here (`immut::aws`, `immut::local`, ...).
 
 pub use immut_core::{
-    Adopt, AllOf, Artifact, ArtifactSpec, Baseline, BaselineSpec, BlueGreen, Canary, CancelHandle, Capabilities, Count,
-    Decision, Deployer, DeployerBuilder, Deployment, DeploymentId, Error, ErrorKind, Event, FleetView, FnCheck, Health,
-    HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest, LaunchSpec, LaunchToken, Outcome, PacingStats,
-    Phase, Provenance, Provider, ProviderExt, ProviderStatus, Query, Release, ReleaseId, ReplacementStrategy, Result,
-    Rolling, SigningKey, Traffic,
+    Adopt, AllOf, Artifact, ArtifactSpec, Baseline, BaselineSpec, BlueGreen, Canary, CancelHandle, Capabilities,
+    ChangeFeed, Count, Decision, Deployer, DeployerBuilder, Deployment, DeploymentId, Error, ErrorKind, Event,
+    FleetView, FnCheck, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest, LaunchSpec,
+    LaunchToken, Outcome, PacingStats, Phase, Provenance, Provider, ProviderExt, ProviderStatus, Query, Release,
+    ReleaseId, ReplacementStrategy, Result, Rolling, SigningKey, Traffic,
 };
 pub use immut_core::{
-    audit, checker, dry_run, engine, error, health, journal, ledger, model, outcome, policy, prelude, process,
+    audit, checker, dry_run, engine, error, feed, health, journal, ledger, model, outcome, policy, prelude, process,
     provider, semver, sim, state, strategy, traffic,
 };
 
 #[cfg(feature = "http")]
-pub use immut_core::HttpProbe;
+pub use immut_core::{HttpProbe, VersionCheck};
 
 #[cfg(feature = "conformance")]
 pub use immut_core::{conformance, conformance_tests, test_tools};

@@ -79,9 +79,9 @@ pub mod test_tools;
 pub use engine::{CancelHandle, Deployer, DeployerBuilder, Deployment, Event, Outcome, Phase};
 pub use error::{Error, ErrorKind, Result};
 pub use feed::ChangeFeed;
-#[cfg(feature = "http")]
-pub use health::HttpProbe;
 pub use health::{AllOf, FnCheck, Health, HealthCheck, ProviderStatus};
+#[cfg(feature = "http")]
+pub use health::{HttpProbe, VersionCheck};
 pub use model::{
     Artifact, ArtifactSpec, Baseline, BaselineSpec, DeploymentId, Instance, InstanceId, InstanceState, LaunchSpec,
     LaunchToken, Provenance, Release, ReleaseId, SigningKey,
