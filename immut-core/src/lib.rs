@@ -73,7 +73,6 @@ pub mod traffic;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "conformance")]
 pub mod test_tools;
 
 pub use engine::{CancelHandle, Deployer, DeployerBuilder, Deployment, Event, Outcome, Phase};
