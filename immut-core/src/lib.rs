@@ -58,6 +58,7 @@ pub mod dry_run;
 pub mod engine;
 pub mod error;
 pub mod feed;
+pub mod guardrails;
 pub mod health;
 pub mod journal;
 pub mod ledger;
