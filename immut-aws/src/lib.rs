@@ -61,6 +61,7 @@
 mod builder;
 mod client;
 mod config;
+pub mod guardrails;
 mod provider;
 mod reads;
 pub mod stack;
