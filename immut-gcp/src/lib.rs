@@ -32,6 +32,7 @@
 mod builder;
 mod client;
 mod config;
+pub mod guardrails;
 pub mod fake;
 mod provider;
 pub mod stack;
