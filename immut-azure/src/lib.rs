@@ -47,6 +47,7 @@ mod auth;
 mod builder;
 mod client;
 mod config;
+pub mod guardrails;
 pub mod fake;
 mod provider;
 pub mod stack;
