@@ -152,6 +152,8 @@ pub enum Command {
     },
     /// Local provider: stops the service's balancer process (the instances keep running).
     StopBalancer,
+    /// Guardrail policies as JSON: the deployer's least privilege, or the refusals for everyone else.
+    Guardrails(crate::guardrails::GuardrailsArgs),
     /// Prints a shell completion script.
     Completions {
         /// The shell.
@@ -189,6 +191,12 @@ pub fn run(cli: Cli) -> Exit {
     let json = cli.json || cli.output == Output::Json;
     let result = match &cli.command {
         Command::Init { provider, force } => init(&cli, *provider, *force),
+        Command::Guardrails(args) => crate::guardrails::render(args)
+            .map(|json| {
+                say(json);
+                Exit::Success
+            })
+            .map_err(|(exit, message)| fail(exit, message)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "immut", &mut std::io::stdout());
@@ -351,7 +359,9 @@ impl Ctx {
             Command::Reap { yes } => self.reap(*yes).await,
             Command::Adopt { ids } => self.adopt(ids).await,
             Command::Destroy { yes } => self.destroy(*yes).await,
-            Command::Init { .. } | Command::Completions { .. } => unreachable!("handled before the spec is read"),
+            Command::Init { .. } | Command::Guardrails(_) | Command::Completions { .. } => {
+                unreachable!("handled before the spec is read")
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod approval;
 pub mod cli;
 pub mod exit;
 pub mod faults;
+pub mod guardrails;
 pub mod init;
 pub mod progress;
 pub mod providers;
