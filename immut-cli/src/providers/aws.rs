@@ -11,7 +11,7 @@ use super::Backend;
 use crate::spec::{AwsSettings, Spec};
 
 pub(super) async fn connect(spec: &Spec, s: &AwsSettings) -> Result<Backend> {
-    let mut builder = AwsBuilder::from_config(AwsConfig::from_env());
+    let mut builder = AwsBuilder::from_config(AwsConfig::from_env()?);
     if let Some(region) = &s.region {
         builder = builder.region(region);
     }
