@@ -3,15 +3,18 @@
 # moto), the doctests, the local examples end to end (each must exit 0 and leave no process
 # behind), and the Rust version floors.
 #
-# The Python test tools (moto) live in a virtual environment of their own, target/test-venv,
-# installed from scripts/python/requirements.txt (every package pinned, with hashes). Nothing is
-# installed into your Python. A second run reuses the environment; a changed requirements file
-# rebuilds it.
+# The Python test tools (moto, the clouds' official clients, parliament) live in a virtual
+# environment of their own, target/test-venv, installed from scripts/python/requirements.txt
+# (every package pinned, with hashes). Nothing is installed into your Python. The Node test tool
+# (an IAM policy simulator) goes into target/test-node from scripts/node/package-lock.json. A
+# second run reuses both; a changed pin file rebuilds them. Debian's chromium is installed when
+# missing (the HTML report test renders a page with it).
 #
 # Usage: ./scripts/test.sh           the whole suite
-#        ./scripts/test.sh --setup   only prepare target/test-venv (for running tests by hand)
+#        ./scripts/test.sh --setup   only prepare the test tools (for running tests by hand)
 # Environment: PYTHON (default python3) is the interpreter the environment is made from;
-# IMMUT_TEST_VENV (default target/test-venv) is where it goes.
+# IMMUT_TEST_VENV (default target/test-venv), IMMUT_TEST_NODE (default target/test-node) are
+# where they go; IMMUT_CHROMIUM names another Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,7 +23,7 @@ setup_only=false
 case "${1:-}" in
   "") ;;
   --setup) setup_only=true ;;
-  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "unknown argument: $1 (use --setup, or no argument for the whole suite)" >&2; exit 2 ;;
 esac
 
@@ -74,8 +77,28 @@ apt_install() {
     fail "apt-get install $package failed (see above)"
 }
 
+# The Node test tools (an IAM policy simulator for the guardrail tests), pinned by
+# scripts/node/package-lock.json, go into target/test-node (IMMUT_TEST_NODE overrides).
+node_tools=${IMMUT_TEST_NODE:-$root/target/test-node}
+setup_node_tools() {
+  if cmp -s scripts/node/package-lock.json "$node_tools/package-lock.json" && [ -d "$node_tools/node_modules" ]; then
+    echo "== test tools: $node_tools is up to date"
+    return
+  fi
+  command -v npm >/dev/null ||
+    fail "npm is missing: the guardrail tests run an IAM policy simulator on Node.js 18 or newer (Debian and Ubuntu: apt-get install nodejs npm), then run this again"
+  echo "== test tools: installing scripts/node/package-lock.json into $node_tools"
+  rm -rf "$node_tools"
+  mkdir -p "$node_tools"
+  cp scripts/node/package.json scripts/node/package-lock.json "$node_tools/"
+  (cd "$node_tools" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+    fail "npm ci in $node_tools failed (see above). The first run downloads from the npm registry: check the network connection, then run this again"
+}
+
 command -v cargo >/dev/null || fail "cargo is missing: install Rust 1.94.1 or newer with rustup (https://rustup.rs), then run this again"
 setup_test_tools
+setup_node_tools
+export IMMUT_TEST_NODE="$node_tools"
 if [ -z "${IMMUT_CHROMIUM:-}" ]; then
   apt_install chromium chromium "the HTML report test renders a page in headless Chromium; IMMUT_CHROMIUM overrides"
 fi
@@ -98,9 +121,10 @@ area() {
 # No crate may declare a rust-version below what its locked dependencies need.
 area "rust-version floors" "$venv/bin/python" scripts/check-rust-version.py
 
-# Always the same package selection (--workspace, with the facade's cloud features so that the
-# cloud examples are built too): a different one recompiles the dependencies.
-sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3,immut-cli/state-s3)
+# Always the same package selection (--workspace, with the facade's and the CLI's cloud features so
+# that the cloud examples and every provider of `immut` are built too): a different one
+# recompiles the dependencies.
+sel=(--workspace --features immut/aws,immut/gcp,immut/azure,immut/state-s3,immut-cli/aws,immut-cli/gcp,immut-cli/azure,immut-cli/state-s3)
 # The crash tests print how many kill points they exercised, the fault campaign its case count
 # and fault mix, and the AWS figures test its call counts, so those run with their output shown.
 area "tests" cargo test "${sel[@]}" --lib --bins --tests --examples -- \
@@ -144,4 +168,4 @@ area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut 
 echo
 echo "== summary"
 printf '%s\n' "${timings[@]}"
-echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), $("${IMMUT_CHROMIUM:-chromium}" --version 2>/dev/null | head -1), $(rustc --version)"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), node $(node --version), $("${IMMUT_CHROMIUM:-chromium}" --version 2>/dev/null | head -1), $(rustc --version)"
