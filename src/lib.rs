@@ -24,8 +24,8 @@ pub use immut_core::{
     Adopt, AllOf, Artifact, ArtifactSpec, Baseline, BaselineSpec, BlueGreen, Canary, CancelHandle, Capabilities,
     ChangeFeed, Count, Decision, Deployer, DeployerBuilder, Deployment, DeploymentId, Error, ErrorKind, Event,
     FleetView, FnCheck, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest, LaunchSpec,
-    LaunchToken, Outcome, PacingStats, Phase, Provenance, Provider, ProviderExt, ProviderStatus, Query, Release,
-    ReleaseId, ReplacementStrategy, Result, Rolling, SigningKey, Traffic,
+    LaunchToken, Outcome, PacingStats, Phase, Provenance, Provider, ProviderExt, ProviderStatus, Query, Readiness,
+    Release, ReleaseId, ReplacementStrategy, Result, Rolling, SigningKey, Traffic,
 };
 pub use immut_core::{
     audit, checker, dry_run, engine, error, feed, guardrails, health, journal, ledger, model, outcome, policy, prelude,

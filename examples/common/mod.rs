@@ -332,6 +332,7 @@ fn phase_name(outcome: &Outcome) -> &'static str {
         immut::Phase::RolledBack { .. } => "rolled back",
         immut::Phase::RollbackFailed { .. } => "ROLLBACK FAILED",
         immut::Phase::Refused { .. } => "refused",
+        immut::Phase::NoWayBack { .. } => "stopped: no way back",
         _ => "unfinished",
     }
 }

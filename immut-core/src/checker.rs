@@ -158,6 +158,17 @@ impl Checker {
         let want = match &outcome.phase {
             Phase::Succeeded => Some(release.id()),
             Phase::RolledBack { .. } => previous.map(|p| p.id()),
+            // Stopped before the point of no return: the previous release must still be there.
+            Phase::NoWayBack { .. } => {
+                let old = previous.map(|p| p.id());
+                if !left.iter().any(|i| i.release() == old && i.state.is_live()) {
+                    self.violate(format!("stopped with no way back, yet no instance of {old:?} is left"));
+                }
+                for i in left.iter().filter(|i| i.release() != old && i.release() != Some(release.id())) {
+                    self.violate(format!("at the end, {} of release {:?} is left over (orphan)", i.id, i.release()));
+                }
+                return self.violations();
+            }
             // A refused deployment changed nothing; a failed rollback promises nothing more.
             _ => return self.violations(),
         };
@@ -255,6 +266,10 @@ impl Provider for CheckedProvider {
 
     fn next_change(&self) -> Option<tokio::time::Instant> {
         self.inner.next_change()
+    }
+
+    async fn readiness(&self, release: &Release) -> Result<crate::provider::Readiness> {
+        self.inner.readiness(release).await
     }
 
     fn pacing(&self) -> PacingStats {

@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Deployer, Event, Outcome};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Instance, InstanceId, Release};
-use crate::provider::Query;
+use crate::model::{Instance, InstanceId, Release, ReleaseId};
+use crate::provider::{Query, Readiness};
 use crate::sim::{Latencies, SimCalls, SimProvider};
 
 /// One launch wave and what happened in it.
@@ -140,6 +140,20 @@ pub struct Plan {
     pub expected_duration_ms: u64,
     /// The latencies assumed.
     pub latencies: Latencies,
+    /// Rollback readiness of the previous release, as the real provider reports it now. The
+    /// simulated deployment assumes the same answer, so a plan whose way back is gone ends as
+    /// the deployment would: refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReleaseReadiness>,
+}
+
+/// Whether one release could be launched again, for a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReadiness {
+    /// The release.
+    pub release: ReleaseId,
+    /// What the provider reported.
+    pub readiness: Readiness,
 }
 
 impl Plan {
@@ -213,6 +227,7 @@ impl Plan {
             marks,
             calls,
             latencies,
+            readiness: None,
         })
     }
 }
@@ -227,6 +242,19 @@ pub fn plan(
     serving: Vec<InstanceId>,
     latencies: Latencies,
 ) -> Result<Plan> {
+    plan_assuming(deployer, release, previous, live, serving, latencies, None)
+}
+
+/// [`plan`], with the simulator answering `readiness` for the previous release.
+fn plan_assuming(
+    deployer: &Deployer,
+    release: &Release,
+    previous: Option<&Release>,
+    live: Vec<Instance>,
+    serving: Vec<InstanceId>,
+    latencies: Latencies,
+    readiness: Option<ReleaseReadiness>,
+) -> Result<Plan> {
     let deployer = deployer.clone();
     let release = release.clone();
     let previous = previous.cloned();
@@ -234,7 +262,8 @@ pub fn plan(
         crate::sim::run_in_virtual_time(async move {
             // The plan polls as the deployer will against its real provider (no next-change
             // promise), so its duration and call counts are predictions, not minimums.
-            let faults = crate::sim::Faults { no_next_change: true, ..Default::default() };
+            let assumed = readiness.iter().map(|r| (r.release.clone(), r.readiness.clone())).collect();
+            let faults = crate::sim::Faults { no_next_change: true, readiness: assumed, ..Default::default() };
             let sim = SimProvider::builder().latencies(latencies).faults(faults).build()?;
             sim.seed_instances(&live, &serving);
             let simulated =
@@ -246,6 +275,7 @@ pub fn plan(
             let mut events = Vec::new();
             deployment.run_with(|e| events.push(e.clone())).await;
             Plan::from_events(&events, sim.calls(), latencies)
+                .map(|plan| Plan { readiness, ..plan })
                 .ok_or_else(|| Error::new(ErrorKind::Other, "the dry-run ended without an outcome"))
         })
     })
@@ -259,9 +289,17 @@ impl Deployer {
     pub async fn dry_run(&self, release: &Release, previous: Option<&Release>, latencies: Latencies) -> Result<Plan> {
         let live = self.provider().describe(&Query::service(release.service())).await?;
         let serving = self.traffic().serving().await?;
+        let readiness = match previous {
+            Some(p) => {
+                Some(ReleaseReadiness { release: p.id().clone(), readiness: self.provider().readiness(p).await? })
+            }
+            None => None,
+        };
         let (deployer, release, previous) = (self.clone(), release.clone(), previous.cloned());
-        tokio::task::spawn_blocking(move || plan(&deployer, &release, previous.as_ref(), live, serving, latencies))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, "the dry-run task failed").with_source(e))?
+        tokio::task::spawn_blocking(move || {
+            plan_assuming(&deployer, &release, previous.as_ref(), live, serving, latencies, readiness)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, "the dry-run task failed").with_source(e))?
     }
 }

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Unhealthy,
     /// The operation was cancelled.
     Cancelled,
+    /// The previous release can no longer be launched (rollback readiness), so the deployment
+    /// would destroy its last way back; `accept_no_way_back` overrides.
+    NoWayBack,
     /// Anything else.
     Other,
 }

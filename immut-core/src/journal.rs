@@ -67,6 +67,9 @@ pub enum JournalEntry {
         /// Instances the deployment replaces whatever their release (reconcile).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         replacing: Vec<InstanceId>,
+        /// Whether the deployment may terminate a release that can no longer be launched.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accept_no_way_back: bool,
     },
     /// About to act.
     Intent {
@@ -706,6 +709,7 @@ mod tests {
             desired: 5,
             strategy: "rolling".into(),
             replacing: Vec::new(),
+            accept_no_way_back: false,
         };
         let at = |at_ms, entry| JournalRecord { deployment: DeploymentId::new("d1"), at_ms, entry };
         let read = JournalRead {

@@ -124,6 +124,10 @@ pub struct LedgerEntry {
     pub ended_at_ms: u64,
     /// How it ended: a terminal phase, with its reasons.
     pub outcome: Phase,
+    /// Whether the deployment was allowed to terminate a release that could no longer be
+    /// launched (`accept_no_way_back`). Absent, and outside the MAC, when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepted_no_way_back: bool,
     /// For an entry imported from a JSON-lines ledger: where it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<ImportedFrom>,
@@ -368,6 +372,18 @@ impl Ledger {
         strategy: &str,
         started_at_ms: u64,
     ) -> Result<LedgerEntry> {
+        self.record_deployment(outcome, release, strategy, started_at_ms, false)
+    }
+
+    /// [`Ledger::record`], noting whether the deployment ran with `accept_no_way_back`.
+    pub fn record_deployment(
+        &self,
+        outcome: &Outcome,
+        release: &Release,
+        strategy: &str,
+        started_at_ms: u64,
+        accepted_no_way_back: bool,
+    ) -> Result<LedgerEntry> {
         if !outcome.phase.is_terminal() {
             return Err(Error::invalid("outcome", format!("{:?} is not a finished deployment", outcome.phase)));
         }
@@ -382,6 +398,7 @@ impl Ledger {
             started_at_ms,
             ended_at_ms: now_ms(),
             outcome: outcome.phase.clone(),
+            accepted_no_way_back,
             imported: None,
             prev_hash: String::new(),
             hash: String::new(),
@@ -593,6 +610,7 @@ impl Ledger {
                 started_at_ms: e.started_at_ms,
                 ended_at_ms: e.ended_at_ms,
                 outcome: e.outcome.clone(),
+                accepted_no_way_back: false,
                 imported: Some(ImportedFrom { file: file.clone(), seq: e.seq, hash: e.hash.clone() }),
                 prev_hash: String::new(),
                 hash: String::new(),

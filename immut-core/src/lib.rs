@@ -86,7 +86,7 @@ pub use model::{
     Artifact, ArtifactSpec, Baseline, BaselineSpec, DeploymentId, Instance, InstanceId, InstanceState, LaunchSpec,
     LaunchToken, Provenance, Release, ReleaseId, SigningKey,
 };
-pub use provider::{Adopt, Capabilities, LaunchRequest, PacingStats, Provider, ProviderExt, Query};
+pub use provider::{Adopt, Capabilities, LaunchRequest, PacingStats, Provider, ProviderExt, Query, Readiness};
 pub use strategy::{BlueGreen, Canary, Count, Decision, FleetView, ReplacementStrategy, Rolling};
 pub use traffic::Traffic;
 

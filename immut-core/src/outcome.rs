@@ -35,6 +35,15 @@ pub enum Phase {
         /// Why.
         reason: String,
     },
+    /// Terminal: the new release serves, but the engine stopped before terminating instances
+    /// of an older release because that release can no longer be launched (its image was
+    /// deregistered, obsoleted or deleted, its executable is gone): destroying them would
+    /// destroy the last way back. The new release keeps the traffic it earned and the old
+    /// instances stay. A later deployment with `accept_no_way_back` finishes the clean-up.
+    NoWayBack {
+        /// Which release can no longer be launched, and why.
+        reason: String,
+    },
     /// Terminal: the rollback itself failed; the fleet needs attention.
     RollbackFailed {
         /// Why the deployment was abandoned.
@@ -49,7 +58,11 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Phase::Succeeded | Phase::RolledBack { .. } | Phase::RollbackFailed { .. } | Phase::Refused { .. }
+            Phase::Succeeded
+                | Phase::RolledBack { .. }
+                | Phase::RollbackFailed { .. }
+                | Phase::Refused { .. }
+                | Phase::NoWayBack { .. }
         )
     }
 }
@@ -82,6 +95,9 @@ pub struct CallCounts {
     pub changes: u64,
     /// Retried attempts.
     pub retries: u64,
+    /// Rollback readiness checks.
+    #[serde(default)]
+    pub readiness: u64,
 }
 
 /// How a deployment ended.
@@ -122,6 +138,7 @@ impl Outcome {
             Phase::Succeeded => "succeeded".to_owned(),
             Phase::RolledBack { reason } => format!("rolled back ({reason})"),
             Phase::Refused { reason } => format!("refused ({reason})"),
+            Phase::NoWayBack { reason } => format!("stopped before the point of no return ({reason})"),
             Phase::RollbackFailed { reason, rollback_error } => {
                 format!("ROLLBACK FAILED ({reason}; then: {rollback_error})")
             }

@@ -67,6 +67,60 @@ pub struct PacingStats {
     pub waited_ms: u64,
 }
 
+/// Whether a release could be launched again: what rollback readiness reports before the
+/// engine destroys the last instances of a release. See [`Provider::readiness`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Whether the backend checked at all. `false` (the default of backends that do not opt
+    /// in) means nothing is known: it neither blocks nor reassures.
+    pub checked: bool,
+    /// Why the release can no longer be launched (an image deregistered, disabled, obsolete
+    /// or deleted; an executable gone or changed). `None` when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking: Option<String>,
+    /// What still launches but will not for long (a deprecated image, an end-of-life date).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// How many instances a relaunch has room for under the account's quota, where the
+    /// backend reports quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<usize>,
+}
+
+impl Readiness {
+    /// Nothing is known (the backend does not check).
+    pub fn unknown() -> Self {
+        Readiness::default()
+    }
+
+    /// Checked, and the release can be launched.
+    pub fn ready() -> Self {
+        Readiness { checked: true, ..Readiness::default() }
+    }
+
+    /// Checked, and the release can no longer be launched, because of `reason`.
+    pub fn blocked(reason: impl Into<String>) -> Self {
+        Readiness { checked: true, blocking: Some(reason.into()), ..Readiness::default() }
+    }
+
+    /// Adds a warning.
+    pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Sets the room a relaunch has.
+    pub fn with_room(mut self, room: usize) -> Self {
+        self.room = Some(room);
+        self
+    }
+
+    /// Whether the release can no longer be launched.
+    pub fn is_blocked(&self) -> bool {
+        self.blocking.is_some()
+    }
+}
+
 /// A request to launch `count` instances of a release.
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {
@@ -313,6 +367,15 @@ pub trait Provider: Send + Sync + Debug {
     async fn failure_detail(&self, id: &InstanceId) -> Option<String> {
         let _ = id;
         None
+    }
+
+    /// Whether `release` could be launched again now (rollback readiness): its image or
+    /// executable asked for afresh, never from a cache. The engine asks before it destroys the
+    /// last instances of a release. The default knows nothing ([`Readiness::unknown`]);
+    /// backends opt in.
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let _ = release;
+        Ok(Readiness::unknown())
     }
 
     /// How much client-side rate limiting held this backend's calls back so far; the engine

@@ -22,7 +22,7 @@
 //! assert_eq!(sim.calls().launch, 0);
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,7 +38,7 @@ use crate::model::{
     DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Observed, Provenance, Release,
     ReleaseId,
 };
-use crate::provider::{Adopt, Capabilities, LaunchRequest, Provider, Query};
+use crate::provider::{Adopt, Capabilities, LaunchRequest, Provider, Query, Readiness};
 use crate::traffic::Traffic;
 
 /// Runs `future` to completion on a fresh single-threaded runtime whose clock is paused, so
@@ -126,6 +126,10 @@ pub struct Faults {
     /// The most instances the account may hold at once, `Terminating` and `Stopped` ones
     /// included; a launch beyond it fails with [`ErrorKind::QuotaExceeded`].
     pub quota: Option<usize>,
+    /// What [`Provider::readiness`] answers per release from the start (releases not named are
+    /// ready); [`SimProvider::set_readiness`] changes it while a deployment runs.
+    #[serde(default)]
+    pub readiness: BTreeMap<ReleaseId, Readiness>,
     /// Turns off the simulator's promise of its next change ([`Provider::next_change`]), so
     /// the engine polls as it must against a real cloud.
     pub no_next_change: bool,
@@ -153,6 +157,9 @@ pub struct SimCalls {
     /// Change-feed calls ([`SimFeed`]).
     #[serde(default)]
     pub changes: u64,
+    /// Readiness checks.
+    #[serde(default)]
+    pub readiness: u64,
     /// Calls answered with a throttling error.
     pub throttled: u64,
     /// Calls answered with an injected failure.
@@ -263,6 +270,7 @@ impl SimBuilder {
                 "1.0 would throttle every call forever; use less than 1.0",
             ));
         }
+        let readiness = self.faults.readiness.clone();
         let epoch = Instant::now();
         let mut oob: Vec<(Instant, usize, bool)> = (self.faults.out_of_band.iter().map(|o| (o, false)))
             .chain(self.faults.out_of_band_stops.iter().map(|o| (o, true)))
@@ -284,6 +292,7 @@ impl SimBuilder {
                     rng: self.seed ^ 0x9e37_79b9_7f4a_7c15,
                     seed: self.seed,
                     oob,
+                    readiness,
                     ..SimState::default()
                 }),
             }),
@@ -321,6 +330,8 @@ struct SimState {
     /// When anything last changed by a call (or out of band), for the change feed; changes
     /// that come with time are in `transitions`.
     changed_at: Option<Instant>,
+    /// What readiness reports per release; ready when absent.
+    readiness: BTreeMap<ReleaseId, Readiness>,
 }
 
 #[derive(Debug)]
@@ -480,6 +491,12 @@ impl SimProvider {
     /// The calls received so far.
     pub fn calls(&self) -> SimCalls {
         self.lock().calls
+    }
+
+    /// Sets what [`Provider::readiness`] reports for `release` from now on, as if its image
+    /// were deregistered ([`Readiness::blocked`]) or deprecated (a warning) in the cloud.
+    pub fn set_readiness(&self, release: &ReleaseId, readiness: Readiness) {
+        self.lock().readiness.insert(release.clone(), readiness);
     }
 
     /// The ground truth, read directly: every instance that is not gone (live, stopped or
@@ -677,6 +694,11 @@ impl Provider for SimProvider {
 
     fn capabilities(&self) -> Capabilities {
         self.shared.caps.clone()
+    }
+
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let state = self.call(|c| c.readiness += 1).await?;
+        Ok(state.readiness.get(release.id()).cloned().unwrap_or_else(Readiness::ready))
     }
 
     async fn launch(&self, request: &LaunchRequest) -> Result<Vec<Instance>> {

@@ -184,6 +184,7 @@ fn dip_records() -> Vec<JournalRecord> {
         desired: 4,
         strategy: "rolling".into(),
         replacing: vec![],
+        accept_no_way_back: false,
     };
     let token = LaunchToken::new("d-dip-w1");
     vec![

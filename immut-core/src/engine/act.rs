@@ -5,6 +5,13 @@ use super::*;
 
 impl Deployment {
     pub(super) async fn act(&mut self, decision: Decision, view: &FleetView, obs: &Observation) -> Result<()> {
+        if let Decision::Terminate { ids } = &decision
+            && matches!(self.phase, Phase::Deploying)
+            && let Some(reason) = self.way_back_gone(ids, obs).await
+        {
+            self.stop_no_way_back(reason).await;
+            return Ok(());
+        }
         match decision {
             Decision::Launch { count } => self.launch(count).await?,
             Decision::Attach { .. }

@@ -71,6 +71,7 @@ pub(super) struct Settings {
     pub(super) feed: Option<Arc<dyn ChangeFeed>>,
     /// With a feed, the longest the engine goes without a full read.
     pub(super) full_read_every: Duration,
+    pub(super) accept_no_way_back: bool,
 }
 
 /// Builds a [`Deployer`]. Setters never fail; [`DeployerBuilder::build`] checks everything.
@@ -90,6 +91,7 @@ pub struct DeployerBuilder {
     ledger: Option<Arc<Ledger>>,
     change_policy: Option<ChangePolicy>,
     allow_downgrade: bool,
+    accept_no_way_back: bool,
     signing_key: Option<crate::model::SigningKey>,
     instance_deadline: Option<Duration>,
     budget: Option<ReplacementBudget>,
@@ -136,6 +138,15 @@ impl DeployerBuilder {
     /// (default: refused).
     pub fn allow_downgrade(mut self, allow: bool) -> Self {
         self.allow_downgrade = allow;
+        self
+    }
+    /// Lets deployments terminate instances of a release that can no longer be launched
+    /// (rollback readiness; default: refused). Without it, a deployment whose previous
+    /// release is gone is refused at the start, and one whose previous release goes away
+    /// midway stops before terminating it ([`Phase::NoWayBack`]). The ledger records the
+    /// setting. [`Deployment::accepting_no_way_back`] sets it for one deployment.
+    pub fn accept_no_way_back(mut self, accept: bool) -> Self {
+        self.accept_no_way_back = accept;
         self
     }
     /// Writes ahead to this journal and takes its per-service lock; enables
@@ -318,6 +329,7 @@ impl DeployerBuilder {
                     thresholds,
                     feed: self.feed,
                     full_read_every,
+                    accept_no_way_back: self.accept_no_way_back,
                 },
             }),
         })

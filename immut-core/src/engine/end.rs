@@ -51,6 +51,14 @@ impl Deployment {
         self.conclude().await;
     }
 
+    /// Stops before the point of no return: the release whose instances were to be terminated
+    /// can no longer be launched. Nothing more changes; the new release keeps its traffic.
+    pub(super) async fn stop_no_way_back(&mut self, reason: String) {
+        tracing::warn!(deployment = %self.id, reason = %reason, "no way back: stopping before terminating the old release");
+        self.phase = Phase::NoWayBack { reason };
+        self.conclude().await;
+    }
+
     /// Stops a deployment whose lease was taken over: no rollback, no journal record, no
     /// ledger entry, and no release of a lease that is no longer its own.
     pub(super) async fn stop_lost(&mut self, lost: Error) {
@@ -94,8 +102,9 @@ impl Deployment {
         if self.begun && !lost {
             if let Some(ledger) = self.inner.ledger.clone() {
                 let (o, release, strategy) = (outcome.clone(), self.release.clone(), self.strategy.name().to_owned());
-                let started = self.started_wall_ms;
-                if let Err(e) = blocking(move || ledger.record(&o, &release, &strategy, started)).await {
+                let (started, accepted) = (self.started_wall_ms, self.accept_no_way_back);
+                let record = move || ledger.record_deployment(&o, &release, &strategy, started, accepted);
+                if let Err(e) = blocking(record).await {
                     tracing::error!(error = %e, "cannot record the deployment in the ledger");
                 }
             }

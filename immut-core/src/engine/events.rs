@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DeploymentId, InstanceId, LaunchToken, ReleaseId};
 use crate::outcome::Outcome;
+use crate::provider::Readiness;
 use crate::strategy::Decision;
 
 /// What the fleet looked like at a step.
@@ -138,6 +139,19 @@ pub enum Event {
         /// Surge ceiling while restoring: the previous release's count plus the strategy's surge.
         ceiling: usize,
     },
+    /// Rollback readiness of an older release: whether it could still be launched again.
+    /// Checked at the start and again before the engine terminates its instances.
+    Readiness {
+        /// The release checked.
+        release: ReleaseId,
+        /// `start` or `before_terminate`.
+        at: ReadinessCheck,
+        /// What the provider reported.
+        readiness: Readiness,
+        /// Whether the deployment goes on although the release can no longer be launched
+        /// (`accept_no_way_back`).
+        accepted: bool,
+    },
     /// A deployment interrupted by a crash was picked up from the journal.
     Resumed {
         /// Deployment id.
@@ -154,6 +168,16 @@ pub enum Event {
         /// How.
         outcome: Outcome,
     },
+}
+
+/// When the engine checked rollback readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessCheck {
+    /// At the start of the deployment, before any launch.
+    Start,
+    /// Right before terminating instances of the release: the point of no return.
+    BeforeTerminate,
 }
 
 /// At most four ids, then a count of the rest.
@@ -208,6 +232,21 @@ impl std::fmt::Display for Event {
             }
             Event::InvariantViolated { invariant, detail } => write!(f, "REFUSED  {invariant}: {detail}"),
             Event::RollbackStarted { reason, .. } => write!(f, "ROLLBACK {reason}"),
+            Event::Readiness { release, at, readiness, accepted } => {
+                let at = match at {
+                    ReadinessCheck::Start => "at the start",
+                    ReadinessCheck::BeforeTerminate => "before terminating it",
+                };
+                match &readiness.blocking {
+                    Some(why) if *accepted => {
+                        write!(f, "no way   back to {release} {at}: {why} (accepted: accept_no_way_back)")
+                    }
+                    Some(why) => write!(f, "NO WAY   back to {release} {at}: {why}"),
+                    None if !readiness.checked => write!(f, "ready?   {release} {at}: the provider cannot tell"),
+                    None if readiness.warnings.is_empty() => write!(f, "ready    {release} can be launched again"),
+                    None => write!(f, "warning  {release} {at}: {}", readiness.warnings.join("; ")),
+                }
+            }
             Event::Resumed { deployment, rolling_back, pending_launch, torn_lines } => write!(
                 f,
                 "resume   {deployment} from the journal (rolling back: {rolling_back}, launch in flight: {pending_launch}, torn lines: {torn_lines})"

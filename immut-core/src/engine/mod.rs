@@ -13,6 +13,7 @@ mod gate;
 pub mod invariants;
 mod memory;
 mod observe;
+mod readiness;
 mod records;
 mod resume;
 mod retry;
@@ -36,7 +37,7 @@ use tracing::Instrument;
 pub use crate::outcome::{CallCounts, Outcome, Phase};
 use builder::Settings;
 pub use builder::{DeployerBuilder, HealthThresholds, ReplacementBudget, RetryPolicy};
-pub use events::{Capacity, Event};
+pub use events::{Capacity, Event, ReadinessCheck};
 pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
 use observe::{Observation, Signature};
 use records::blocking;
@@ -203,6 +204,7 @@ pub struct Deployment {
     pending_launch: Option<LaunchIntent>,
     strategy: Arc<dyn ReplacementStrategy>,
     explicit_rollback: bool,
+    accept_no_way_back: bool,
     started_wall_ms: u64,
     pacing: crate::provider::PacingStats,
     memory: memory::Memory,
@@ -241,6 +243,7 @@ impl Deployment {
             pending_launch: None,
             strategy: inner.strategy.clone(),
             explicit_rollback: false,
+            accept_no_way_back: inner.settings.accept_no_way_back,
             started_wall_ms: 0,
             pacing: crate::provider::PacingStats::default(),
             memory: memory::Memory::default(),
@@ -275,6 +278,14 @@ impl Deployment {
     /// Marks this deployment an explicit rollback: it may go to an older artifact version.
     pub fn as_rollback(mut self) -> Self {
         self.explicit_rollback = true;
+        self
+    }
+
+    /// Lets this deployment terminate instances of a release that can no longer be launched
+    /// (see [`DeployerBuilder::accept_no_way_back`]): how a deployment that ended in
+    /// [`Phase::NoWayBack`] is finished, by deploying the same release again with it.
+    pub fn accepting_no_way_back(mut self) -> Self {
+        self.accept_no_way_back = true;
         self
     }
 

@@ -43,6 +43,7 @@ impl Deployer {
             replacing,
             strategy,
             desired,
+            accept_no_way_back,
         } = found.begin
         else {
             unreachable!("interrupted() starts at a Begin record")
@@ -81,6 +82,8 @@ impl Deployer {
         d.passed_gates = found.passed_gates;
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
+        // What the first run accepted holds for its resumption too.
+        d.accept_no_way_back |= accept_no_way_back;
         d.lock = Some(guard);
         d.strategy = picked;
         d.pending_launch = found.pending_launch;

@@ -49,6 +49,10 @@ impl Deployment {
                 .map(|p| p.artifact_version.clone())
         });
         self.apply_version_policy(previous_version.as_ref())?;
+        let readiness = match &previous {
+            Some((previous, _)) => self.check_way_back_at_start(previous).await?,
+            None => None,
+        };
         self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
         self.previous = previous.map(|(r, _)| r);
         self.initial_total = instances.len();
@@ -61,6 +65,7 @@ impl Deployment {
             desired: self.inner.settings.desired,
             strategy: self.strategy.name().to_owned(),
             replacing: self.replacing.iter().cloned().collect(),
+            accept_no_way_back: self.accept_no_way_back,
         })
         .await?;
         self.begun = true;
@@ -76,6 +81,7 @@ impl Deployment {
             floor: limits.floor,
             ceiling: limits.ceiling,
         });
+        self.pending.extend(readiness);
         tracing::info!(deployment = %self.id, release = %self.release, previous = ?self.previous, "deployment started");
         Ok(())
     }

@@ -47,6 +47,10 @@ impl Provider for FencedProvider {
         self.inner.next_change()
     }
 
+    async fn readiness(&self, release: &crate::model::Release) -> Result<crate::provider::Readiness> {
+        self.inner.readiness(release).await
+    }
+
     fn pacing(&self) -> PacingStats {
         self.inner.pacing()
     }
