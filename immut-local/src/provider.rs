@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use immut_core::model::{LabelCharset, Observed};
 use immut_core::{
     Adopt, Capabilities, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, Provenance, Provider,
-    Query, Result,
+    Query, Readiness, Release, Result,
 };
 
 use crate::builder::{BalancerBuilder, SpawnCrash};
@@ -158,8 +158,8 @@ impl LocalProvider {
         killed
     }
 
-    fn verify_artifact(&self, request: &LaunchRequest) -> Result<(PathBuf, String)> {
-        let artifact = request.release.artifact();
+    fn verify_artifact(&self, release: &Release) -> Result<(PathBuf, String)> {
+        let artifact = release.artifact();
         let image = PathBuf::from(&artifact.image);
         client::check_executable(&image)?;
         let Some(expected) = &artifact.digest else {
@@ -175,7 +175,7 @@ impl LocalProvider {
                 format!(
                     "{} has {actual}, but release {} expects {expected}; the file changed since the release was made: rebuild the release from the file, or restore the file",
                     image.display(),
-                    request.release.id()
+                    release.id()
                 ),
             ));
         }
@@ -284,7 +284,7 @@ impl LocalProvider {
     fn launch_blocking(&self, request: &LaunchRequest) -> Launched {
         let dir = self.config.state_dir.clone();
         let prepared = (|| {
-            let (image, digest) = self.verify_artifact(request)?;
+            let (image, digest) = self.verify_artifact(&request.release)?;
             let params = &request.release.baseline().spec.params;
             let policy = PortPolicy::parse(params.get("port").map(String::as_str))?;
             let hold = client::parse_port_hold(params.get("port_hold").map(String::as_str))?;
@@ -680,6 +680,20 @@ impl Provider for LocalProvider {
 
     async fn failure_detail(&self, id: &InstanceId) -> Option<String> {
         self.failure_report(id).await.ok().flatten()
+    }
+
+    /// The check every launch makes, made now: the executable is still there and still has
+    /// the release's digest. Anything that would refuse a launch blocks.
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let (this, release) = (self.clone(), release.clone());
+        client::blocking("readiness", move || {
+            Ok(match this.verify_artifact(&release) {
+                Ok(_) => Readiness::ready(),
+                Err(e) if e.kind() == ErrorKind::InvalidInput => Readiness::blocked(e.message().to_owned()),
+                Err(e) => return Err(e),
+            })
+        })
+        .await
     }
 
     fn capabilities(&self) -> Capabilities {
