@@ -18,9 +18,11 @@ use aws_sdk_ec2::types::{
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupTuple,
 };
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format as DateTimeFormat;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use immut_core::{Error, ErrorKind, Result};
+use immut_core::{Error, ErrorKind, Readiness, Result};
 
 use crate::config::{Bucket, Imds, LaunchOptions, Pacing};
 use crate::reads::{ListenerState, Reads, Target, Weights};
@@ -390,6 +392,36 @@ impl Clients {
                 e => Err(e),
             },
         }
+    }
+
+    /// Whether the AMI could launch now, asked afresh (never from the provider's cache):
+    /// missing, deregistered, disabled or failed blocks; a deprecation time in the past warns.
+    pub async fn image_readiness(&self, ami: &str) -> Result<Readiness> {
+        self.pace(Pace::Describe, "DescribeImages").await;
+        let asked = self.ec2.describe_images().image_ids(ami).include_deprecated(true).include_disabled(true);
+        let image = match asked.send().await {
+            Ok(out) => out.images().first().cloned(),
+            Err(e) => match map_error(e, "DescribeImages") {
+                e if e.kind() == ErrorKind::InvalidInput || e.kind() == ErrorKind::NotFound => None,
+                e => return Err(e),
+            },
+        };
+        let Some(image) = image else {
+            return Ok(Readiness::blocked(format!("AMI {ami} no longer exists (deregistered, or no longer shared)")));
+        };
+        let state = image.state().map(|s| s.as_str().to_owned()).unwrap_or_default();
+        if matches!(state.as_str(), "deregistered" | "disabled" | "failed" | "error" | "invalid") {
+            let why = image.state_reason().and_then(|r| r.message()).map(|m| format!(": {m}")).unwrap_or_default();
+            return Ok(Readiness::blocked(format!("AMI {ami} is {state}{why}")));
+        }
+        let mut readiness = Readiness::ready();
+        if let Some(at) = image.deprecation_time()
+            && let Ok(when) = DateTime::from_str(at, DateTimeFormat::DateTimeWithOffset)
+            && when <= DateTime::from(std::time::SystemTime::now())
+        {
+            readiness = readiness.with_warning(format!("AMI {ami} is deprecated since {at}"));
+        }
+        Ok(readiness)
     }
 
     /// One RunInstances of `spec.count` instances (MinCount = MaxCount), tagged with the labels

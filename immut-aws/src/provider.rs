@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{Filter, Instance as Ec2Instance, InstanceStateName, Sum
 use immut_core::model::{LabelCharset, Observed, label_keys};
 use immut_core::{
     Adopt, Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
-    Provenance, Provider, Query, Result,
+    Provenance, Provider, Query, Readiness, Release, Result,
 };
 use sha2::{Digest, Sha256};
 
@@ -319,6 +319,13 @@ pub(crate) fn to_instance(i: &Ec2Instance) -> Instance {
 impl Provider for AwsProvider {
     fn name(&self) -> &str {
         "aws"
+    }
+
+    /// The release's AMI asked afresh with DescribeImages, past the launch-time cache: an AMI
+    /// deregistered since the last launch is exactly what this must see.
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let ami = &release.artifact().image;
+        self.clients.image_readiness(ami).await.map_err(|e| e.with_provider("aws").with_operation("DescribeImages"))
     }
 
     fn capabilities(&self) -> Capabilities {
