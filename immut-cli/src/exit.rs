@@ -19,7 +19,10 @@ pub enum Exit {
     /// 5: cancelled (Ctrl-C, SIGTERM) and rolled back.
     Cancelled = 5,
     /// 6: refused, nothing changed: another deployment holds the service's lock, a
-    /// downgrade was asked without `--rollback`, or `promote` found nothing waiting.
+    /// downgrade was asked without `--rollback`, `promote` found nothing waiting, or the
+    /// previous release can no longer be launched (no way back). Also: a deployment that
+    /// stopped before terminating such a release; the new release serves, the old
+    /// instances stay until a run with `--set rollout.accept_no_way_back=true`.
     Refused = 6,
     /// 7: a provider (or state) call failed: unreachable, throttled past the retries, denied.
     Provider = 7,
@@ -37,7 +40,9 @@ Exit codes:
    4  rollback failed: both releases may serve; a human is needed
    5  cancelled (Ctrl-C or SIGTERM) and rolled back
    6  refused, nothing changed: the service's lock is held, a downgrade without --rollback,
-      or nothing waits for `immut promote`
+      or nothing waits for `immut promote`; or no way back: the previous release can no
+      longer be launched (at the start nothing changed; midway the new release serves and
+      the old instances stay until --set rollout.accept_no_way_back=true)
    7  provider error: a provider or state call failed
   70  internal error (a bug); `immut resume` continues from the journal";
 
@@ -65,8 +70,10 @@ impl Exit {
             Phase::RolledBack { .. } if cancelled => Exit::Cancelled,
             Phase::RolledBack { .. } => Exit::RolledBack,
             Phase::RollbackFailed { .. } => Exit::RollbackFailed,
+            // Stopped before terminating a release that can no longer be launched.
+            Phase::NoWayBack { .. } => Exit::Refused,
             Phase::Refused { reason } => match refusal_kind(reason) {
-                Some(ErrorKind::Conflict) => Exit::Refused,
+                Some(ErrorKind::Conflict | ErrorKind::NoWayBack) => Exit::Refused,
                 // A downgrade without --rollback, or a previous release that does not serve.
                 Some(ErrorKind::InvalidInput)
                     if reason.contains("artifact.version") || reason.contains("previous:") =>
@@ -90,6 +97,7 @@ fn refusal_kind(reason: &str) -> Option<ErrorKind> {
         "Conflict" => ErrorKind::Conflict,
         "InvalidInput" => ErrorKind::InvalidInput,
         "Cancelled" => ErrorKind::Cancelled,
+        "NoWayBack" => ErrorKind::NoWayBack,
         "NotFound" => ErrorKind::NotFound,
         "PermissionDenied" => ErrorKind::PermissionDenied,
         "Unavailable" => ErrorKind::Unavailable,
@@ -109,6 +117,27 @@ mod tests {
         assert_eq!(refusal_kind("something else"), None);
         let e = immut::Error::new(ErrorKind::Conflict, "held").with_provider("x");
         assert_eq!(refusal_kind(&e.to_string()), Some(ErrorKind::Conflict));
+    }
+
+    #[test]
+    fn no_way_back_exits_refused_at_the_start_and_midway() {
+        let outcome = |phase| Outcome {
+            deployment: immut::DeploymentId::new("d1"),
+            service: "web".into(),
+            release: immut::ReleaseId::new("r2"),
+            previous: None,
+            phase,
+            elapsed: std::time::Duration::ZERO,
+            steps: 0,
+            waves: 0,
+            serving: Vec::new(),
+            calls: Default::default(),
+        };
+        let at_start = immut::Error::new(ErrorKind::NoWayBack, "the previous release r1 can no longer be launched");
+        let refused = outcome(Phase::Refused { reason: at_start.to_string() });
+        assert_eq!(Exit::of_outcome(&refused, false), Exit::Refused);
+        let midway = outcome(Phase::NoWayBack { reason: "release r1 can no longer be launched".into() });
+        assert_eq!(Exit::of_outcome(&midway, false), Exit::Refused);
     }
 
     #[test]

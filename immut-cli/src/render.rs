@@ -45,8 +45,24 @@ pub fn plan(spec: &Spec, release: &Release, plan: &Plan) -> String {
         Phase::Succeeded => "succeeds".to_owned(),
         Phase::Refused { reason } => format!("is REFUSED: {reason}"),
         Phase::RolledBack { reason } => format!("ROLLS BACK: {reason}"),
+        Phase::NoWayBack { reason } => format!("STOPS before the point of no return: {reason}"),
         other => format!("ends {other:?}"),
     };
+    if let Some(r) = &plan.readiness {
+        let _ = match (&r.readiness.blocking, r.readiness.checked) {
+            (Some(why), _) => writeln!(out, "way back: NONE, {} can no longer be launched: {why}", r.release),
+            (None, true) => writeln!(out, "way back: {} can be launched again", r.release),
+            (None, false) => {
+                writeln!(out, "way back: unknown, the provider cannot tell whether {} launches", r.release)
+            }
+        };
+        for w in &r.readiness.warnings {
+            let _ = writeln!(out, "way back: warning: {w}");
+        }
+        if let Some(room) = r.readiness.room {
+            let _ = writeln!(out, "way back: room for {room} instances under the quota");
+        }
+    }
     let _ = writeln!(
         out,
         "expected: {how} in {} ({} waves, {} steps)\n",
@@ -268,6 +284,7 @@ pub fn history(service: &str, entries: &[LedgerEntry]) -> String {
             Phase::RolledBack { .. } => "rolled_back",
             Phase::RollbackFailed { .. } => "ROLLBACK_FAILED",
             Phase::Refused { .. } => "refused",
+            Phase::NoWayBack { .. } => "no_way_back",
             _ => "unfinished",
         };
         let _ = writeln!(

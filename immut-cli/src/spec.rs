@@ -362,6 +362,8 @@ struct RawRollout {
     replacement_budget_per_wave: Option<Spanned<RawCount>>,
     #[serde(default)]
     replacement_budget_per_deployment: Option<Spanned<RawCount>>,
+    #[serde(default)]
+    accept_no_way_back: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,6 +551,9 @@ pub struct RolloutSettings {
     pub poll_interval: Option<Duration>,
     /// Failed new instances that may be replaced.
     pub budget: Option<ReplacementBudget>,
+    /// Whether a deployment may terminate a release that can no longer be launched (default
+    /// false; for one run: `--set rollout.accept_no_way_back=true`).
+    pub accept_no_way_back: bool,
 }
 
 /// The artifact, as the spec gives it (the provider resolves `image`).
@@ -610,7 +615,8 @@ impl Spec {
             .strategy_arc(self.strategy.build_with(self.promotion))
             .desired(self.desired)
             .min_ready(r.min_ready)
-            .health_thresholds(self.health.thresholds);
+            .health_thresholds(self.health.thresholds)
+            .accept_no_way_back(r.accept_no_way_back);
         if let Some(d) = r.progress_deadline {
             b = b.progress_deadline(d);
         }
@@ -670,6 +676,7 @@ const LIBRARY_FIELDS: &[(&str, &str)] = &[
     ("instance_deadline", "rollout.instance_deadline"),
     ("progress_deadline", "rollout.progress_deadline"),
     ("poll_interval", "rollout.poll_interval"),
+    ("accept_no_way_back", "rollout.accept_no_way_back"),
     ("health_thresholds", "health"),
     ("signing_key", "signing_key_env"),
     ("listen", "provider.local.listen"),
@@ -1400,6 +1407,7 @@ impl Checker<'_> {
                 instance_deadline: None,
                 poll_interval: None,
                 budget: None,
+                accept_no_way_back: false,
             };
         };
         self.note("rollout", raw);
@@ -1428,6 +1436,7 @@ impl Checker<'_> {
             instance_deadline: opt(self, "rollout.instance_deadline", &r.instance_deadline),
             poll_interval: opt(self, "rollout.poll_interval", &r.poll_interval),
             budget,
+            accept_no_way_back: r.accept_no_way_back.unwrap_or(false),
         }
     }
 }

@@ -134,6 +134,9 @@ impl Provider for Persistent {
     fn next_change(&self) -> Option<tokio::time::Instant> {
         self.sim.next_change()
     }
+    async fn readiness(&self, release: &immut::Release) -> Result<immut::Readiness> {
+        self.sim.readiness(release).await
+    }
     fn pacing(&self) -> PacingStats {
         self.sim.pacing()
     }
