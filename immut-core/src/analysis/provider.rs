@@ -1,0 +1,53 @@
+//! Where measurements come from.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{DeploymentId, InstanceId, ReleaseId};
+
+/// What a provider is asked about: the deployment, and the instances under analysis.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AnalysisContext {
+    /// The gate the measurement is for (`canary-step-1`, `promote`, `bake`).
+    pub gate: String,
+    /// The service.
+    pub service: String,
+    /// The release being deployed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseId>,
+    /// Its artifact version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentId>,
+    /// The new release's instances under analysis (serving ones at a canary step and during the
+    /// bake, the idle set before a blue/green switch).
+    pub instances: Vec<InstanceId>,
+    /// Their addresses (`host:port`), where the caller knows them.
+    pub addresses: Vec<String>,
+}
+
+/// What a provider read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// A value, judged by the metric's conditions.
+    Value(f64),
+    /// Nothing to judge: an empty result, or no traffic to compute a rate from. Never
+    /// `successful`: the measurement is `inconclusive`.
+    Empty,
+    /// The provider passed it by itself (a webhook's 2xx).
+    Passed,
+    /// The provider refused it by itself (a webhook's clear refusal), saying why.
+    Refused(String),
+}
+
+/// A source of measurements (a Prometheus query, the instances' own `/metrics`, a webhook).
+#[async_trait]
+pub trait MetricProvider: Send + Sync + Debug {
+    /// Takes one measurement. An error (unreachable, timed out, malformed) is an `error`
+    /// measurement, which counts against `consecutive_error_limit`.
+    async fn measure(&self, context: &AnalysisContext) -> Result<Reading, String>;
+}
