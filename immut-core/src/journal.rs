@@ -107,6 +107,8 @@ pub enum JournalEntry {
         /// Gate name.
         gate: String,
     },
+    /// An analysis measurement was taken: a resumed deployment continues the same run.
+    Measured(crate::analysis::Measurement),
     /// The engine started rolling back.
     RollingBack {
         /// Why.
@@ -279,6 +281,8 @@ pub struct Interrupted {
     pub launched: Vec<(LaunchIntent, Vec<InstanceId>)>,
     /// Every id a terminate intent named, so that their absence is not read as a failure.
     pub terminated: Vec<InstanceId>,
+    /// The analysis measurements taken, in order.
+    pub measurements: Vec<crate::analysis::Measurement>,
 }
 
 /// The last deployment in the records that began and did not end.
@@ -298,6 +302,7 @@ pub fn interrupted(read: &JournalRead) -> Option<Interrupted> {
         pending_launch: None,
         launched: Vec::new(),
         terminated: Vec::new(),
+        measurements: Vec::new(),
     };
     let mut open: HashMap<(u64, Option<LaunchToken>), Option<LaunchIntent>> = HashMap::new();
     for r in &mine[1..] {
@@ -323,6 +328,7 @@ pub fn interrupted(read: &JournalRead) -> Option<Interrupted> {
                 found.passed_gates.insert(gate.clone());
             }
             JournalEntry::RollingBack { reason } => found.rolling_back = Some(reason.clone()),
+            JournalEntry::Measured(m) => found.measurements.push(m.clone()),
             JournalEntry::Begin { .. } | JournalEntry::End { .. } | JournalEntry::Observed(_) => {}
         }
     }

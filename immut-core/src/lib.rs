@@ -52,6 +52,7 @@
 //! ceiling; only proven instances receive traffic and nothing serving is terminated; and at the
 //! end nothing is left over. A violation is refused and rolls the deployment back.
 
+pub mod analysis;
 pub mod audit;
 pub mod checker;
 pub mod dry_run;

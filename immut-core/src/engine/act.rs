@@ -28,7 +28,7 @@ impl Deployment {
                 .await?;
                 result?;
             }
-            Decision::Gate { name } => match self.inner.gate.evaluate(&name, view).await {
+            Decision::Gate { name } => match self.ask_gate(&name, view, obs).await? {
                 GateVerdict::Pass => {
                     self.write_ahead(JournalEntry::GatePassed { gate: name.clone() }).await?;
                     self.passed_gates.insert(name.clone());

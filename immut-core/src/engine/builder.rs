@@ -302,6 +302,8 @@ impl DeployerBuilder {
                 "must be above zero; leave the change feed out to read in full at every poll",
             ));
         }
+        let gate = self.gate.unwrap_or_else(|| Arc::new(AutoApprove));
+        gate.validate(progress_deadline).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
         let thresholds = self.thresholds.unwrap_or_default();
         if thresholds.healthy == 0 || thresholds.unhealthy == 0 {
             return Err(Error::invalid("health_thresholds", "both counts must be at least 1"));
@@ -312,7 +314,7 @@ impl DeployerBuilder {
                 traffic,
                 health: self.health.unwrap_or_else(|| Arc::new(ProviderStatus)),
                 strategy,
-                gate: self.gate.unwrap_or_else(|| Arc::new(AutoApprove)),
+                gate,
                 journal: self.journal,
                 ledger: self.ledger,
                 change_policy: self.change_policy,

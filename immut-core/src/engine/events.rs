@@ -96,6 +96,11 @@ pub enum Event {
         /// Gate name.
         gate: String,
     },
+    /// An analysis measurement was taken.
+    Measured {
+        /// What it showed.
+        measurement: crate::analysis::Measurement,
+    },
     /// A call failed with a retryable error and will be tried again.
     Retrying {
         /// Operation.
@@ -221,6 +226,16 @@ impl std::fmt::Display for Event {
             }
             Event::Terminated { ids } => write!(f, "stop     [{}] terminated", short(ids)),
             Event::GatePassed { gate } => write!(f, "gate     {gate} passed"),
+            Event::Measured { measurement: m } => write!(
+                f,
+                "measure  {} {} #{}: {}{} ({})",
+                m.gate,
+                m.metric,
+                m.index,
+                m.phase,
+                m.value.map(|v| format!(" {v}")).unwrap_or_default(),
+                m.message
+            ),
             Event::Retrying { operation, attempt, error, delay_ms } => {
                 write!(f, "retry    {operation} attempt {attempt} in {delay_ms} ms: {error}")
             }

@@ -4,7 +4,24 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::analysis::Measurement;
+use crate::model::{DeploymentId, InstanceId, ReleaseId};
 use crate::strategy::FleetView;
+
+/// What the engine tells a gate of the deployment besides the fleet view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateContext {
+    /// The service.
+    pub service: String,
+    /// The release being deployed.
+    pub release: Option<ReleaseId>,
+    /// Its artifact version.
+    pub version: Option<String>,
+    /// The deployment.
+    pub deployment: Option<DeploymentId>,
+    /// Every observed instance's address, where the provider knows it.
+    pub addresses: BTreeMap<InstanceId, String>,
+}
 
 /// A gate's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +39,38 @@ pub enum GateVerdict {
 pub trait Gate: Send + Sync + Debug {
     /// Judges gate `name` for the observed fleet.
     async fn evaluate(&self, name: &str, view: &FleetView) -> GateVerdict;
+
+    /// Judges gate `name` knowing the deployment; the engine calls this one. By default the
+    /// context is not needed and [`Gate::evaluate`] decides.
+    async fn evaluate_in(&self, name: &str, view: &FleetView, context: &GateContext) -> GateVerdict {
+        let _ = context;
+        self.evaluate(name, view).await
+    }
+
+    /// The analysis measurements taken since the last call, for the engine to journal and
+    /// report (each counts as progress). Gates that measure nothing have none.
+    fn take_measurements(&self) -> Vec<Measurement> {
+        Vec::new()
+    }
+
+    /// Checks the gate's settings against the deployment's progress deadline when the deployer
+    /// is built; the error names the field and the fix.
+    fn validate(&self, progress_deadline: std::time::Duration) -> Result<(), String> {
+        let _ = progress_deadline;
+        Ok(())
+    }
+
+    /// The least time gate `name` takes to decide, when it runs an analysis there, for the
+    /// plan; `None` for a gate that decides at once or by hand.
+    fn analysis_duration(&self, name: &str) -> Option<std::time::Duration> {
+        let _ = name;
+        None
+    }
+
+    /// Measurements a resumed deployment had journaled, so that a gate's run continues.
+    fn restore_measurements(&self, measurements: Vec<Measurement>) {
+        let _ = measurements;
+    }
 }
 
 /// Passes every gate.

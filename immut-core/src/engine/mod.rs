@@ -5,6 +5,7 @@
 //! [`Event`]s. The states and their transitions are documented on [`Phase`].
 
 mod act;
+mod analysis;
 mod builder;
 mod chores;
 mod end;
@@ -38,7 +39,7 @@ pub use crate::outcome::{CallCounts, Outcome, Phase};
 use builder::Settings;
 pub use builder::{DeployerBuilder, HealthThresholds, ReplacementBudget, RetryPolicy};
 pub use events::{Capacity, Event, ReadinessCheck};
-pub use gate::{AutoApprove, Gate, GateVerdict, ManualGate};
+pub use gate::{AutoApprove, Gate, GateContext, GateVerdict, ManualGate};
 use observe::{Observation, Signature};
 use records::blocking;
 use retry::retry_call;
@@ -139,6 +140,10 @@ impl Deployer {
                 settings: Settings { feed: None, ..self.inner.settings.clone() },
             }),
         }
+    }
+
+    pub(crate) fn gate(&self) -> &Arc<dyn Gate> {
+        &self.inner.gate
     }
 
     pub(crate) fn provider(&self) -> &Arc<dyn Provider> {

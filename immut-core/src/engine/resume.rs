@@ -80,6 +80,7 @@ impl Deployer {
         d.initial_total = initial_total;
         d.wave = found.waves;
         d.passed_gates = found.passed_gates;
+        d.inner.gate.restore_measurements(found.measurements);
         d.replacing = replacing.into_iter().collect();
         d.resumed = true;
         // What the first run accepted holds for its resumption too.
