@@ -14,6 +14,10 @@ pub enum Promotion {
     Auto,
     /// Wait for the `promote` gate to pass.
     Manual,
+    /// Analysis decides: the `promote` gate before the switch (pre-promotion, against the idle
+    /// set), then the `bake` gate during the bake (post-promotion), which a failed measurement
+    /// rolls back at once. The bake lasts at least until the `bake` gate passed.
+    Analysis,
 }
 
 /// Blue/green: launch a whole new fleet beside the old one, switch all traffic at once, bake,
@@ -29,6 +33,9 @@ pub struct BlueGreen {
 
 /// The gate a manual promotion waits on.
 pub const PROMOTE_GATE: &str = "promote";
+
+/// The gate post-promotion analysis decides during the bake ([`Promotion::Analysis`]).
+pub const BAKE_GATE: &str = "bake";
 
 impl BlueGreen {
     /// Automatic promotion, no bake, no keep-old window.
@@ -80,7 +87,9 @@ impl ReplacementStrategy for BlueGreen {
             let switched = view.switched_at.or(view.last_change_at).unwrap_or_default();
             // A first deployment replaces nothing: there is no old release to keep baking for.
             let bake = if view.previous_count == 0 && view.old_idle.is_empty() { Duration::ZERO } else { self.bake };
-            if view.now < switched + bake {
+            let analysing =
+                self.promotion == Promotion::Analysis && !bake.is_zero() && !view.passed_gates.contains(BAKE_GATE);
+            if view.now < switched + bake || analysing {
                 if !view.new_serving_unhealthy.is_empty() {
                     return Decision::Fail {
                         reason: format!(
@@ -88,6 +97,9 @@ impl ReplacementStrategy for BlueGreen {
                             view.new_serving_unhealthy.len()
                         ),
                     };
+                }
+                if analysing {
+                    return Decision::Gate { name: BAKE_GATE.to_owned() };
                 }
                 return Decision::wait_until("baking the new release", switched + bake);
             }
@@ -115,7 +127,7 @@ impl ReplacementStrategy for BlueGreen {
         if view.ready.len() + new_serving < n {
             return waiting(view, n);
         }
-        if self.promotion == Promotion::Manual && !view.passed_gates.contains(PROMOTE_GATE) {
+        if self.promotion != Promotion::Auto && !view.passed_gates.contains(PROMOTE_GATE) {
             return Decision::Gate { name: PROMOTE_GATE.to_owned() };
         }
         let mut detach = view.old_serving_healthy.clone();

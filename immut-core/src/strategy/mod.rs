@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::InstanceId;
 
-pub use blue_green::{BlueGreen, Promotion};
+pub use blue_green::{BAKE_GATE, BlueGreen, PROMOTE_GATE, Promotion};
 pub use canary::Canary;
 pub(crate) use rollback::Rollback;
 pub use rolling::Rolling;
