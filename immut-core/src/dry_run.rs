@@ -72,6 +72,18 @@ pub struct Wave {
     pub launched_at_ms: u64,
 }
 
+/// Where the deployment would run an analysis, and the least time it takes there. The plan
+/// passes gates at once, so its expected duration leaves this time out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAnalysis {
+    /// The gate (`canary-step-1`, `promote`, `bake`).
+    pub gate: String,
+    /// When the plan reached it, in milliseconds since the start.
+    pub at_ms: u64,
+    /// The least time the analysis takes (count x interval of its slowest metric).
+    pub min_duration_ms: u64,
+}
+
 /// Something the plan does at a moment: what a picture of the plan marks on its time axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
@@ -134,6 +146,9 @@ pub struct Plan {
     /// Launches, switches, terminations and rollbacks, in order, with their times.
     #[serde(default)]
     pub marks: Vec<Mark>,
+    /// Where analysis runs and how long it takes at least, in gate order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<PlannedAnalysis>,
     /// Provider and traffic calls the deployment would make.
     pub calls: SimCalls,
     /// Expected duration under `latencies`, in milliseconds.
@@ -225,6 +240,7 @@ impl Plan {
             floor,
             ceiling,
             marks,
+            analysis: Vec::new(),
             calls,
             latencies,
             readiness: None,
@@ -255,6 +271,7 @@ fn plan_assuming(
     latencies: Latencies,
     readiness: Option<ReleaseReadiness>,
 ) -> Result<Plan> {
+    let gate_of = deployer.gate().clone();
     let deployer = deployer.clone();
     let release = release.clone();
     let previous = previous.cloned();
@@ -274,9 +291,26 @@ fn plan_assuming(
             }
             let mut events = Vec::new();
             deployment.run_with(|e| events.push(e.clone())).await;
-            Plan::from_events(&events, sim.calls(), latencies)
-                .map(|plan| Plan { readiness, ..plan })
-                .ok_or_else(|| Error::new(ErrorKind::Other, "the dry-run ended without an outcome"))
+            let mut plan = Plan::from_events(&events, sim.calls(), latencies)
+                .ok_or_else(|| Error::new(ErrorKind::Other, "the dry-run ended without an outcome"))?;
+            let mut at_ms = 0;
+            for event in &events {
+                match event {
+                    Event::Step { at_ms: at, .. } => at_ms = *at,
+                    Event::GatePassed { gate } => {
+                        if let Some(least) = gate_of.analysis_duration(gate) {
+                            plan.analysis.push(PlannedAnalysis {
+                                gate: gate.clone(),
+                                at_ms,
+                                min_duration_ms: least.as_millis() as u64,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            plan.readiness = readiness;
+            Ok(plan)
         })
     })
     .join()
