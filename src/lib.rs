@@ -28,8 +28,8 @@ pub use immut_core::{
     Release, ReleaseId, ReplacementStrategy, Result, Rolling, SigningKey, Traffic,
 };
 pub use immut_core::{
-    audit, checker, dry_run, engine, error, feed, guardrails, health, journal, ledger, model, outcome, policy, prelude,
-    process, provider, semver, sim, state, strategy, traffic,
+    analysis, audit, checker, dry_run, engine, error, feed, guardrails, health, journal, ledger, model, outcome,
+    policy, prelude, process, provider, semver, sim, state, strategy, traffic,
 };
 
 #[cfg(feature = "http")]

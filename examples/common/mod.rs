@@ -98,6 +98,15 @@ impl Demo {
         Release::new(self.service, &artifact, &baseline)
     }
 
+    /// A release of the sample service whose baseline sets these variables (a fault setting
+    /// such as `SAMPLE_ERROR_SHARE` is part of the release).
+    pub fn release_with_env(&self, version: Version, baseline: &str, env: &[(&str, &str)]) -> immut::Result<Release> {
+        let artifact = immut::local::artifact("sample", version, &self.artifact_path)?;
+        let mut spec = LaunchSpec { args: vec![sample::SAMPLE_FLAG.into()], ..LaunchSpec::default() };
+        spec.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Release::new(self.service, &artifact, &BaselineSpec::new(baseline, Version::new(1, 0, 0), spec))
+    }
+
     /// A deployer of `desired` instances with `strategy`, probing `/healthz`.
     pub fn deployer(&self, desired: usize, strategy: impl ReplacementStrategy + 'static) -> immut::Result<Deployer> {
         self.builder(desired, strategy).build()
