@@ -139,7 +139,7 @@ area "doctests" cargo test "${sel[@]}" --doc
 # would select other features and build the cloud SDKs a second time.
 run_examples() {
   cargo build --quiet "${sel[@]}" --examples --bins
-  for example in local_blue_green local_rolling local_rollback local_audit gcp_blue_green azure_blue_green; do
+  for example in local_blue_green local_rolling local_rollback local_audit local_canary_analysis gcp_blue_green azure_blue_green; do
     echo "== cargo run --example $example"
     "target/debug/examples/$example"
     for leftover in --immut-sample-service --immut-balancer; do
@@ -155,7 +155,7 @@ run_examples() {
   # and the first wakes and stops without a call.
   echo "== immut-state-demo takeover"
   target/debug/immut-state-demo takeover
-  echo "examples: 7 passed, 0 failed"
+  echo "examples: 8 passed, 0 failed"
 }
 area "examples" run_examples
 
