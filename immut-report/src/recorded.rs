@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use immut_core::analysis::MeasurementPhase;
 use immut_core::journal::{JournalEntry, JournalRecord};
 use immut_core::ledger::LedgerEntry;
 use immut_core::{Decision, DeploymentId, Error, Result};
@@ -107,6 +108,20 @@ pub fn timeline(
                 b.row(t, "failed", label);
             }
             JournalEntry::GatePassed { gate } => b.row(t, "gate", format!("{gate} passed")),
+            JournalEntry::Measured(m) => {
+                let value = m.value.map_or(String::new(), |v| format!(" {v}"));
+                let label = format!("{} {} #{}: {}{value} ({})", m.gate, m.metric, m.index, m.phase, m.message);
+                // Inconclusive and error readings decide nothing on their own: listed, not marked.
+                let passed = match m.phase {
+                    MeasurementPhase::Successful => Some(true),
+                    MeasurementPhase::Failed => Some(false),
+                    MeasurementPhase::Inconclusive | MeasurementPhase::Error => None,
+                };
+                if let Some(passed) = passed {
+                    b.mark(t, MarkerKind::Measurement { passed }, label.clone());
+                }
+                b.row(t, "measure", label);
+            }
             JournalEntry::RollingBack { reason } => {
                 b.mark(t, MarkerKind::Rollback, format!("rollback began: {reason}"));
                 b.row(t, "rollback", reason.clone());
