@@ -107,6 +107,7 @@ fn bad(e: immut::Error) -> Failure {
     (Exit::BadInput, e.to_string())
 }
 
+#[cfg(not(all(feature = "aws", feature = "gcp", feature = "azure")))]
 fn not_built(feature: &str) -> Failure {
     (
         Exit::BadInput,
