@@ -210,6 +210,8 @@ pub struct Deployment {
     strategy: Arc<dyn ReplacementStrategy>,
     explicit_rollback: bool,
     accept_no_way_back: bool,
+    /// When each older release last answered that it can be launched again.
+    ready_at: HashMap<ReleaseId, Instant>,
     started_wall_ms: u64,
     pacing: crate::provider::PacingStats,
     memory: memory::Memory,
@@ -249,6 +251,7 @@ impl Deployment {
             strategy: inner.strategy.clone(),
             explicit_rollback: false,
             accept_no_way_back: inner.settings.accept_no_way_back,
+            ready_at: HashMap::default(),
             started_wall_ms: 0,
             pacing: crate::provider::PacingStats::default(),
             memory: memory::Memory::default(),

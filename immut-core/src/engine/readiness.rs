@@ -9,6 +9,11 @@ use super::*;
 use crate::provider::Readiness;
 use events::ReadinessCheck;
 
+/// How long a release's "can be launched" answer is taken as current before a termination that
+/// leaves some of its instances running. The termination of its last instances, the point of no
+/// return, always asks afresh.
+const READY_FOR: Duration = Duration::from_secs(60);
+
 impl Deployment {
     /// The release `id` in full, as this deployment knows it: the previous release it was
     /// given, else the ledger's last record of it. The provenance alone does not name the
@@ -57,6 +62,9 @@ impl Deployment {
             Err(e) => return Err(e),
         };
         let blocked = readiness.blocking.clone();
+        if blocked.is_none() {
+            self.ready_at.insert(previous.clone(), Instant::now());
+        }
         let accepted = blocked.is_some() && self.accept_no_way_back;
         let event = Event::Readiness { release: previous.clone(), at: ReadinessCheck::Start, readiness, accepted };
         match blocked {
@@ -76,17 +84,27 @@ impl Deployment {
     /// The check before terminating `ids` while deploying: for each older release among
     /// them, whether it could be launched again. Returns why the deployment must stop here,
     /// if it must. A check that fails counts as blocked: when in doubt, keep the old instances.
+    /// A termination that leaves some of a release's instances running reuses an answer younger
+    /// than [`READY_FOR`], so a rolling deployment does not ask at every wave.
     pub(super) async fn way_back_gone(&mut self, ids: &[InstanceId], obs: &Observation) -> Option<String> {
         let target = self.release.id().clone();
         let releases: BTreeSet<ReleaseId> =
             act::pick(obs, ids).iter().filter_map(|i| i.release().cloned()).filter(|r| *r != target).collect();
         for id in releases {
+            let keeps_some =
+                obs.instances.iter().any(|i| i.state.is_live() && i.release() == Some(&id) && !ids.contains(&i.id));
+            if keeps_some && self.ready_at.get(&id).is_some_and(|at| at.elapsed() < READY_FOR) {
+                continue;
+            }
             let Some(release) = self.known_release(&id).await else { continue };
             let readiness = match self.readiness_of(&release).await {
                 Ok(r) => r,
                 Err(e) => Readiness::blocked(format!("its readiness could not be checked: {e}")),
             };
             let blocked = readiness.blocking.clone();
+            if blocked.is_none() {
+                self.ready_at.insert(id.clone(), Instant::now());
+            }
             let accepted = blocked.is_some() && self.accept_no_way_back;
             self.pending.push_back(Event::Readiness {
                 release: id.clone(),
