@@ -47,8 +47,8 @@ mod auth;
 mod builder;
 mod client;
 mod config;
-pub mod guardrails;
 pub mod fake;
+pub mod guardrails;
 mod provider;
 pub mod stack;
 

@@ -32,8 +32,8 @@
 mod builder;
 mod client;
 mod config;
-pub mod guardrails;
 pub mod fake;
+pub mod guardrails;
 mod provider;
 pub mod stack;
 
