@@ -44,6 +44,8 @@ mod config;
 mod inventory;
 mod provider;
 pub mod sample;
+#[cfg(feature = "test_tools")]
+pub mod test_tools;
 
 use std::path::Path;
 
