@@ -4,20 +4,19 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{assert_final_fleet, latencies, release};
+use common::{CrashingJournal, assert_final_fleet, latencies, release};
 use immut_core::analysis::{
     Analysis, AnalysisContext, AnalysisGate, MeasurementPhase, Metric, MetricProvider, Reading, Threshold,
 };
-use immut_core::engine::{Event, Phase};
-use immut_core::journal::{Journal, JournalEntry, JournalRead, JournalRecord, LockGuard, MemoryJournal};
+use immut_core::engine::{Event, Outcome, Phase};
+use immut_core::journal::MemoryJournal;
 use immut_core::sim::SimProvider;
 use immut_core::strategy::Promotion;
-use immut_core::{BlueGreen, Canary, Count, DeployerBuilder, DeploymentId, ErrorKind};
+use immut_core::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, ErrorKind, Release};
 
 /// Answers from a script, then a default; records what it was asked.
 #[derive(Debug, Clone)]
@@ -61,6 +60,22 @@ fn deployer(sim: &SimProvider, desired: usize) -> DeployerBuilder {
     sim.deployer().desired(desired).min_ready(Duration::from_secs(5)).progress_deadline(Duration::from_secs(300))
 }
 
+/// The simulator (with the shared latencies) running `count` serving instances of 1.0.0, and
+/// the releases 1.0.0 and 1.1.0.
+fn seeded(count: usize) -> (SimProvider, Release, Release) {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, count, true);
+    (sim, v1, v2)
+}
+
+/// Deploys `new` over `old` with `d`, recording every event.
+async fn upgrade(d: &Deployer, old: &Release, new: &Release) -> (Outcome, Vec<Event>) {
+    let mut events = Vec::new();
+    let outcome = d.deploy(new.clone()).with_previous(old.clone()).run_with(|e| events.push(e.clone())).await;
+    (outcome, events)
+}
+
 fn measurements(events: &[Event]) -> Vec<immut_core::analysis::Measurement> {
     events
         .iter()
@@ -73,17 +88,14 @@ fn measurements(events: &[Event]) -> Vec<immut_core::analysis::Measurement> {
 
 #[tokio::test(start_paused = true)]
 async fn a_good_canary_passes_every_step_after_its_measurements() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 4, true);
+    let (sim, v1, v2) = seeded(4);
     let provider = Scripted::always(Ok(Reading::Value(0.001)));
     let d = deployer(&sim, 4)
         .strategy(Canary::new([Count::Count(1), Count::Percent(50)]))
         .gate(gate(error_ratio(3), provider.clone()))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
     let taken = measurements(&events);
     assert_eq!(taken.len(), 6, "3 per step: {taken:?}");
@@ -106,17 +118,14 @@ async fn a_good_canary_passes_every_step_after_its_measurements() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_measurement_at_a_canary_step_rolls_back() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 4, true);
+    let (sim, v1, v2) = seeded(4);
     let provider = Scripted::new([Ok(Reading::Value(0.001))], Ok(Reading::Value(0.05)));
     let d = deployer(&sim, 4)
         .strategy(Canary::new([Count::Count(1)]))
         .gate(gate(error_ratio(5), provider))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     match &outcome.phase {
         Phase::RolledBack { reason } => {
             assert!(reason.contains("analysis failed") && reason.contains("failure_limit 0"), "{reason}")
@@ -145,17 +154,14 @@ async fn a_failed_measurement_at_a_canary_step_rolls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn pre_promotion_analysis_measures_the_idle_set_before_the_switch() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 3, true);
+    let (sim, v1, v2) = seeded(3);
     let provider = Scripted::always(Ok(Reading::Value(0.0)));
     let d = deployer(&sim, 3)
         .strategy(BlueGreen::new().promotion(Promotion::Analysis).bake(Duration::from_secs(60)))
         .gate(gate(error_ratio(2), provider.clone()))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
     let switch = events.iter().position(|e| matches!(e, Event::Switched { .. })).unwrap();
     let before: Vec<_> = measurements(&events[..switch]);
@@ -170,17 +176,14 @@ async fn pre_promotion_analysis_measures_the_idle_set_before_the_switch() {
 
 #[tokio::test(start_paused = true)]
 async fn no_traffic_is_inconclusive_and_never_promotes() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 2, true);
+    let (sim, v1, v2) = seeded(2);
     let d = deployer(&sim, 2)
         .strategy(BlueGreen::new().promotion(Promotion::Analysis))
         .progress_deadline(Duration::from_secs(120))
         .gate(gate(error_ratio(3), Scripted::always(Ok(Reading::Empty))))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     match &outcome.phase {
         Phase::RolledBack { reason } => {
             assert!(reason.contains("analysis inconclusive") && reason.contains("progress deadline"), "{reason}")
@@ -195,9 +198,7 @@ async fn no_traffic_is_inconclusive_and_never_promotes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_regression_during_the_bake_rolls_back_at_once() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 3, true);
+    let (sim, v1, v2) = seeded(3);
     // Pre-promotion: two good measurements; during the bake the first one fails.
     let provider = Scripted::new([Ok(Reading::Value(0.0)), Ok(Reading::Value(0.0))], Ok(Reading::Value(0.2)));
     let bake = Duration::from_secs(3600);
@@ -206,8 +207,7 @@ async fn a_regression_during_the_bake_rolls_back_at_once() {
         .gate(gate(error_ratio(2), provider))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     match &outcome.phase {
         Phase::RolledBack { reason } => assert!(reason.contains("gate \"bake\" failed"), "{reason}"),
         other => panic!("{other:?}"),
@@ -221,17 +221,14 @@ async fn a_regression_during_the_bake_rolls_back_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_provider_fails_at_the_consecutive_error_limit() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 2, true);
+    let (sim, v1, v2) = seeded(2);
     let metric = error_ratio(3).consecutive_error_limit(2);
     let d = deployer(&sim, 2)
         .strategy(Canary::new([Count::Count(1)]))
         .gate(gate(metric, Scripted::always(Err("connection refused".into()))))
         .build()
         .unwrap();
-    let mut events = Vec::new();
-    let outcome = d.deploy(v2.clone()).with_previous(v1.clone()).run_with(|e| events.push(e.clone())).await;
+    let (outcome, events) = upgrade(&d, &v1, &v2).await;
     match &outcome.phase {
         Phase::RolledBack { reason } => assert!(reason.contains("consecutive_error_limit 2"), "{reason}"),
         other => panic!("{other:?}"),
@@ -258,42 +255,12 @@ fn settings_are_checked_when_the_deployer_is_built() {
     assert!(err.message().contains("analysis.metrics[0].provider"), "{}", err.message());
 }
 
-/// Dies on its `crash_at`-th measurement record, before writing it.
-#[derive(Debug)]
-struct CrashOnMeasurement {
-    inner: MemoryJournal,
-    crash_at: usize,
-    seen: AtomicUsize,
-}
-
-impl Journal for CrashOnMeasurement {
-    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
-        if matches!(record.entry, JournalEntry::Measured(_))
-            && self.seen.fetch_add(1, Ordering::SeqCst) == self.crash_at
-        {
-            panic!("simulated crash before measurement record {}", self.crash_at);
-        }
-        self.inner.append(service, record)
-    }
-    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
-        self.inner.read(service)
-    }
-    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
-        self.inner.lock(service, deployment)
-    }
-    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
-        self.inner.holder(service)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_resumed_deployment_continues_the_same_analysis_run() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 4, true);
+    let (sim, v1, v2) = seeded(4);
     let journal = MemoryJournal::new();
     let strategy = || Canary::new([Count::Count(1)]);
-    let crashing = CrashOnMeasurement { inner: journal.clone(), crash_at: 2, seen: AtomicUsize::new(0) };
+    let crashing = CrashingJournal::on_measurements(journal.clone(), 2);
     let first = Scripted::always(Ok(Reading::Value(0.0)));
     let d = deployer(&sim, 4).strategy(strategy()).journal(crashing).gate(gate(error_ratio(4), first.clone())).build();
     let run = tokio::spawn(d.unwrap().deploy(v2.clone()).with_previous(v1.clone()).run());
@@ -314,9 +281,7 @@ async fn a_resumed_deployment_continues_the_same_analysis_run() {
 
 #[tokio::test]
 async fn the_plan_shows_where_analysis_runs_and_its_least_duration_without_measuring() {
-    let sim = latencies(SimProvider::builder()).build().unwrap();
-    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
-    sim.seed(&v1, 4, true);
+    let (sim, v1, v2) = seeded(4);
     let provider = Scripted::always(Ok(Reading::Value(0.0)));
     let d = deployer(&sim, 4)
         .strategy(Canary::new([Count::Count(1), Count::Percent(50)]))

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{latencies, release};
+use common::{CrashingJournal, latencies, quiet_simulated_crashes, release};
 use immut_core::checker::Checker;
 use immut_core::engine::{Event, Gate, GateVerdict, Phase, RetryPolicy};
-use immut_core::journal::{Journal, JournalRead, JournalRecord, LockGuard, MemoryJournal};
+use immut_core::journal::{Journal, MemoryJournal};
 use immut_core::sim::{Faults, OutOfBand, SimProvider};
 use immut_core::strategy::{FleetView, Promotion, ReplacementStrategy};
-use immut_core::{BlueGreen, Canary, Count, DeploymentId, Rolling};
+use immut_core::{BlueGreen, Canary, Count, Rolling};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
@@ -194,32 +194,6 @@ fn valid_settings() -> impl Strategy<Value = (Plan, usize)> {
         .prop_filter("settings build() accepts", |(plan, desired)| plan.strategy(false).validate(*desired).is_ok())
 }
 
-/// Dies (panics) before its `crash_at`-th record, like a process killed between two records.
-#[derive(Debug)]
-struct CrashingJournal {
-    inner: MemoryJournal,
-    crash_at: usize,
-    appended: AtomicUsize,
-}
-
-impl Journal for CrashingJournal {
-    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
-        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
-            panic!("simulated crash before journal record {}", self.crash_at);
-        }
-        self.inner.append(service, record)
-    }
-    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
-        self.inner.read(service)
-    }
-    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
-        self.inner.lock(service, deployment)
-    }
-    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
-        self.inner.holder(service)
-    }
-}
-
 /// Rejects every gate it is asked about.
 #[derive(Debug)]
 struct Reject;
@@ -229,19 +203,6 @@ impl Gate for Reject {
     async fn evaluate(&self, name: &str, _: &FleetView) -> GateVerdict {
         GateVerdict::Fail(format!("{name} rejected by the campaign"))
     }
-}
-
-fn quiet_simulated_crashes() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let simulated = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("simulated crash"));
-            if !simulated {
-                default(info);
-            }
-        }));
-    });
 }
 
 fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Result<(), TestCaseError> {
@@ -311,9 +272,7 @@ fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Res
             b.build().unwrap()
         };
         let first: Arc<dyn Journal> = match schedule.crash_at {
-            Some(crash_at) => {
-                Arc::new(CrashingJournal { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) })
-            }
+            Some(crash_at) => Arc::new(CrashingJournal::new(journal.clone(), crash_at)),
             None => Arc::new(journal.clone()),
         };
         let mut deployment = deployer(first).deploy(v2.clone());

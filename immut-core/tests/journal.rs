@@ -4,14 +4,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{assert_final_fleet, latencies, release};
+use common::{CrashingJournal, assert_final_fleet, latencies, release};
 use immut_core::engine::{Event, Phase};
-use immut_core::journal::{
-    FileJournal, Journal, JournalEntry, JournalRead, JournalRecord, LockGuard, MemoryJournal, StoreJournal,
-};
+use immut_core::journal::{FileJournal, Journal, JournalEntry, JournalRecord, MemoryJournal, StoreJournal};
 use immut_core::sim::SimProvider;
 use immut_core::strategy::ReplacementStrategy;
 use immut_core::{BlueGreen, Canary, Count, Deployer, DeploymentId, ErrorKind, Provider, Query, Rolling};
@@ -24,48 +21,6 @@ fn deployer(sim: &SimProvider, journal: Arc<dyn Journal>, strategy: Arc<dyn Repl
         .journal_arc(journal)
         .build()
         .unwrap()
-}
-
-/// Dies (panics, which drops the deployment mid-step) on its `crash_at`-th append, before
-/// writing it: the process is gone between two journal records.
-#[derive(Debug)]
-struct CrashingJournal {
-    inner: MemoryJournal,
-    crash_at: usize,
-    appended: AtomicUsize,
-}
-
-/// Keeps the deliberate crashes out of the test output; every other panic is reported.
-fn quiet_simulated_crashes() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let simulated = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("simulated crash"));
-            if !simulated {
-                default(info);
-            }
-        }));
-    });
-}
-
-impl Journal for CrashingJournal {
-    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
-        quiet_simulated_crashes();
-        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
-            panic!("simulated crash before journal record {}", self.crash_at);
-        }
-        self.inner.append(service, record)
-    }
-    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
-        self.inner.read(service)
-    }
-    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
-        self.inner.lock(service, deployment)
-    }
-    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
-        self.inner.holder(service)
-    }
 }
 
 fn strategies() -> Vec<Arc<dyn ReplacementStrategy>> {
@@ -117,8 +72,7 @@ async fn a_crash_at_every_journal_record_resumes_to_a_clean_end() {
             let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
             sim.seed(&v1, 4, true);
             let journal = MemoryJournal::new();
-            let crashing =
-                Arc::new(CrashingJournal { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) });
+            let crashing = Arc::new(CrashingJournal::new(journal.clone(), crash_at));
             let d = deployer(&sim, crashing, strategy.clone());
             let run = tokio::spawn(d.deploy(v2.clone()).with_previous(v1.clone()).run());
             assert!(
@@ -154,7 +108,7 @@ async fn a_resumed_deployment_can_be_rolled_back_instead() {
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 4, true);
     let journal = MemoryJournal::new();
-    let crashing = Arc::new(CrashingJournal { inner: journal.clone(), crash_at: 6, appended: AtomicUsize::new(0) });
+    let crashing = Arc::new(CrashingJournal::new(journal.clone(), 6));
     let run = tokio::spawn(
         deployer(&sim, crashing, Arc::new(Rolling::new())).deploy(v2.clone()).with_previous(v1.clone()).run(),
     );
@@ -174,7 +128,7 @@ async fn resume_refuses_a_deployer_that_differs_from_the_journal() {
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
     sim.seed(&v1, 4, true);
     let journal = MemoryJournal::new();
-    let crashing = Arc::new(CrashingJournal { inner: journal.clone(), crash_at: 6, appended: AtomicUsize::new(0) });
+    let crashing = Arc::new(CrashingJournal::new(journal.clone(), 6));
     let run = tokio::spawn(
         deployer(&sim, crashing, Arc::new(Rolling::new())).deploy(v2.clone()).with_previous(v1.clone()).run(),
     );
@@ -407,7 +361,7 @@ async fn a_crash_at_every_record_of_a_journal_on_files_resumes_to_a_clean_end() 
         sim.seed(&v1, 3, true);
         let dir = temp_dir(&format!("files-{crash_at}"));
         let journal = FileJournal::open(&dir).unwrap();
-        let crashing = Arc::new(CrashingFiles { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) });
+        let crashing = Arc::new(CrashingJournal::new(journal.clone(), crash_at));
         let run = tokio::spawn(deployer(&sim, crashing).deploy(v2.clone()).with_previous(v1.clone()).run());
         assert!(run.await.unwrap_err().is_panic());
         kill_points += 1;
@@ -421,33 +375,6 @@ async fn a_crash_at_every_record_of_a_journal_on_files_resumes_to_a_clean_end() 
     }
     println!("kill points exercised on the local state store: {kill_points}");
     assert!(total >= 8 && kill_points == total - 1, "{kill_points} of {total}");
-}
-
-/// [`CrashingJournal`] over the store journal.
-#[derive(Debug)]
-struct CrashingFiles {
-    inner: FileJournal,
-    crash_at: usize,
-    appended: AtomicUsize,
-}
-
-impl Journal for CrashingFiles {
-    fn append(&self, service: &str, record: &JournalRecord) -> immut_core::Result<()> {
-        quiet_simulated_crashes();
-        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
-            panic!("simulated crash before journal record {}", self.crash_at);
-        }
-        self.inner.append(service, record)
-    }
-    fn read(&self, service: &str) -> immut_core::Result<JournalRead> {
-        self.inner.read(service)
-    }
-    fn lock(&self, service: &str, deployment: &DeploymentId) -> immut_core::Result<LockGuard> {
-        self.inner.lock(service, deployment)
-    }
-    fn holder(&self, service: &str) -> immut_core::Result<Option<DeploymentId>> {
-        self.inner.holder(service)
-    }
 }
 
 #[test]

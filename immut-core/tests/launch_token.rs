@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{assert_final_fleet, latencies, release};
+use common::{CrashingJournal, assert_final_fleet, latencies, quiet_simulated_crashes, release};
 use immut_core::engine::Event;
-use immut_core::journal::{Journal, JournalEntry, JournalRead, JournalRecord, LockGuard, MemoryJournal};
+use immut_core::journal::{Journal, JournalEntry, MemoryJournal};
 use immut_core::sim::SimProvider;
 use immut_core::{
     Capabilities, Deployer, DeploymentId, Instance, InstanceId, LaunchRequest, Provider, Query, Result, Rolling,
@@ -141,32 +141,6 @@ async fn a_deployment_id_the_caller_chose_is_looked_up_before_every_launch() {
     assert_eq!((provider.launches(), provider.by_token()), (4, 4), "a look-up before each of the 4 launches");
 }
 
-/// Dies on its `crash_at`-th append, before writing it.
-#[derive(Debug)]
-struct CrashingJournal {
-    inner: MemoryJournal,
-    crash_at: usize,
-    appended: AtomicUsize,
-}
-
-impl Journal for CrashingJournal {
-    fn append(&self, service: &str, record: &JournalRecord) -> Result<()> {
-        if self.appended.fetch_add(1, Ordering::SeqCst) == self.crash_at {
-            panic!("simulated crash before journal record {}", self.crash_at);
-        }
-        self.inner.append(service, record)
-    }
-    fn read(&self, service: &str) -> Result<JournalRead> {
-        self.inner.read(service)
-    }
-    fn lock(&self, service: &str, deployment: &DeploymentId) -> Result<LockGuard> {
-        self.inner.lock(service, deployment)
-    }
-    fn holder(&self, service: &str) -> Result<Option<DeploymentId>> {
-        self.inner.holder(service)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_crash_after_a_launch_then_resume_adopts_it_and_launches_nothing_twice() {
     let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
@@ -186,18 +160,12 @@ async fn a_crash_after_a_launch_then_resume_adopts_it_and_launches_nothing_twice
             .collect()
     };
     assert_eq!(applied_launches.len(), 4, "one launch per wave");
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let simulated = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("simulated crash"));
-        if !simulated {
-            default_hook(info);
-        }
-    }));
+    quiet_simulated_crashes();
     for crash_at in applied_launches {
         let sim = seeded();
         let provider = HonoursToken::new(&sim, true);
         let journal = MemoryJournal::new();
-        let crashing = Arc::new(CrashingJournal { inner: journal.clone(), crash_at, appended: AtomicUsize::new(0) });
+        let crashing = Arc::new(CrashingJournal::new(journal.clone(), crash_at));
         let run = tokio::spawn(
             deployer(&sim, provider.clone(), Some(crashing)).deploy(v2.clone()).with_previous(v1.clone()).run(),
         );

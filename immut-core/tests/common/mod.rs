@@ -1,7 +1,12 @@
-//! Shared test support: releases, the simulator's latencies, and the check of the final fleet.
+//! Shared test support: releases, a journal that crashes, the simulator's latencies, and the check of the final fleet.
 //! Invariants are checked by the independent [`immut_core::checker::Checker`], which reads the
 //! simulator's ground truth.
 #![allow(dead_code)]
+
+mod crashing;
+
+#[allow(unused_imports)] // Not every test binary crashes its journal.
+pub use crashing::{CrashingJournal, quiet_simulated_crashes};
 
 use std::collections::HashSet;
 use std::time::Duration;
