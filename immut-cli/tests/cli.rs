@@ -61,6 +61,22 @@ impl Dir {
         r
     }
 
+    /// Starts the deployment of 2.0.0 (slow to turn healthy), SIGKILLs it once it has
+    /// launched, and answers its exit code (`None`: killed by the signal).
+    fn killed_after_a_launch(&self) -> Option<i32> {
+        let mut run = self.spawn(&[
+            "deploy",
+            "--json",
+            "--set",
+            "artifact.version=2.0.0",
+            "--set",
+            "provider.sim.boot_to_healthy=30s",
+        ]);
+        run.wait_for("\"event\":\"launched\"");
+        run.signal(nix::sys::signal::Signal::SIGKILL);
+        run.finish().0
+    }
+
     fn spawn(&self, args: &[&str]) -> Running {
         let mut child = Command::new(BIN)
             .args(args)
@@ -279,24 +295,25 @@ fn human_deploy_output_is_one_line_per_event() {
     assert!(r.stderr.contains("done (exit 0)"), "{}", r.stderr);
 }
 
+/// `immut deploy --json` of 2.0.0 on the simulator, which never turns healthy: it rolls back
+/// (exit 3) once the short progress deadline passes.
+const NEVER_HEALTHY_DEPLOY: &[&str] = &[
+    "deploy",
+    "--json",
+    "--set",
+    "artifact.version=2.0.0",
+    "--set",
+    "provider.sim.never_healthy_versions=[\"2.0.0\"]",
+    "--set",
+    "rollout.progress_deadline=300ms",
+];
+
 #[test]
 fn a_release_that_never_turns_healthy_rolls_back_with_exit_3() {
     let d = Dir::sim("rolled-back");
     d.ok(&["deploy", "--json"]);
     let v1 = release_of(&d.status());
-    let r = d.expect(
-        &[
-            "deploy",
-            "--json",
-            "--set",
-            "artifact.version=2.0.0",
-            "--set",
-            "provider.sim.never_healthy_versions=[\"2.0.0\"]",
-            "--set",
-            "rollout.progress_deadline=300ms",
-        ],
-        3,
-    );
+    let r = d.expect(NEVER_HEALTHY_DEPLOY, 3);
     let outcome = r.finished();
     assert_eq!(outcome["phase"]["phase"], "rolled_back", "{outcome}");
     assert!(r.events().iter().any(|e| e["event"] == "rollback_started"));
@@ -403,12 +420,7 @@ fn a_killed_deployment_is_resumed_from_the_journal() {
     d.ok(&["deploy", "--json"]);
     let ok = d.ok(&["resume", "--json"]);
     assert_eq!(ok.events()[0]["event"], "nothing_to_resume");
-    let mut run =
-        d.spawn(&["deploy", "--json", "--set", "artifact.version=2.0.0", "--set", "provider.sim.boot_to_healthy=30s"]);
-    run.wait_for("\"event\":\"launched\"");
-    run.signal(nix::sys::signal::Signal::SIGKILL);
-    let (code, _) = run.finish();
-    assert_eq!(code, None, "killed");
+    assert_eq!(d.killed_after_a_launch(), None, "killed");
     let status = d.status();
     assert_eq!(status["in_flight"]["running"], false, "{status}");
     assert!(d.ok(&["status"]).stdout.contains("was interrupted (its process died): run `immut resume`"));
@@ -425,11 +437,7 @@ fn a_killed_deployment_is_resumed_from_the_journal() {
 fn resume_rollback_rolls_an_interrupted_deployment_back() {
     let d = Dir::sim("resume-rollback");
     d.ok(&["deploy", "--json"]);
-    let mut run =
-        d.spawn(&["deploy", "--json", "--set", "artifact.version=2.0.0", "--set", "provider.sim.boot_to_healthy=30s"]);
-    run.wait_for("\"event\":\"launched\"");
-    run.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = run.finish();
+    let _ = d.killed_after_a_launch();
     let r = d.ok(&["resume", "--rollback", "--json"]);
     assert_eq!(r.finished()["phase"]["phase"], "rolled_back");
     assert_eq!(d.status()["releases"][0]["version"], "1.0.0");

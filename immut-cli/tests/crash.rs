@@ -176,13 +176,7 @@ async fn kill_at_every_record(strategy: &str) -> usize {
         let durable: Vec<String> = case.journal()[before..].iter().map(shape).collect();
         assert_eq!(durable, shapes[..kill_at], "{context}: the durable records differ from the uninterrupted run");
 
-        let resumed = run_resume(&case);
-        assert!(
-            resumed.status.success(),
-            "{context}: the resumed immut exited with {}:\n{}",
-            resumed.status,
-            resumed.said
-        );
+        let resumed = run_resume(&case, &context);
         let (resume_event, finished) = resumed_how(&resumed);
         let version = settled_fleet(&case, &context).await;
         match expect {
@@ -212,8 +206,11 @@ async fn kill_at_every_record(strategy: &str) -> usize {
     records.len() + spawn_points
 }
 
-fn run_resume(case: &Case) -> Run {
-    run(case, &["resume", "--json"])
+/// `immut resume --json`, which must succeed: `context` names the kill point in the failure.
+fn run_resume(case: &Case, context: &str) -> Run {
+    let resumed = run(case, &["resume", "--json"]);
+    assert!(resumed.status.success(), "{context}: the resumed immut exited with {}:\n{}", resumed.status, resumed.said);
+    resumed
 }
 
 /// Kills `immut deploy` around each of the `spawns` process starts of the 1.0.0 -> 2.0.0
@@ -270,13 +267,7 @@ async fn kill_inside_the_spawn_loop(strategy: &str, spawns: usize) -> usize {
                 );
             }
 
-            let resumed = run_resume(&case);
-            assert!(
-                resumed.status.success(),
-                "{context}: the resumed immut exited with {}:\n{}",
-                resumed.status,
-                resumed.said
-            );
+            let resumed = run_resume(&case, &context);
             let (resume_event, finished) = resumed_how(&resumed);
             assert_eq!(resume_event, Some((false, true)), "{context}: expected a resume with its launch in flight");
             assert_eq!(finished, Some(Phase::Succeeded), "{context}: the resumed deployment did not succeed");

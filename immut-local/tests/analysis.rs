@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use immut_core::analysis::{Analysis, AnalysisGate, MeasurementPhase, Metric, ScrapeProvider, Threshold};
-use immut_core::engine::{Event, Phase};
+use immut_core::analysis::{Analysis, AnalysisGate, Measurement, MeasurementPhase, Metric, ScrapeProvider, Threshold};
+use immut_core::engine::{Event, Outcome, Phase};
 use immut_core::health::HttpProbe;
 use immut_core::semver::Version;
-use immut_core::{BlueGreen, Canary, Count, Deployer, LaunchSpec, Provider, ProviderExt, Query, Traffic};
+use immut_core::{BlueGreen, Canary, Count, Deployer, LaunchSpec, Provider, ProviderExt, Query, Release, Traffic};
 use immut_local::{LocalBalancer, LocalProvider};
 
 fn analysed(provider: &LocalProvider, balancer: &LocalBalancer) -> Deployer {
@@ -32,7 +32,7 @@ fn analysed(provider: &LocalProvider, balancer: &LocalBalancer) -> Deployer {
         .unwrap()
 }
 
-fn measurements(events: &[Event]) -> Vec<immut_core::analysis::Measurement> {
+fn measurements(events: &[Event]) -> Vec<Measurement> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -40,6 +40,27 @@ fn measurements(events: &[Event]) -> Vec<immut_core::analysis::Measurement> {
             _ => None,
         })
         .collect()
+}
+
+/// Deploys `release` over `previous` with [`analysed`]; prints every measurement taken, for the
+/// log of a failure.
+async fn deploy_analysed(
+    provider: &LocalProvider,
+    balancer: &LocalBalancer,
+    release: &Release,
+    previous: &Release,
+) -> (Outcome, Vec<Event>, Vec<Measurement>) {
+    let mut events = Vec::new();
+    let outcome = analysed(provider, balancer)
+        .deploy(release.clone())
+        .with_previous(previous.clone())
+        .run_with(|e| events.push(e.clone()))
+        .await;
+    let taken = measurements(&events);
+    for m in &taken {
+        println!("measured {} {} #{}: {} {:?} ({})", m.gate, m.metric, m.index, m.phase, m.value, m.message);
+    }
+    (outcome, events, taken)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -71,16 +92,7 @@ async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_
     .await;
 
     // The bad release: healthy by /healthz, failing 5 % of what it serves.
-    let mut events = Vec::new();
-    let outcome = analysed(&provider, &balancer)
-        .deploy(bad.clone())
-        .with_previous(v1.clone())
-        .run_with(|e| events.push(e.clone()))
-        .await;
-    let taken = measurements(&events);
-    for m in &taken {
-        println!("measured {} {} #{}: {} {:?} ({})", m.gate, m.metric, m.index, m.phase, m.value, m.message);
-    }
+    let (outcome, events, taken) = deploy_analysed(&provider, &balancer, &bad, &v1).await;
     match &outcome.phase {
         Phase::RolledBack { reason } => assert!(reason.contains("analysis failed"), "{reason}"),
         other => panic!("the bad release was not rolled back: {other:?}"),
@@ -98,16 +110,7 @@ async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_
     assert!(fleet.iter().all(|i| i.release() == Some(v1.id())), "back on 1.0.0: {fleet:?}");
 
     // The good release passes its measurements and is promoted.
-    let mut events = Vec::new();
-    let outcome = analysed(&provider, &balancer)
-        .deploy(good.clone())
-        .with_previous(v1.clone())
-        .run_with(|e| events.push(e.clone()))
-        .await;
-    let taken = measurements(&events);
-    for m in &taken {
-        println!("measured {} {} #{}: {} {:?} ({})", m.gate, m.metric, m.index, m.phase, m.value, m.message);
-    }
+    let (outcome, _, taken) = deploy_analysed(&provider, &balancer, &good, &v1).await;
     assert!(outcome.succeeded(), "{}", outcome.summary());
     assert!(taken.len() >= 3 && taken.iter().all(|m| m.phase == MeasurementPhase::Successful), "{taken:?}");
     let seen = load.stop().await;

@@ -31,19 +31,7 @@ fn plan_draws_a_picture_and_report_draws_a_rolled_back_deployment() {
     // --json keeps stdout a JSON document.
     let json = d.ok(&["plan", "--json", "--set", "artifact.version=2.0.0", "--svg", "plan2.svg"]);
     assert!(json.json()["waves"].is_array());
-    d.expect(
-        &[
-            "deploy",
-            "--json",
-            "--set",
-            "artifact.version=2.0.0",
-            "--set",
-            "provider.sim.never_healthy_versions=[\"2.0.0\"]",
-            "--set",
-            "rollout.progress_deadline=300ms",
-        ],
-        3,
-    );
+    d.expect(super::NEVER_HEALTHY_DEPLOY, 3);
     assert_eq!(release_of(&d.status()), v1);
     let r = d.ok(&["report", "--out", "rolled-back.html"]);
     assert!(r.stdout.contains("wrote rolled-back.html (deployment d"), "{}", r.stdout);
@@ -71,12 +59,7 @@ fn plan_draws_a_picture_and_report_draws_a_rolled_back_deployment() {
 fn an_interrupted_deployment_is_drawn_on_another_machine_from_a_copy_of_the_state() {
     let d = Dir::sim("report-interrupted");
     d.ok(&["deploy", "--json"]);
-    let mut run =
-        d.spawn(&["deploy", "--json", "--set", "artifact.version=2.0.0", "--set", "provider.sim.boot_to_healthy=30s"]);
-    run.wait_for("\"event\":\"launched\"");
-    run.signal(nix::sys::signal::Signal::SIGKILL);
-    let (code, _) = run.finish();
-    assert_eq!(code, None, "killed");
+    assert_eq!(d.killed_after_a_launch(), None, "killed");
     // Another machine: the spec and a copy of the state, no simulated fleet, another process.
     let other = super::Dir::new("report-interrupted-other");
     std::fs::copy(d.path.join("immut.toml"), other.path.join("immut.toml")).unwrap();
