@@ -136,19 +136,10 @@ async fn a_failed_measurement_at_a_canary_step_rolls_back() {
     let phases: Vec<MeasurementPhase> = taken.iter().map(|m| m.phase).collect();
     assert_eq!(phases, [MeasurementPhase::Successful, MeasurementPhase::Failed], "{taken:?}");
     assert_eq!(taken[1].value, Some(0.05));
-    // The canary never went past its first step: the one old instance it replaced is the only
-    // one terminated before the rollback, and none after the first measurement.
+    // The canary never went past its first step, and a step's old instances go only after its
+    // gate: no old instance was terminated before the rollback.
     let rollback = events.iter().position(|e| matches!(e, Event::RollbackStarted { .. })).unwrap();
-    let first = events.iter().position(|e| matches!(e, Event::Measured { .. })).unwrap();
-    let terminated: usize = events[..rollback]
-        .iter()
-        .map(|e| match e {
-            Event::Terminated { ids } => ids.len(),
-            _ => 0,
-        })
-        .sum();
-    assert_eq!(terminated, 1, "{events:?}");
-    assert!(!events[first..rollback].iter().any(|e| matches!(e, Event::Terminated { .. })), "{events:?}");
+    assert!(!events[..rollback].iter().any(|e| matches!(e, Event::Terminated { .. })), "{events:?}");
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
 

@@ -5,9 +5,13 @@ use serde::{Deserialize, Serialize};
 use super::{Count, Decision, FleetView, Limits, ReplacementStrategy, replace_toward};
 use crate::error::{Error, Result};
 
-/// Canary: grow the new release through steps (a count or a percent of the desired count),
-/// replacing as many old instances at each step. After each step but the last it pauses, then
-/// asks the analysis gate `canary-step-N` whether to go on; a failing gate rolls back.
+/// Canary: grow the new release through steps (a count or a percent of the desired count).
+/// After each step but the last it pauses, then asks the analysis gate `canary-step-N` whether
+/// to go on; a failing gate rolls back.
+///
+/// A step's new instances come on top of the old ones: the old instances that a step replaces
+/// are terminated only once that step's gate has passed, so a canary that fails its analysis
+/// rolls back with every old instance still serving.
 ///
 /// Capacity: the floor is the desired count; the ceiling adds the largest step increment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +83,13 @@ impl ReplacementStrategy for Canary {
     fn decide(&self, view: &FleetView) -> Decision {
         let targets = self.targets(view.desired);
         let step = (1..targets.len()).take_while(|s| view.passed_gates.contains(&Self::gate_name(*s))).count();
-        match replace_toward(view, targets[step], self.limits(view.desired), true) {
+        // The old instances a step replaces go only after its gate; the last step has none.
+        let old_keep = match step {
+            _ if step + 1 == targets.len() => 0,
+            0 => view.desired,
+            _ => view.desired - targets[step - 1],
+        };
+        match replace_toward(view, targets[step], old_keep, self.limits(view.desired), true) {
             Some(d) => d,
             None if step + 1 == targets.len() => Decision::Done,
             None => {
@@ -116,7 +126,6 @@ mod tests {
         let c = Canary::new([Count::Count(1)]).pause(Duration::from_secs(60));
         let mut v = fresh(4, 4);
         assert_eq!(c.decide(&v), Decision::Launch { count: 1 });
-        v.old_serving_healthy.truncate(3);
         v.new_serving_healthy = ids("new-", 1);
         v.last_change_at = Some(Duration::from_secs(5));
         v.now = Duration::from_secs(6);
@@ -124,6 +133,26 @@ mod tests {
         v.now = Duration::from_secs(65);
         assert_eq!(c.decide(&v), Decision::Gate { name: "canary-step-1".into() });
         v.passed_gates.insert("canary-step-1".into());
+        assert!(matches!(c.decide(&v), Decision::Detach { ids } if ids.len() == 1));
+        v.old_serving_healthy.truncate(3);
         assert_eq!(c.decide(&v), Decision::Launch { count: 3 });
+    }
+
+    #[test]
+    fn no_old_instance_goes_before_the_first_gate() {
+        let c = Canary::new([Count::Count(1), Count::Percent(50)]);
+        let mut v = fresh(10, 10);
+        assert_eq!(c.decide(&v), Decision::Launch { count: 1 });
+        v.new_serving_healthy = ids("new-", 1);
+        assert_eq!(c.decide(&v), Decision::Gate { name: "canary-step-1".into() });
+        assert_eq!(v.old_serving_healthy.len(), 10);
+        v.passed_gates.insert("canary-step-1".into());
+        // Step 2 keeps the nine old instances that step 1 did not replace, until its own gate.
+        assert!(matches!(c.decide(&v), Decision::Detach { ids } if ids.len() == 1));
+        v.old_serving_healthy.truncate(9);
+        assert_eq!(c.decide(&v), Decision::Launch { count: 4 });
+        v.new_serving_healthy = ids("new-", 5);
+        assert_eq!(c.decide(&v), Decision::Gate { name: "canary-step-2".into() });
+        assert!(v.occupied() <= c.limits(10).ceiling);
     }
 }

@@ -268,13 +268,14 @@ pub trait ReplacementStrategy: Send + Sync + Debug {
 }
 
 /// The shared replacement step of rolling, canary and rollback: move the fleet toward
-/// `target_new` serving new instances (and `desired - target_new` old ones), never above
-/// `ceiling` live instances and never, by its own action, below `floor` serving-healthy ones.
+/// `target_new` serving new instances and at most `old_keep` old ones, never above `ceiling`
+/// live instances and never, by its own action, below `floor` serving-healthy ones.
 ///
 /// Returns `None` when that target is reached.
 pub(crate) fn replace_toward(
     view: &FleetView,
     target_new: usize,
+    old_keep: usize,
     limits: Limits,
     launch_allowed: bool,
 ) -> Option<Decision> {
@@ -285,7 +286,6 @@ pub(crate) fn replace_toward(
         return Some(Decision::Terminate { ids: view.old_idle.clone() });
     }
     // Unhealthy serving instances hold no capacity: detaching them never lowers the floor.
-    let old_keep = view.desired.saturating_sub(target_new);
     let old_serving = view.old_serving_healthy.len() + view.old_serving_unhealthy.len();
     let mut excess = old_serving.saturating_sub(old_keep);
     let mut detach: Vec<InstanceId> = view.old_serving_unhealthy.iter().take(excess).cloned().collect();

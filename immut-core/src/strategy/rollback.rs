@@ -21,7 +21,7 @@ impl Rollback {
             detach.extend(view.old_serving_healthy.iter().cloned());
             return Decision::Switch { attach: view.ready.clone(), detach };
         }
-        match replace_toward(view, view.desired, self.limits, self.can_launch) {
+        match replace_toward(view, view.desired, 0, self.limits, self.can_launch) {
             None => Decision::Done,
             Some(Decision::Wait { .. }) if !self.can_launch && view.new_live() < view.desired => Decision::Fail {
                 reason: format!(

@@ -87,7 +87,7 @@ impl ReplacementStrategy for Rolling {
 
     fn decide(&self, view: &FleetView) -> Decision {
         let pause_end = view.last_change_at.map(|t| t + self.pause).filter(|end| view.now < *end);
-        match replace_toward(view, view.desired, self.limits(view.desired), pause_end.is_none()) {
+        match replace_toward(view, view.desired, 0, self.limits(view.desired), pause_end.is_none()) {
             None => Decision::Done,
             Some(Decision::Wait { reason, until }) => match pause_end {
                 Some(end) if view.new_live() < view.desired => {
