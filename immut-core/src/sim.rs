@@ -516,7 +516,7 @@ impl SimProvider {
     /// ground truth an independent checker compares the engine's actions with.
     pub fn true_health(&self, id: &InstanceId) -> Health {
         let state = self.lock();
-        SimHealth::judge(&state, id, Instant::now())
+        SimHealth::judge(&state, id, Instant::now(), &mut 0)
     }
 
     /// How many instances were ever created (launched or seeded), whatever became of them.
@@ -954,10 +954,18 @@ pub struct SimHealth {
 }
 
 impl SimHealth {
-    fn judge(state: &SimState, id: &InstanceId, now: Instant) -> Health {
-        let Some(&idx) = state.index.get(id) else {
-            return Health::Unhealthy("unknown instance".into());
+    /// `hint` is where the instance probably is: the engine checks instances in describe
+    /// order, so the slot after the previous one is the first guess and the index the
+    /// fallback. It is left after the slot found.
+    fn judge(state: &SimState, id: &InstanceId, now: Instant, hint: &mut usize) -> Health {
+        let idx = match state.instances.get(*hint) {
+            Some(s) if s.instance.id == *id => *hint,
+            _ => match state.index.get(id) {
+                Some(&idx) => idx,
+                None => return Health::Unhealthy("unknown instance".into()),
+            },
         };
+        *hint = idx + 1;
         let s = &state.instances[idx];
         if s.visible_at > now {
             // What the API cannot show yet, its balancer has not seen either.
@@ -989,8 +997,9 @@ impl HealthCheck for SimHealth {
         let now = Instant::now();
         let (initial, flap) = (self.shared.latencies.lb_initial, self.shared.faults.flap_rate);
         let mut out = Vec::with_capacity(instances.len());
+        let mut hint = 0;
         for i in instances {
-            let mut health = Self::judge(&state, &i.id, now);
+            let mut health = Self::judge(&state, &i.id, now, &mut hint);
             // Each look-up only when its setting is on: this runs for every instance at
             // every observation.
             let in_initial = !initial.is_zero()

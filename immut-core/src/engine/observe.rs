@@ -153,7 +153,8 @@ impl Deployment {
                 view.lingering.push(id.clone());
                 continue;
             }
-            let healthy = instance.state.is_live() && {
+            // (healthy, since when): one look-up of the streak per instance.
+            let (healthy, since) = if instance.state.is_live() {
                 // Looked up before inserting: most instances have a run already, and the
                 // entry API would clone every id to find out.
                 let streak = match self.memory.streaks.get_mut(id) {
@@ -162,9 +163,10 @@ impl Deployment {
                 };
                 let healthy = streak.record(health, thresholds, generation, now);
                 settled &= streak.settled();
-                healthy
+                (healthy, if healthy { streak.healthy_since() } else { None })
+            } else {
+                (false, None)
             };
-            let since = if healthy { self.memory.streaks.get(id).and_then(Streak::healthy_since) } else { None };
             if since == Some(now) {
                 // It turned healthy after the previous observation: that is the earliest it
                 // may have, which is what the close polling should aim at.
