@@ -57,8 +57,13 @@ impl AnalysisGate {
     }
 
     /// Measures metric `metric` with `provider`.
-    pub fn provider(mut self, metric: impl Into<String>, provider: impl MetricProvider + 'static) -> Self {
-        self.providers.insert(metric.into(), Arc::new(provider));
+    pub fn provider(self, metric: impl Into<String>, provider: impl MetricProvider + 'static) -> Self {
+        self.provider_arc(metric, Arc::new(provider))
+    }
+
+    /// Measures metric `metric` with a shared `provider`.
+    pub fn provider_arc(mut self, metric: impl Into<String>, provider: Arc<dyn MetricProvider>) -> Self {
+        self.providers.insert(metric.into(), provider);
         self
     }
 
