@@ -63,6 +63,15 @@ pub fn plan(spec: &Spec, release: &Release, plan: &Plan) -> String {
             let _ = writeln!(out, "way back: room for {room} instances under the quota");
         }
     }
+    for a in &plan.analysis {
+        let _ = writeln!(
+            out,
+            "analysis: at {} ({} in), at least {} (the expected time below leaves it out)",
+            a.gate,
+            secs(Duration::from_millis(a.at_ms)),
+            secs(Duration::from_millis(a.min_duration_ms))
+        );
+    }
     let _ = writeln!(
         out,
         "expected: {how} in {} ({} waves, {} steps)\n",

@@ -51,6 +51,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+mod analysis;
+
+pub use analysis::{AnalysisSettings, MetricSource};
+
 /// Where a problem is: a place in the spec file, or a `--set` override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -162,6 +166,8 @@ struct RawSpec {
     health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     rollout: Option<Spanned<RawRollout>>,
+    #[serde(default)]
+    analysis: Option<Spanned<analysis::RawAnalysis>>,
     #[serde(default)]
     plan: Option<Spanned<RawLatencies>>,
 }
@@ -594,8 +600,11 @@ pub struct Spec {
     pub launch: LaunchSpec,
     /// The strategy.
     pub strategy: StrategySettings,
-    /// Who passes the strategy's gates: automatic, or `immut promote` (`strategy.promotion`).
+    /// Who passes the strategy's gates: automatic, `immut promote`, or the analysis
+    /// (`strategy.promotion`).
     pub promotion: Promotion,
+    /// The analysis that decides the gates when `strategy.promotion = "analysis"`.
+    pub analysis: Option<AnalysisSettings>,
     /// Health checks.
     pub health: HealthSettings,
     /// Engine timing.
@@ -629,6 +638,9 @@ impl Spec {
         if let Some(budget) = r.budget {
             b = b.replacement_budget(budget);
         }
+        if let Some(analysis) = &self.analysis {
+            b = b.gate(analysis.gate());
+        }
         b
     }
 
@@ -653,7 +665,12 @@ impl Spec {
             return None;
         }
         let message = error.message();
-        let field = message.split_once(": ").map(|(f, _)| f).filter(|f| !f.contains(' ')).unwrap_or("");
+        // `field: problem`, or `field (what): problem` as the analysis says it.
+        let field = message
+            .split_once(": ")
+            .map(|(f, _)| f.split_once(" (").map_or(f, |(f, _)| f))
+            .filter(|f| !f.contains(' '))
+            .unwrap_or("");
         let field = LIBRARY_FIELDS.iter().find(|(lib, _)| *lib == field).map_or(field, |(_, spec)| spec);
         Some(SpecError { location: self.location_of(field), message: message.to_owned() })
     }
@@ -891,11 +908,12 @@ impl Checker<'_> {
         match raw.get_ref().as_str() {
             "auto" => Promotion::Auto,
             "manual" => Promotion::Manual,
+            "analysis" => Promotion::Analysis,
             other => {
                 self.err(
                     raw,
                     format!(
-                        "strategy.promotion: {other:?}; use \"auto\" (gates pass at once) or \"manual\" (each gate waits for `immut promote`)"
+                        "strategy.promotion: {other:?}; use \"auto\" (gates pass at once), \"manual\" (each gate waits for `immut promote`) or \"analysis\" (the [analysis] metrics decide)"
                     ),
                 );
                 Promotion::Auto
@@ -992,6 +1010,18 @@ impl Checker<'_> {
         };
         let strategy = self.strategy(&raw.strategy);
         let promotion = self.promotion(raw.strategy.get_ref().promotion.as_ref());
+        let analysis = raw.analysis.as_ref().map(|a| self.analysis(a));
+        match (&analysis, promotion, &raw.analysis) {
+            (None, Promotion::Analysis, _) => self.err(
+                raw.strategy.get_ref().promotion.as_ref().unwrap_or(&raw.strategy.get_ref().kind),
+                "strategy.promotion: \"analysis\" needs an [analysis] section with the metrics that decide; add one (`immut init` shows one)",
+            ),
+            (Some(_), p, Some(a)) if p != Promotion::Analysis => self.err(
+                a,
+                "analysis: is set but strategy.promotion is not \"analysis\", so nothing would run it; set strategy.promotion = \"analysis\"",
+            ),
+            _ => {}
+        }
         let health = self.health(raw.health.as_ref());
         let rollout = self.rollout(raw.rollout.as_ref());
         let plan_latencies = self.latencies("plan", raw.plan.as_ref().map(Spanned::get_ref), default_plan_latencies());
@@ -1011,6 +1041,7 @@ impl Checker<'_> {
             launch,
             strategy,
             promotion,
+            analysis,
             health,
             rollout,
             plan_latencies,

@@ -1,0 +1,443 @@
+//! The `[analysis]` section: the metrics that decide a canary's steps and a blue/green
+//! switch and bake when `strategy.promotion = "analysis"`.
+//!
+//! ```toml
+//! [analysis]
+//! smoke_load = { rate = 20, duration = "1s", path = "/" }   # blue/green: load the idle set first
+//!
+//! [[analysis.metrics]]
+//! name = "error-ratio"
+//! provider = "scrape"             # scrape (the instances' /metrics) or webhook
+//! interval = "2s"
+//! count = 3
+//! success = "< 0.01"              # <, <=, > or >= and a number
+//! # failure = ">= 0.05"
+//! # failure_limit = 0, inconclusive_limit = 0, consecutive_error_limit = 4
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use immut::analysis::{
+    Aggregation, Analysis, AnalysisGate, Comparison, Metric, MetricProvider, ScrapeProvider, SmokeLoad, Threshold,
+    WebhookProvider,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Checker;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnalysis {
+    #[serde(default)]
+    smoke_load: Option<Spanned<RawSmokeLoad>>,
+    #[serde(default)]
+    metrics: Option<Spanned<Vec<Spanned<RawMetric>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmokeLoad {
+    rate: Spanned<i64>,
+    duration: Spanned<String>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetric {
+    name: Spanned<String>,
+    provider: Spanned<String>,
+    interval: Spanned<String>,
+    count: Spanned<i64>,
+    #[serde(default)]
+    success: Option<Spanned<String>>,
+    #[serde(default)]
+    failure: Option<Spanned<String>>,
+    #[serde(default)]
+    failure_limit: Option<Spanned<i64>>,
+    #[serde(default)]
+    inconclusive_limit: Option<Spanned<i64>>,
+    #[serde(default)]
+    consecutive_error_limit: Option<Spanned<i64>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    // scrape
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    counter: Option<Spanned<String>>,
+    #[serde(default)]
+    status_label: Option<Spanned<String>>,
+    #[serde(default)]
+    bad_status_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    aggregation: Option<Spanned<String>>,
+    // webhook
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+}
+
+/// Where one metric's measurements come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource {
+    /// The instances' own `/metrics` ([`ScrapeProvider`]): the share of requests with a bad status.
+    Scrape {
+        /// The metrics path (default `/metrics`).
+        path: String,
+        /// The request counter (default `sample_http_requests_total`).
+        counter: String,
+        /// Its label holding the status code (default `status`).
+        status_label: String,
+        /// Statuses that count as bad start with this (default `5`).
+        bad_status_prefix: String,
+        /// Summed over the instances, or the worst instance.
+        worst_instance: bool,
+        /// Per scrape (default 2 s).
+        timeout: Duration,
+    },
+    /// A POST of the deployment context ([`WebhookProvider`]): 2xx passes, a refusal fails.
+    Webhook {
+        /// Where to POST.
+        url: String,
+        /// Per call (default 10 s).
+        timeout: Duration,
+    },
+}
+
+impl MetricSource {
+    fn provider(&self) -> Arc<dyn MetricProvider> {
+        match self {
+            MetricSource::Scrape { path, counter, status_label, bad_status_prefix, worst_instance, timeout } => {
+                Arc::new(
+                    ScrapeProvider::with_timeout(*timeout)
+                        .path(path.clone())
+                        .counter(counter.clone(), status_label.clone())
+                        .bad_status_prefix(bad_status_prefix.clone())
+                        .aggregation(if *worst_instance { Aggregation::WorstInstance } else { Aggregation::Summed }),
+                )
+            }
+            MetricSource::Webhook { url, timeout } => Arc::new(WebhookProvider::with_timeout(url.clone(), *timeout)),
+        }
+    }
+}
+
+/// The checked `[analysis]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisSettings {
+    /// The metrics and their limits.
+    pub analysis: Analysis,
+    /// Each metric's source, by metric name, in the spec's order.
+    pub sources: Vec<(String, MetricSource)>,
+    /// Load sent to the idle set before each pre-promotion measurement.
+    pub smoke_load: Option<SmokeLoad>,
+}
+
+impl AnalysisSettings {
+    /// The gate that runs this analysis at every gate of the strategy.
+    pub fn gate(&self) -> AnalysisGate {
+        let mut gate = AnalysisGate::new(self.analysis.clone());
+        for (name, source) in &self.sources {
+            gate = gate.provider_arc(name.clone(), source.provider());
+        }
+        if let Some(load) = &self.smoke_load {
+            gate = gate.smoke_load(load.clone());
+        }
+        gate
+    }
+}
+
+const PROVIDERS: &[&str] = &["scrape", "webhook"];
+const SCRAPE_KEYS: &[&str] = &["path", "counter", "status_label", "bad_status_prefix", "aggregation", "timeout"];
+const WEBHOOK_KEYS: &[&str] = &["url", "timeout"];
+
+impl Checker<'_> {
+    pub(super) fn analysis(&mut self, raw: &Spanned<RawAnalysis>) -> AnalysisSettings {
+        self.note("analysis", raw);
+        let a = raw.get_ref();
+        let mut metrics = Vec::new();
+        let mut sources = Vec::new();
+        match &a.metrics {
+            Some(list) if !list.get_ref().is_empty() => {
+                self.note("analysis.metrics", list);
+                for (i, m) in list.get_ref().iter().enumerate() {
+                    if let Some((metric, source)) = self.metric(i, m) {
+                        sources.push((metric.name.clone(), source));
+                        metrics.push(metric);
+                    }
+                }
+            }
+            Some(list) => self.err(list, "analysis.metrics: is empty; add at least one [[analysis.metrics]] table"),
+            None => self.err(
+                raw,
+                "analysis.metrics: an analysis needs at least one metric; add an [[analysis.metrics]] table (`immut init` shows one)",
+            ),
+        }
+        let smoke_load = a.smoke_load.as_ref().map(|s| {
+            self.note("analysis.smoke_load", s);
+            let s = s.get_ref();
+            let rate = self.positive("analysis.smoke_load.rate", &s.rate, 1).clamp(1, u32::MAX as i64) as u32;
+            let duration = self.duration("analysis.smoke_load.duration", Some(&s.duration), Duration::from_secs(1));
+            let mut load = SmokeLoad::new(rate, duration);
+            if let Some(path) = &s.path {
+                load = load.path(self.url_path("analysis.smoke_load.path", path));
+            }
+            load
+        });
+        AnalysisSettings { analysis: Analysis::new(metrics), sources, smoke_load }
+    }
+
+    fn metric(&mut self, i: usize, raw: &Spanned<RawMetric>) -> Option<(Metric, MetricSource)> {
+        let field = format!("analysis.metrics[{i}]");
+        self.note(&field, raw);
+        let m = raw.get_ref();
+        self.note(&format!("{field}.name"), &m.name);
+        let name = m.name.get_ref().clone();
+        let interval = self.duration(&format!("{field}.interval"), Some(&m.interval), Duration::from_secs(1));
+        let count = self.positive(&format!("{field}.count"), &m.count, 1).clamp(1, u32::MAX as i64) as u32;
+        let mut metric = Metric::new(name, interval, count);
+        metric.success = m.success.as_ref().and_then(|c| self.condition(&format!("{field}.success"), c));
+        metric.failure = m.failure.as_ref().and_then(|c| self.condition(&format!("{field}.failure"), c));
+        let limit = |this: &mut Self, key: &str, v: &Option<Spanned<i64>>, default: u32| {
+            v.as_ref()
+                .map_or(default, |v| this.positive(&format!("{field}.{key}"), v, 0).clamp(0, u32::MAX as i64) as u32)
+        };
+        metric.failure_limit = limit(self, "failure_limit", &m.failure_limit, metric.failure_limit);
+        metric.inconclusive_limit = limit(self, "inconclusive_limit", &m.inconclusive_limit, metric.inconclusive_limit);
+        metric.consecutive_error_limit =
+            limit(self, "consecutive_error_limit", &m.consecutive_error_limit, metric.consecutive_error_limit);
+
+        self.note(&format!("{field}.provider"), &m.provider);
+        let kind = m.provider.get_ref().as_str();
+        let allowed: &[&str] = match kind {
+            "scrape" => SCRAPE_KEYS,
+            "webhook" => WEBHOOK_KEYS,
+            other => {
+                self.err(
+                    &m.provider,
+                    format!(
+                        "{field}.provider: {other:?} is not a metric provider; use one of {}",
+                        PROVIDERS.join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let present = [
+            ("timeout", m.timeout.as_ref().map(Spanned::span)),
+            ("path", m.path.as_ref().map(Spanned::span)),
+            ("counter", m.counter.as_ref().map(Spanned::span)),
+            ("status_label", m.status_label.as_ref().map(Spanned::span)),
+            ("bad_status_prefix", m.bad_status_prefix.as_ref().map(Spanned::span)),
+            ("aggregation", m.aggregation.as_ref().map(Spanned::span)),
+            ("url", m.url.as_ref().map(Spanned::span)),
+        ];
+        self.only(
+            &present,
+            |key| allowed.contains(&key),
+            |key| format!("{field}.{key}: is not a setting of the {kind} provider; it takes {}", allowed.join(", ")),
+        );
+        let text =
+            |v: &Option<Spanned<String>>, default: &str| v.as_ref().map_or(default.to_owned(), |v| v.get_ref().clone());
+        let source = match kind {
+            "scrape" => MetricSource::Scrape {
+                path: m.path.as_ref().map_or("/metrics".to_owned(), |p| self.url_path(&format!("{field}.path"), p)),
+                counter: text(&m.counter, "sample_http_requests_total"),
+                status_label: text(&m.status_label, "status"),
+                bad_status_prefix: text(&m.bad_status_prefix, "5"),
+                worst_instance: match m.aggregation.as_ref().map(|a| (a, a.get_ref().as_str())) {
+                    None | Some((_, "summed")) => false,
+                    Some((_, "worst_instance")) => true,
+                    Some((a, other)) => {
+                        self.err(
+                            a,
+                            format!(
+                                "{field}.aggregation: {other:?}; use \"summed\" (over all instances) or \"worst_instance\""
+                            ),
+                        );
+                        false
+                    }
+                },
+                timeout: self.duration(&format!("{field}.timeout"), m.timeout.as_ref(), Duration::from_secs(2)),
+            },
+            _ => MetricSource::Webhook {
+                url: match &m.url {
+                    Some(url) => {
+                        self.note(&format!("{field}.url"), url);
+                        let u = url.get_ref();
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            self.err(url, format!("{field}.url: {u:?} is not an http:// or https:// URL"));
+                        }
+                        u.clone()
+                    }
+                    None => {
+                        self.err(&m.provider, format!("{field}.url: the webhook provider needs the URL to POST to"));
+                        String::new()
+                    }
+                },
+                timeout: self.duration(&format!("{field}.timeout"), m.timeout.as_ref(), Duration::from_secs(10)),
+            },
+        };
+        Some((metric, source))
+    }
+
+    /// A condition such as `"< 0.01"` or `">= 5"`.
+    fn condition(&mut self, field: &str, raw: &Spanned<String>) -> Option<Threshold> {
+        self.note(field, raw);
+        let text = raw.get_ref().trim();
+        let (op, rest) = [
+            ("<=", Comparison::AtMost),
+            (">=", Comparison::AtLeast),
+            ("<", Comparison::Below),
+            (">", Comparison::Above),
+        ]
+        .into_iter()
+        .find_map(|(sign, op)| text.strip_prefix(sign).map(|rest| (op, rest)))
+        .unzip();
+        match (op, rest.map(|r| r.trim().parse::<f64>())) {
+            (Some(op), Some(Ok(value))) if value.is_finite() => Some(Threshold { op, value }),
+            _ => {
+                self.err(
+                    raw,
+                    format!("{field}: {text:?} is not a condition; write a comparison and a number, such as \"< 0.01\" or \">= 5\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn url_path(&mut self, field: &str, raw: &Spanned<String>) -> String {
+        self.note(field, raw);
+        if !raw.get_ref().starts_with('/') {
+            self.err(
+                raw,
+                format!("{field}: {:?} is not a path; it starts with '/', such as \"/metrics\"", raw.get_ref()),
+            );
+        }
+        raw.get_ref().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Spec, SpecErrors, parse};
+    use super::*;
+
+    const CANARY: &str = r#"service = "web"
+desired = 3
+
+[provider]
+kind = "sim"
+
+[artifact]
+name = "web"
+version = "1.0.0"
+image = "img-1"
+
+[baseline]
+name = "base"
+version = "1.0.0"
+
+[strategy]
+kind = "canary"
+steps = [1]
+promotion = "analysis"
+
+[rollout]
+progress_deadline = "30s"
+
+[analysis]
+smoke_load = { rate = 10, duration = "1s" }
+
+[[analysis.metrics]]
+name = "error-ratio"
+provider = "scrape"
+interval = "2s"
+count = 3
+success = "< 0.01"
+failure = ">= 0.05"
+failure_limit = 1
+
+[[analysis.metrics]]
+name = "confirm"
+provider = "webhook"
+url = "http://127.0.0.1:9/confirm"
+interval = "5s"
+count = 1
+success = ">= 1"
+"#;
+
+    fn spec(text: &str, overrides: &[&str]) -> Result<Spec, SpecErrors> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        parse(text, Path::new("immut.toml"), Path::new("/srv"), &overrides)
+    }
+
+    fn error(text: &str, overrides: &[&str]) -> String {
+        spec(text, overrides).expect_err("the spec is refused").to_string()
+    }
+
+    #[test]
+    fn the_section_reads_into_the_library_analysis() {
+        let s = spec(CANARY, &[]).unwrap();
+        let a = s.analysis.expect("an analysis");
+        let m = &a.analysis.metrics[0];
+        assert_eq!((m.name.as_str(), m.interval, m.count), ("error-ratio", Duration::from_secs(2), 3));
+        assert_eq!(m.success, Some(Threshold::below(0.01)));
+        assert_eq!(m.failure, Some(Threshold::at_least(0.05)));
+        assert_eq!((m.failure_limit, m.inconclusive_limit, m.consecutive_error_limit), (1, 0, 4));
+        assert!(
+            matches!(&a.sources[0].1, MetricSource::Scrape { path, worst_instance: false, .. } if path == "/metrics")
+        );
+        assert!(matches!(&a.sources[1].1, MetricSource::Webhook { url, .. } if url.ends_with("/confirm")));
+        assert_eq!(a.smoke_load, Some(SmokeLoad::new(10, Duration::from_secs(1))));
+        assert_eq!(s.promotion, immut::strategy::Promotion::Analysis);
+    }
+
+    #[test]
+    fn mistakes_name_the_field_and_the_fix() {
+        let no_section = CANARY.split("\n[analysis]").next().unwrap();
+        let cases: Vec<(String, Vec<&str>, &str)> = vec![
+            (no_section.into(), vec![], "strategy.promotion: \"analysis\" needs an [analysis] section"),
+            (CANARY.into(), vec!["strategy.promotion=auto"], "analysis: is set but strategy.promotion is not"),
+            (
+                CANARY.replace("< 0.01", "under 0.01"),
+                vec![],
+                "analysis.metrics[0].success: \"under 0.01\" is not a condition",
+            ),
+            (
+                CANARY.replace("\"scrape\"", "\"statsd\""),
+                vec![],
+                "analysis.metrics[0].provider: \"statsd\" is not a metric provider",
+            ),
+            (
+                CANARY.replace("url = ", "counter = \"x\"\nurl = "),
+                vec![],
+                "analysis.metrics[1].counter: is not a setting of the webhook provider",
+            ),
+            (
+                CANARY.replace("url = \"http://127.0.0.1:9/confirm\"\n", ""),
+                vec![],
+                "analysis.metrics[1].url: the webhook provider needs",
+            ),
+            (CANARY.replace("count = 3", "count = 0"), vec![], "analysis.metrics[0].count: 0 is below 1"),
+            (
+                CANARY.into(),
+                vec!["rollout.progress_deadline=1s"],
+                "analysis.metrics[0].interval (error-ratio): 2s is longer than the progress deadline",
+            ),
+            (CANARY.replace("duration = \"1s\"", "duration = \"3s\""), vec![], "analysis.smoke_load.duration"),
+        ];
+        for (text, overrides, expected) in cases {
+            let e = error(&text, &overrides);
+            assert!(e.contains(expected), "{e}\nshould say: {expected}");
+        }
+        // A library error about a metric points at that metric's line.
+        let e = error(CANARY, &["rollout.progress_deadline=1s"]);
+        let line = CANARY.lines().position(|l| l.starts_with("interval = \"2s\"")).unwrap() + 1;
+        assert!(e.contains(&format!("immut.toml:{line}:")), "{e}");
+    }
+}
