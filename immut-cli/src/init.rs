@@ -20,6 +20,21 @@ poll_interval = "200ms"          # how often the engine looks while it waits
 # instance_deadline = "15s"      # a new instance not healthy by then is replaced
 # replacement_budget_per_wave = "10%"         # failed instances replaced before giving up
 # replacement_budget_per_deployment = "10%"
+
+# Analysis: with promotion = "analysis" under [strategy], these metrics decide each gate (each
+# canary step; a blue/green's switch, measured on the idle set, and its bake). A measurement is
+# successful, failed, inconclusive (no data, no traffic) or an error; the limits decide the run.
+# [analysis]
+# smoke_load = { rate = 20, duration = "1s" }   # blue/green: load the idle set before measuring
+#
+# [[analysis.metrics]]
+# name = "error-ratio"
+# provider = "scrape"            # scrape: the instances' /metrics (share of 5xx requests)
+#                                # webhook: POSTs the deployment to url; 2xx passes, 4xx refuses
+# interval = "2s"
+# count = 3
+# success = "< 0.01"             # <, <=, > or >= and a number; also failure = ">= 0.05"
+# failure_limit = 0              # also inconclusive_limit = 0, consecutive_error_limit = 4
 "#;
 
 const LOCAL: &str = r#"# immut service spec: the sample service built into immut, as real local processes.
@@ -62,7 +77,8 @@ labels = { team = "platform" }   # extra labels on every instance
 #   blue_green: bake, keep_old, promotion
 #   rolling:    max_surge, max_unavailable (counts or percents: 1, "25%"), pause
 #   canary:     steps (for example [1, "25%", "50%"]), pause, promotion
-# promotion = "manual": each gate (the switch, each canary step) waits for `immut promote`
+# promotion = "manual": each gate (the switch, each canary step) waits for `immut promote`;
+# promotion = "analysis": the metrics of [analysis] (below) decide each gate
 [strategy]
 kind = "blue_green"
 bake = "2s"                      # the new fleet serves this long before the old one goes
@@ -263,5 +279,26 @@ mod tests {
                 assert!(e.contains("built without the") && e.contains(&format!("--features {kind}")), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn the_commented_analysis_is_a_valid_section_once_uncommented() {
+        let text = template(InitProvider::Local);
+        let start = text.find("# [analysis]").unwrap();
+        let end = start + text[start..].find("\n\n# The latencies").unwrap();
+        let section: String = text[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{}\n{}", &text[..start], section, &text[end..]);
+        let spec = crate::spec::parse(
+            &text,
+            Path::new("immut.toml"),
+            Path::new("/tmp"),
+            &["strategy.promotion=analysis".into()],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(spec.analysis.unwrap().analysis.metrics[0].name, "error-ratio");
     }
 }
