@@ -1,0 +1,100 @@
+//! `[analysis]` as an operator uses it: on the local provider, under load, a canary whose
+//! release fails 5 % of its requests is rolled back by the direct-scrape analysis with every
+//! old process alive, and a good one is promoted; `plan` says where the analysis runs.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use immut::Phase;
+use immut::analysis::MeasurementPhase;
+use immut::engine::Event;
+use support::{Case, stderr, stdout};
+
+const ANALYSIS: &str = r#"
+[analysis]
+
+[[analysis.metrics]]
+name = "error-ratio"
+provider = "scrape"
+interval = "1s"
+count = 2
+success = "< 0.01"
+"#;
+
+fn measurements(events: &[Event]) -> Vec<MeasurementPhase> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Measured { measurement } => Some(measurement.phase),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_one_is_promoted() {
+    let case = Case::new("analysis", "web", 3, "blue-green");
+    let first = case.run(&["deploy", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let old = support::processes_from(&case.local_dir());
+    assert_eq!(old.len(), 3, "{old:?}");
+
+    let spec = std::fs::read_to_string(case.dir.join("immut.toml")).unwrap();
+    let spec = spec.replace(
+        "[strategy]\nkind = \"blue_green\"",
+        "[strategy]\nkind = \"canary\"\nsteps = [1]\npromotion = \"analysis\"",
+    ) + ANALYSIS;
+    std::fs::write(case.dir.join("immut.toml"), spec).unwrap();
+
+    let info = immut::local::LocalBalancer::find(&case.local_dir(), "web").unwrap().expect("a balancer runs");
+    let load = support::Load::start(info.address, 4, Arc::new(support::Live::default()));
+
+    // The plan's latencies as this machine's processes have them, within the spec's deadlines.
+    let plan = case.run(&[
+        "plan",
+        "--set",
+        "artifact.version=2.0.0",
+        "--set",
+        "plan.launch_to_running=100ms",
+        "--set",
+        "plan.boot_to_healthy=500ms",
+    ]);
+    assert!(plan.status.success(), "{}{}", stdout(&plan), stderr(&plan));
+    assert!(stdout(&plan).contains("analysis: at canary-step-1"), "{}", stdout(&plan));
+
+    let bad = case.run(&[
+        "deploy",
+        "--json",
+        "--set",
+        "artifact.version=2.0.0",
+        "--set",
+        "baseline.env.SAMPLE_ERROR_SHARE=\"5%\"",
+    ]);
+    assert_eq!(bad.status.code(), Some(3), "{}{}", stdout(&bad), stderr(&bad));
+    let outcome = support::finished(&bad).expect("the deployment finished");
+    let Phase::RolledBack { reason } = &outcome.phase else { panic!("{}", outcome.summary()) };
+    assert!(reason.contains("analysis failed") && reason.contains("error-ratio"), "{reason}");
+    assert!(measurements(&support::events(&bad)).contains(&MeasurementPhase::Failed), "{}", stdout(&bad));
+    // Ground truth: every old process is alive, with the same pids.
+    assert_eq!(support::processes_from(&case.local_dir()), old, "the failed canary cost no old instance");
+
+    let good = case.run(&["deploy", "--json", "--set", "artifact.version=2.0.1"]);
+    assert!(good.status.success(), "{}{}", stdout(&good), stderr(&good));
+    let taken = measurements(&support::events(&good));
+    assert_eq!(taken, [MeasurementPhase::Successful, MeasurementPhase::Successful], "{}", stdout(&good));
+    let seen = load.stop().await;
+    assert!(seen.sent > 100, "the load ran: {seen:?}");
+
+    let provider = case.provider();
+    let live = immut::ProviderExt::describe_service(&provider, "web").await.unwrap();
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|i| i.provenance.as_ref().unwrap().artifact_version.to_string() == "2.0.1"));
+    assert!(case.run(&["destroy", "--yes"]).status.success());
+    support::eventually("every process stopped", Duration::from_secs(10), || {
+        let gone = support::processes_from(&case.local_dir()).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
