@@ -340,6 +340,9 @@ impl Provider for AwsProvider {
             consistency_window: self.consistency_window,
             // Shutting-down and stopped instances count against the account's vCPU quota.
             lingering_holds_quota: true,
+            // EC2 meters Describe* calls per account in a token bucket: a second between reads
+            // leaves room for other deployments.
+            min_poll_interval: std::time::Duration::from_secs(1),
         }
     }
 

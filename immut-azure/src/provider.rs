@@ -645,6 +645,8 @@ impl Provider for AzureProvider {
             consistency_window: Duration::ZERO,
             // Failed, stopped and deallocated VMs keep their disks (and NICs) until deleted.
             lingering_holds_quota: true,
+            // ARM meters reads per subscription, and one observation is several reads (VMs, NICs, pool).
+            min_poll_interval: std::time::Duration::from_secs(2),
         }
     }
 

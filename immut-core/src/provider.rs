@@ -40,6 +40,10 @@ pub struct Capabilities {
     /// yes, until terminated). When they do, the engine counts them toward the surge ceiling
     /// until they are gone, so the next wave cannot hit the quota.
     pub lingering_holds_quota: bool,
+    /// The shortest gap between two observations of one deployment that the backend's read
+    /// quotas sustain. The engine polls faster than its poll interval only close to an expected
+    /// change (an instance about to turn healthy), and never faster than this.
+    pub min_poll_interval: std::time::Duration,
 }
 
 impl Default for Capabilities {
@@ -54,6 +58,7 @@ impl Default for Capabilities {
             max_labels: 50,
             consistency_window: std::time::Duration::ZERO,
             lingering_holds_quota: true,
+            min_poll_interval: std::time::Duration::ZERO,
         }
     }
 }

@@ -185,6 +185,7 @@ pub struct SimBuilder {
     faults: Faults,
     seed: u64,
     max_launch_batch: Option<usize>,
+    min_poll_interval: Duration,
 }
 
 impl SimBuilder {
@@ -249,6 +250,13 @@ impl SimBuilder {
         self
     }
 
+    /// Declares that the simulated cloud's read quotas sustain one observation per `d` at most
+    /// ([`Capabilities::min_poll_interval`]; default none).
+    pub fn min_poll_interval(mut self, d: Duration) -> Self {
+        self.min_poll_interval = d;
+        self
+    }
+
     /// Builds the simulator. Must be called inside a tokio runtime (it reads the tokio clock).
     pub fn build(self) -> Result<SimProvider> {
         for (field, rate) in [
@@ -281,6 +289,7 @@ impl SimBuilder {
             max_launch_batch: self.max_launch_batch.unwrap_or(1000),
             consistency_window: self.latencies.describe_staleness.mul_f64(1.0 + self.latencies.jitter),
             lingering_holds_quota: true,
+            min_poll_interval: self.min_poll_interval,
             ..Capabilities::default()
         };
         Ok(SimProvider {

@@ -178,3 +178,27 @@ async fn an_instance_stopped_out_of_band_is_finished_off_and_replaced() {
     );
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
+
+/// Close polling (faster than the poll interval while an instance is about to turn healthy)
+/// never reads faster than the backend's declared read quota allows.
+#[tokio::test(start_paused = true)]
+async fn close_polling_keeps_to_the_backends_read_quota() {
+    let mut describes = Vec::new();
+    for quota in [Duration::ZERO, Duration::from_secs(2)] {
+        let faults = Faults { no_next_change: true, ..Default::default() };
+        let sim = latencies(SimProvider::builder()).faults(faults).min_poll_interval(quota).build().unwrap();
+        let (v1, v2) = (release((1, 0, 0)), release((2, 0, 0)));
+        sim.seed(&v1, 3, true);
+        let d = sim.deployer().strategy(BlueGreen::new()).desired(3).poll_interval(Duration::from_secs(2)).build();
+        let outcome = d.unwrap().deploy(v2).with_previous(v1).run().await;
+        assert!(outcome.succeeded(), "{}", outcome.summary());
+        let calls = sim.calls();
+        describes.push((calls.describe + calls.changes, outcome.elapsed));
+    }
+    let (close, paced) = (describes[0], describes[1]);
+    assert!(close.0 > paced.0, "close polling reads more often where the quota allows it: {describes:?}");
+    // Paced: one read (a full one or a change-feed poll) per poll interval at most, plus the
+    // reads right after each action.
+    let polls = paced.1.as_secs_f64() / 2.0;
+    assert!((paced.0 as f64) <= polls + 12.0, "{} reads in {:?}: {describes:?}", paced.0, paced.1);
+}

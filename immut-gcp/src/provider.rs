@@ -485,6 +485,8 @@ impl Provider for GcpProvider {
             consistency_window: Duration::ZERO,
             // Stopped and stopping instances keep their disks and addresses until deleted.
             lingering_holds_quota: true,
+            // Compute Engine read requests are metered per project per minute.
+            min_poll_interval: std::time::Duration::from_secs(1),
         }
     }
 

@@ -709,6 +709,7 @@ impl Provider for LocalProvider {
             consistency_window: Duration::ZERO,
             // An exiting process holds no quota on this machine.
             lingering_holds_quota: false,
+            min_poll_interval: std::time::Duration::ZERO,
         }
     }
 

@@ -55,14 +55,15 @@ impl Deployment {
         self.memory.next_deadline = next;
         // Closer in a narrow window than in a wide one, so that a wide spread of boot times
         // costs about as many polls as a narrow one: about 60 in the window at most.
-        expected = expected.map(|(from, to, _)| {
-            (from, to, (interval / 10).max((to - from) / 60).max(Duration::from_millis(100)).min(interval))
-        });
+        // Never faster than the backend's read quotas sustain.
+        let fastest = self.inner.provider.capabilities().min_poll_interval.max(Duration::from_millis(100));
+        expected =
+            expected.map(|(from, to, _)| (from, to, (interval / 10).max((to - from) / 60).max(fastest).min(interval)));
         // Before any instance of this deployment turned healthy, one that runs has only its
         // health checks left to pass: polled at an eighth of the interval until it does (or
         // its deadline comes).
         if range.is_none() && self.memory.booted_unproven {
-            expected = Some((now, now + deadline, (interval / 8).max(Duration::from_millis(100))));
+            expected = Some((now, now + deadline, (interval / 8).max(fastest).min(interval)));
         }
         self.memory.next_expected = expected;
         if matches!(self.phase, Phase::Deploying) {
