@@ -113,6 +113,11 @@ async fn a_good_canary_passes_every_step_after_its_measurements() {
     assert_eq!(asked[0].service, "web");
     assert_eq!(asked[0].release.as_ref(), Some(v2.id()));
     assert!(asked[0].deployment.is_some() && asked[0].version.as_deref() == Some("1.1.0"), "{:?}", asked[0]);
+    // And of the stable release beside it, for a comparative judge.
+    assert_eq!(asked[0].stable_release.as_ref(), Some(v1.id()));
+    assert_eq!(asked[0].stable_version.as_deref(), Some("1.0.0"));
+    assert!(!asked[0].stable_instances.is_empty(), "the old instances still serving: {:?}", asked[0]);
+    assert!(asked[0].stable_instances.iter().all(|id| !asked[0].instances.contains(id)));
     assert_final_fleet(&sim, &outcome, &v2, Some(&v1), 4, 4).await;
 }
 

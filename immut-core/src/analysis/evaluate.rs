@@ -13,6 +13,7 @@ pub fn classify(metric: &Metric, reading: &Result<Reading, String>) -> (Measurem
         Ok(Reading::Empty) => {
             return (MeasurementPhase::Inconclusive, "no data (an empty result or no traffic)".into());
         }
+        Ok(Reading::Undecided(why)) => return (MeasurementPhase::Inconclusive, why.clone()),
         Ok(Reading::Passed) => return (MeasurementPhase::Successful, "the provider passed it".into()),
         Ok(Reading::Refused(why)) => return (MeasurementPhase::Failed, format!("the provider refused it: {why}")),
         Ok(Reading::Value(v)) => *v,
@@ -109,6 +110,7 @@ mod tests {
             ("both: failure", &both, Ok(Reading::Value(0.5)), F),
             ("both: between", &both, Ok(Reading::Value(0.02)), I),
             ("empty is never successful", &only_failure, Ok(Reading::Empty), I),
+            ("undecided is never successful", &only_failure, Ok(Reading::Undecided("3 samples".into())), I),
             ("NaN is never successful", &only_failure, Ok(Reading::Value(f64::NAN)), I),
             ("unreachable is an error", &only_success, Err("connection refused".into()), E),
             ("webhook passes", &only_success, Ok(Reading::Passed), S),

@@ -120,6 +120,9 @@ impl Gate for AnalysisGate {
         });
         let instances = Self::instances(name, view);
         let addresses = instances.iter().filter_map(|id| engine.addresses.get(id).cloned()).collect();
+        let stable_instances =
+            if view.old_serving_healthy.is_empty() { view.old_idle.clone() } else { view.old_serving_healthy.clone() };
+        let stable_addresses = stable_instances.iter().filter_map(|id| engine.addresses.get(id).cloned()).collect();
         let base = &self.context;
         let context = AnalysisContext {
             gate: name.to_owned(),
@@ -129,6 +132,10 @@ impl Gate for AnalysisGate {
             deployment: engine.deployment.clone().or_else(|| base.deployment.clone()),
             instances,
             addresses,
+            stable_release: engine.stable_release.clone().or_else(|| base.stable_release.clone()),
+            stable_version: engine.stable_version.clone().or_else(|| base.stable_version.clone()),
+            stable_instances,
+            stable_addresses,
         };
         let due = run.due(now);
         #[cfg(feature = "http")]

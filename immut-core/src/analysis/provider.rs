@@ -28,6 +28,19 @@ pub struct AnalysisContext {
     pub instances: Vec<InstanceId>,
     /// Their addresses (`host:port`), where the caller knows them.
     pub addresses: Vec<String>,
+    /// The stable release (the one serving when the deployment began), for a comparative judge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_release: Option<ReleaseId>,
+    /// Its artifact version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// The stable release's instances: those serving beside a canary, or, once nothing old
+    /// serves (the bake), the idle ones kept for a switch back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stable_instances: Vec<InstanceId>,
+    /// Their addresses, where the caller knows them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stable_addresses: Vec<String>,
 }
 
 /// What a provider read.
@@ -38,6 +51,9 @@ pub enum Reading {
     /// Nothing to judge: an empty result, or no traffic to compute a rate from. Never
     /// `successful`: the measurement is `inconclusive`.
     Empty,
+    /// Nothing the provider could decide, saying why (a judge with too few samples). Never
+    /// `successful`: the measurement is `inconclusive`.
+    Undecided(String),
     /// The provider passed it by itself (a webhook's 2xx).
     Passed,
     /// The provider refused it by itself (a webhook's clear refusal), saying why.

@@ -17,6 +17,14 @@ impl Deployment {
                 .iter()
                 .filter_map(|i| i.address.clone().map(|a| (i.id.clone(), a)))
                 .collect::<BTreeMap<_, _>>(),
+            stable_release: self.previous.clone(),
+            stable_version: self.previous.as_ref().and_then(|previous| {
+                obs.instances
+                    .iter()
+                    .find(|i| i.release() == Some(previous))
+                    .and_then(|i| i.provenance.as_ref())
+                    .map(|p| p.artifact_version.to_string())
+            }),
         };
         let verdict = self.inner.gate.evaluate_in(name, view, &context).await;
         let measurements = self.inner.gate.take_measurements();

@@ -21,6 +21,11 @@ pub struct GateContext {
     pub deployment: Option<DeploymentId>,
     /// Every observed instance's address, where the provider knows it.
     pub addresses: BTreeMap<InstanceId, String>,
+    /// The stable release (the one serving when the deployment began), which a comparative
+    /// judge measures beside the new one.
+    pub stable_release: Option<ReleaseId>,
+    /// The stable release's artifact version.
+    pub stable_version: Option<String>,
 }
 
 /// A gate's answer.
