@@ -6,9 +6,14 @@
 //! measurements are due, passes when every metric completed, and fails (which rolls the
 //! deployment back) as soon as a limit is crossed.
 
+#[cfg(feature = "http")]
+mod compare;
 mod evaluate;
 mod gate;
+mod judge;
 mod model;
+#[cfg(feature = "http")]
+mod prometheus;
 mod provider;
 mod run;
 #[cfg(feature = "http")]
@@ -16,16 +21,25 @@ mod scrape;
 #[cfg(feature = "http")]
 mod smoke;
 #[cfg(feature = "http")]
+mod template;
+#[cfg(feature = "http")]
 mod webhook;
 
+#[cfg(feature = "http")]
+pub use compare::{ComparativeProvider, Samples};
 pub use evaluate::{classify, verdict};
 pub use gate::AnalysisGate;
+pub use judge::{Judge, JudgeVerdict, Judgement, MannWhitney, mann_whitney};
 pub use model::{Analysis, Comparison, Measurement, MeasurementPhase, Metric, RunVerdict, Threshold};
+#[cfg(feature = "http")]
+pub use prometheus::{PrometheusBuilder, PrometheusProvider};
 pub use provider::{AnalysisContext, MetricProvider, Reading};
 pub use run::AnalysisRun;
 #[cfg(feature = "http")]
 pub use scrape::{Aggregation, ScrapeProvider};
 #[cfg(feature = "http")]
 pub use smoke::SmokeLoad;
+#[cfg(feature = "http")]
+pub use template::PLACEHOLDERS;
 #[cfg(feature = "http")]
 pub use webhook::WebhookProvider;
