@@ -102,6 +102,9 @@ export IMMUT_TEST_NODE="$node_tools"
 if [ -z "${IMMUT_CHROMIUM:-}" ]; then
   apt_install chromium chromium "the HTML report test renders a page in headless Chromium; IMMUT_CHROMIUM overrides"
 fi
+if [ -z "${IMMUT_PROMETHEUS:-}" ]; then
+  apt_install prometheus prometheus "the analysis tests query a real Prometheus server; IMMUT_PROMETHEUS overrides"
+fi
 # The tests and examples that start moto read this; by hand they find target/test-venv.
 export IMMUT_TEST_PYTHON="$venv/bin/python"
 if $setup_only; then
@@ -168,4 +171,4 @@ area "clippy (MSRV)" cargo clippy --quiet -p immut-core -p immut-local -p immut 
 echo
 echo "== summary"
 printf '%s\n' "${timings[@]}"
-echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), node $(node --version), $("${IMMUT_CHROMIUM:-chromium}" --version 2>/dev/null | head -1), $(rustc --version)"
+echo "tested against: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("moto", "google-cloud-compute", "azure-mgmt-compute", "azure-mgmt-network")))'), $("$venv/bin/python" --version), node $(node --version), $("${IMMUT_CHROMIUM:-chromium}" --version 2>/dev/null | head -1), $("${IMMUT_PROMETHEUS:-prometheus}" --version 2>/dev/null | head -1), $(rustc --version)"

@@ -1,6 +1,7 @@
-//! The Python test tools (moto and what later tests add) that `./scripts/test.sh --setup`
-//! installs into a virtual environment of the repository's own, `target/test-venv`, found the
-//! same way by every test and example that starts one of them.
+//! The test tools: the Python ones (moto and what later tests add) that
+//! `./scripts/test.sh --setup` installs into a virtual environment of the repository's own,
+//! `target/test-venv`, found the same way by every test and example that starts one of them;
+//! and a Prometheus server ([`start_prometheus`]), from the system's package.
 
 use std::path::PathBuf;
 
@@ -139,6 +140,10 @@ impl Drop for Moto {
         let _ = self.watchdog.wait();
     }
 }
+
+mod prometheus;
+
+pub use prometheus::{Prometheus, prometheus_binary, start_prometheus};
 
 #[cfg(test)]
 mod tests {
