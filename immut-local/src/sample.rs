@@ -19,7 +19,9 @@
 //!   [`ERROR_SHARE`] set a share of them answer `500`, and with [`SLOW_SHARE`] a share are
 //!   answered [`SLOW_MS`] late: a bad release that `/healthz` cannot catch and metrics can.
 //!   The shares follow the request count, not chance: over any N requests, exactly
-//!   `floor(N * share)` fail (or are slow), spread evenly.
+//!   `floor(N * share)` fail (or are slow), spread evenly. With [`ERRORS_AFTER`] the errors
+//!   begin only after that many served requests: a regression that shows under real traffic
+//!   (after a blue/green switch) and not under a smoke test.
 //!
 //! The settings are environment variables, set in the release's baseline (`LaunchSpec::env`),
 //! so a faulty setting is part of the release: its id and labels differ, and a rollback
@@ -67,6 +69,10 @@ pub const EXIT_AT_START: &str = "SAMPLE_EXIT_AT_START";
 /// The environment variable with the share of served requests that answer `500`: a fraction
 /// from 0 to 1 (`0.05`) or a percentage (`5%`).
 pub const ERROR_SHARE: &str = "SAMPLE_ERROR_SHARE";
+
+/// The environment variable with how many served requests answer normally before
+/// [`ERROR_SHARE`] applies (a whole number; default 0, from the first request).
+pub const ERRORS_AFTER: &str = "SAMPLE_ERRORS_AFTER";
 
 /// The environment variable with the share of served requests answered late, written as
 /// [`ERROR_SHARE`] is.
@@ -154,6 +160,8 @@ impl std::fmt::Display for Share {
 #[derive(Debug, Clone, Copy, Default)]
 struct Faults {
     errors: Share,
+    /// Served requests before `errors` applies.
+    errors_after: u64,
     slow: Share,
     delay: Duration,
 }
@@ -170,7 +178,13 @@ impl Faults {
             })?,
             Err(_) => Duration::from_millis(250),
         };
-        Ok(Faults { errors: share(ERROR_SHARE)?, slow: share(SLOW_SHARE)?, delay })
+        let errors_after = match std::env::var(ERRORS_AFTER) {
+            Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+                format!("{ERRORS_AFTER}: {v:?} is not a whole number of requests; write for example 500")
+            })?,
+            Err(_) => 0,
+        };
+        Ok(Faults { errors: share(ERROR_SHARE)?, errors_after, slow: share(SLOW_SHARE)?, delay })
     }
 }
 
@@ -275,8 +289,8 @@ async fn serve() -> i32 {
         }
     };
     eprintln!(
-        "sample: version {version} (build {VERSION}, {digest}) listening on 127.0.0.1:{port} (healthy: {healthy}, errors {}, slow {} by {:?})",
-        faults.errors, faults.slow, faults.delay
+        "sample: version {version} (build {VERSION}, {digest}) listening on 127.0.0.1:{port} (healthy: {healthy}, errors {} after {} requests, slow {} by {:?})",
+        faults.errors, faults.errors_after, faults.slow, faults.delay
     );
     let header = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let identity = Identity {
@@ -376,7 +390,8 @@ impl Service {
         if self.faults.slow.picks(n) {
             tokio::time::sleep(self.faults.delay).await;
         }
-        let (status, text) = if self.faults.errors.picks(n) {
+        let failing = n.checked_sub(self.faults.errors_after).is_some_and(|k| self.faults.errors.picks(k));
+        let (status, text) = if failing {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("injected failure ({ERROR_SHARE})\n"))
         } else {
             (StatusCode::OK, self.body.clone())

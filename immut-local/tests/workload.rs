@@ -178,6 +178,27 @@ async fn a_share_of_served_requests_fails_or_is_slow_while_healthz_passes() {
 }
 
 #[tokio::test]
+async fn errors_can_begin_only_after_a_number_of_served_requests() {
+    let sample =
+        start_sample(Path::new(sample_path()), &[("SAMPLE_ERROR_SHARE", "10%"), ("SAMPLE_ERRORS_AFTER", "50")]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..150 {
+        statuses.push(get(&sample.address, "/").await.status().as_u16());
+    }
+    assert!(statuses[..50].iter().all(|s| *s == 200), "the first 50 are served well: {statuses:?}");
+    assert_eq!(statuses[50..].iter().filter(|s| **s == 500).count(), 10, "then 10 % of the next 100 fail");
+    let output = Command::new(sample_path())
+        .env("PORT", "1")
+        .env("SAMPLE_ERRORS_AFTER", "soon")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SAMPLE_ERRORS_AFTER") && stderr.contains("whole number"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_malformed_fault_setting_stops_the_sample_naming_the_variable() {
     let output = Command::new(sample_path())
         .env("PORT", "1")
