@@ -99,7 +99,8 @@ impl Verdict {
         matches!(self, Verdict::Unrecorded { predates_record: true, .. })
     }
 
-    fn detail(&self) -> String {
+    /// What the verdict found, in words (empty for ok and unmanaged).
+    pub fn detail(&self) -> String {
         match self {
             Verdict::WrongArtifact { detail } | Verdict::WrongBaseline { detail } | Verdict::Tampered { detail } => {
                 detail.clone()

@@ -18,6 +18,12 @@
 //! [`Deployer::rollback_to_previous`](crate::Deployer::rollback_to_previous) reads the ledger
 //! to redeploy the previous successful release. [`Ledger::import_file`] moves a JSON-lines
 //! ledger of an earlier version onto the store, after checking its hash chain.
+//!
+//! A [`crate::watch::Watch`] chains its notes into the same history: an entry with
+//! [`LedgerEntry::watch`] set records a finding when it opens and when it closes. Such an
+//! entry is no deployment: [`LedgerEntry::succeeded`] is false for it, so it never becomes the
+//! current or previous release. The repairs themselves are deployments and are recorded as
+//! every deployment is.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -131,10 +137,30 @@ pub struct LedgerEntry {
     /// For an entry imported from a JSON-lines ledger: where it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<ImportedFrom>,
+    /// For a watch's note (a finding opened or closed): the note. Absent, and outside the
+    /// MAC, for deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchNote>,
     /// The previous entry's MAC ([`GENESIS`] for the first).
     pub prev_hash: String,
     /// HMAC-SHA256 of this entry (with `hash` empty) under the ledger key.
     pub hash: String,
+}
+
+/// What a watch noted in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum WatchNote {
+    /// A finding was seen for the first time.
+    FindingOpened {
+        /// The finding.
+        finding: crate::watch::WatchFinding,
+    },
+    /// A finding is no longer seen: repaired, or gone by itself.
+    FindingClosed {
+        /// The finding as it opened.
+        finding: crate::watch::WatchFinding,
+    },
 }
 
 /// Where an imported entry came from.
@@ -155,9 +181,9 @@ impl LedgerEntry {
         key.mac(&[b"immut-ledger-entry\0", &canonical])
     }
 
-    /// Whether the deployment succeeded.
+    /// Whether the deployment succeeded (never for a watch's note).
     pub fn succeeded(&self) -> bool {
-        self.outcome == Phase::Succeeded
+        self.watch.is_none() && self.outcome == Phase::Succeeded
     }
 }
 
@@ -400,6 +426,31 @@ impl Ledger {
             outcome: outcome.phase.clone(),
             accepted_no_way_back,
             imported: None,
+            watch: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        self.append(entry)
+    }
+
+    /// Appends a watch's note about `release`, the release the watch holds the service to,
+    /// under the watch's id.
+    pub fn record_watch(&self, watch: &DeploymentId, release: &Release, note: WatchNote) -> Result<LedgerEntry> {
+        let at = now_ms();
+        let entry = LedgerEntry {
+            seq: 0,
+            service: release.service().to_owned(),
+            deployment: watch.clone(),
+            release: release.clone(),
+            artifact_digest: release.artifact().digest.clone(),
+            baseline_fingerprint: release.fingerprint(),
+            strategy: "watch".to_owned(),
+            started_at_ms: at,
+            ended_at_ms: at,
+            outcome: Phase::Succeeded,
+            accepted_no_way_back: false,
+            imported: None,
+            watch: Some(note),
             prev_hash: String::new(),
             hash: String::new(),
         };
@@ -612,6 +663,7 @@ impl Ledger {
                 outcome: e.outcome.clone(),
                 accepted_no_way_back: false,
                 imported: Some(ImportedFrom { file: file.clone(), seq: e.seq, hash: e.hash.clone() }),
+                watch: None,
                 prev_hash: String::new(),
                 hash: String::new(),
             })?;

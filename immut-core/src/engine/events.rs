@@ -4,6 +4,7 @@ use crate::model::{DeploymentId, InstanceId, LaunchToken, ReleaseId};
 use crate::outcome::Outcome;
 use crate::provider::Readiness;
 use crate::strategy::Decision;
+use crate::watch::WatchFinding;
 
 /// What the fleet looked like at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -173,6 +174,78 @@ pub enum Event {
         /// How.
         outcome: Outcome,
     },
+    /// The deployment waits for a watch's repair, which holds the service's lease, instead of
+    /// being refused (bounded by the progress deadline).
+    WaitingForLease {
+        /// The repair that holds it.
+        holder: DeploymentId,
+        /// How long the deployment has waited so far, in milliseconds.
+        waited_ms: u64,
+    },
+    /// A watch audited the service ([`crate::watch`]).
+    WatchCycle {
+        /// Cycle number, from 1, since the watch started.
+        cycle: u64,
+        /// Instances audited.
+        audited: usize,
+        /// Findings open after the cycle.
+        open: usize,
+    },
+    /// A watch saw a finding for the first time.
+    FindingOpened {
+        /// The finding.
+        finding: WatchFinding,
+    },
+    /// A finding a watch saw is gone: repaired, or gone by itself.
+    FindingClosed {
+        /// The finding as it opened.
+        finding: WatchFinding,
+    },
+    /// A watch started a repair: a deployment of the serving release that replaces these
+    /// instances and restores the desired count.
+    RepairStarted {
+        /// The repair's deployment id.
+        deployment: DeploymentId,
+        /// The instances it replaces.
+        replacing: Vec<InstanceId>,
+        /// How many instances the fleet lacked.
+        missing: usize,
+    },
+    /// A watch took out traffic targets that no instance answers for any more, or terminated
+    /// unmanaged instances (as the watch's settings ask).
+    Removed {
+        /// Which.
+        ids: Vec<InstanceId>,
+        /// Why.
+        reason: String,
+    },
+    /// A watch's repair ended.
+    RepairFinished {
+        /// The repair's deployment id.
+        deployment: DeploymentId,
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// The outcome, in words.
+        summary: String,
+    },
+    /// A watch left the service alone this cycle: a deployment holds its lease.
+    WatchYielded {
+        /// The deployment that holds it.
+        holder: DeploymentId,
+    },
+    /// A watch cycle failed (the provider, the balancer or the state store answered with an
+    /// error); the next interval tries again.
+    WatchCycleFailed {
+        /// The error.
+        error: String,
+    },
+    /// Repairs kept failing: the watch stopped repairing (it still audits and reports).
+    BreakerOpened {
+        /// Repairs that failed in a row.
+        failures: u32,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 /// When the engine checked rollback readiness.
@@ -267,6 +340,27 @@ impl std::fmt::Display for Event {
                 "resume   {deployment} from the journal (rolling back: {rolling_back}, launch in flight: {pending_launch}, torn lines: {torn_lines})"
             ),
             Event::Finished { outcome } => write!(f, "done     {}", outcome.summary()),
+            Event::WaitingForLease { holder, .. } => {
+                write!(f, "waiting  watch repair {holder} holds the lease; this deployment starts when it ends")
+            }
+            Event::WatchCycle { cycle, audited, open } => {
+                write!(f, "audit    cycle {cycle}: {audited} instances, {open} findings open")
+            }
+            Event::FindingOpened { finding } => write!(f, "FINDING  {finding}"),
+            Event::FindingClosed { finding } => write!(f, "closed   {finding}"),
+            Event::RepairStarted { deployment, replacing, missing } => {
+                write!(f, "repair   {deployment}: replacing [{}], restoring {missing} missing", short(replacing))
+            }
+            Event::Removed { ids, reason } => write!(f, "remove   [{}]: {reason}", short(ids)),
+            Event::RepairFinished { deployment, succeeded: true, .. } => write!(f, "repaired {deployment}"),
+            Event::RepairFinished { deployment, succeeded: false, summary } => {
+                write!(f, "REPAIR FAILED {deployment}: {summary}")
+            }
+            Event::WatchYielded { holder } => {
+                write!(f, "yield    deployment {holder} holds the lease; no audit or repair this cycle")
+            }
+            Event::WatchCycleFailed { error } => write!(f, "CYCLE FAILED {error}; trying again next interval"),
+            Event::BreakerOpened { reason, .. } => write!(f, "BREAKER  {reason}"),
         }
     }
 }

@@ -16,6 +16,7 @@ mod memory;
 mod observe;
 mod readiness;
 mod records;
+mod repair;
 mod resume;
 mod retry;
 mod start;
@@ -41,7 +42,7 @@ pub use builder::{DeployerBuilder, HealthThresholds, ReplacementBudget, RetryPol
 pub use events::{Capacity, Event, ReadinessCheck};
 pub use gate::{AutoApprove, Gate, GateContext, GateVerdict, ManualGate};
 use observe::{Observation, Signature};
-use records::blocking;
+pub(crate) use records::blocking;
 use retry::retry_call;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -216,6 +217,10 @@ pub struct Deployment {
     pacing: crate::provider::PacingStats,
     memory: memory::Memory,
     observed: Option<journal::Observed>,
+    /// When it began waiting for a watch's repair to release the lease.
+    lock_wait: Option<Instant>,
+    /// When it last said that it waits for that lease.
+    lock_notice: Option<Instant>,
 }
 
 impl Deployment {
@@ -256,6 +261,8 @@ impl Deployment {
             pacing: crate::provider::PacingStats::default(),
             memory: memory::Memory::default(),
             observed: None,
+            lock_wait: None,
+            lock_notice: None,
             inner,
         }
     }
@@ -404,6 +411,8 @@ impl Deployment {
 
     fn target(&self) -> Option<&ReleaseId> {
         match self.phase {
+            // A repair keeps what it repaired around: its own release (see `repair`).
+            Phase::RollingBack { .. } if self.is_repair() => Some(self.release.id()),
             Phase::RollingBack { .. } => self.previous.as_ref(),
             _ => Some(self.release.id()),
         }
@@ -411,6 +420,9 @@ impl Deployment {
 
     async fn advance(&mut self) -> Result<()> {
         if self.started.is_none() {
+            if self.wait_for_watch().await? {
+                return Ok(());
+            }
             self.start().await?;
         }
         if matches!(self.phase, Phase::Deploying) && self.cancel.is_cancelled() {
@@ -435,6 +447,7 @@ impl Deployment {
         let decision = match self.chores(&view, &obs).await? {
             Some(chore) => chore,
             None => match &self.phase {
+                Phase::RollingBack { .. } if self.is_repair() => Deployment::repair_rollback(&view),
                 Phase::RollingBack { .. } => {
                     Rollback { limits, can_launch: self.rollback_release().is_some() }.decide(&view)
                 }
@@ -454,7 +467,7 @@ impl Deployment {
             },
             decision: decision.clone(),
         });
-        invariants::check_decision(&view, &decision, limits).map_err(|v| self.violated(v))?;
+        self.check_decision(&view, &decision, limits)?;
         // The outcome reports the serving set of the observation that decided `Done`.
         self.last_serving = std::mem::take(&mut obs.serving);
         self.act(decision, &view, &obs).await

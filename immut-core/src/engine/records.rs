@@ -83,7 +83,7 @@ impl Deployment {
 /// Runs blocking work (the journal's and the ledger's store I/O) on tokio's blocking pool, so
 /// an async worker thread never waits on a disk or a network. A panic there is the
 /// deployment's own.
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -24,7 +24,7 @@ impl Deployment {
         }
         let Observation { instances, serving, .. } = self.observe().await?;
         let mut by_release: BTreeMap<&ReleaseId, usize> = BTreeMap::new();
-        for i in instances.iter().filter(|i| serving.contains(&i.id)) {
+        for i in instances.iter().filter(|i| serving.contains(&i.id) && !self.excluded_from_previous(&i.id)) {
             if let Some(r) = i.release().filter(|r| *r != self.release.id()) {
                 *by_release.entry(r).or_default() += 1;
             }
