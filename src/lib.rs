@@ -29,7 +29,7 @@ pub use immut_core::{
 };
 pub use immut_core::{
     analysis, audit, checker, dry_run, engine, error, feed, guardrails, health, journal, ledger, model, outcome,
-    policy, prelude, process, provider, semver, sim, state, strategy, traffic,
+    policy, prelude, process, provider, semver, sim, state, strategy, traffic, watch,
 };
 
 #[cfg(feature = "http")]

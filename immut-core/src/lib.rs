@@ -72,6 +72,7 @@ pub mod sim;
 pub mod state;
 pub mod strategy;
 pub mod traffic;
+pub mod watch;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
