@@ -127,6 +127,16 @@ pub enum Command {
         #[arg(long)]
         reconcile: bool,
     },
+    /// Audits at an interval and repairs what drifted by replacement, until Ctrl-C.
+    Watch {
+        /// Time between two audits (default: `[watch] interval`, else 60s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Runs one cycle (audit, then repair within the rate) and exits: 0 when nothing is
+        /// left open, 1 when findings stay open.
+        #[arg(long)]
+        once: bool,
+    },
     /// Lists orphaned instances; terminates them with --yes.
     Reap {
         /// Terminates them.
@@ -356,6 +366,7 @@ impl Ctx {
             Command::History => self.history(),
             Command::Verify { head } => self.verify(head.as_deref()),
             Command::Audit { reconcile } => self.audit(*reconcile).await,
+            Command::Watch { interval, once } => self.watch(*interval, *once).await,
             Command::Reap { yes } => self.reap(*yes).await,
             Command::Adopt { ids } => self.adopt(ids).await,
             Command::Destroy { yes } => self.destroy(*yes).await,
@@ -676,6 +687,33 @@ impl Ctx {
         self.drive(deployer.reconcile(&report, expected), &backend).await
     }
 
+    async fn watch(self, interval: Option<std::time::Duration>, once: bool) -> Run {
+        let state = self.state()?;
+        let Some(expected) = self.current(&state)? else {
+            return Err(fail(
+                Exit::Refused,
+                format!(
+                    "nothing to watch: the ledger holds no successful deployment of {}; run `immut deploy` first",
+                    self.spec.service
+                ),
+            ));
+        };
+        let backend = self.backend(Access::Write, &[&expected]).await?;
+        // A repair redeploys the release that already passed its gates: they pass at once.
+        let deployer = self.deployer_with(&backend, &state, self.key()?, false)?;
+        let watch = crate::watch::build(&self.spec, deployer, expected, interval).map_err(|e| self.err(e))?;
+        let printer = crate::watch::Printer::new(self.mode);
+        if !once {
+            return Ok(crate::watch::run(watch, printer).await);
+        }
+        let mut watch = watch;
+        let cycle = watch.run_once().await.map_err(|e| self.err(e))?;
+        for event in &cycle.events {
+            printer.event(event);
+        }
+        Ok(crate::watch::once_exit(&cycle))
+    }
+
     async fn reap(self, yes: bool) -> Run {
         let state = self.state()?;
         let expected = self.expected(&state)?;
@@ -816,6 +854,14 @@ async fn quote_failures(backend: &Backend, launched: &[InstanceId]) {
             eprintln!("{detail}");
             quoted += 1;
         }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err("must be above zero, such as 30s".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; write a number and a unit, such as 500ms, 30s or 2m")),
     }
 }
 

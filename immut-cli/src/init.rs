@@ -21,6 +21,15 @@ poll_interval = "200ms"          # how often the engine looks while it waits
 # replacement_budget_per_wave = "10%"         # failed instances replaced before giving up
 # replacement_budget_per_deployment = "10%"
 
+# What `immut watch` does: audit at an interval, repair what drifted by replacement.
+[watch]
+interval = "30s"                 # time between two audits
+# grace = "30s"                  # an unhealthy instance is replaced after this long (default: the interval)
+# max_repairs = 1                # the most instances one interval replaces
+# breaker_threshold = 3          # failed repairs in a row before the watch stops repairing
+# unmanaged = "report"           # report, replace (a repair drains and removes them) or terminate
+# unmanaged_scope = "serving"    # serving (in the service's balancer) or service (also idle copies)
+
 # Analysis: with promotion = "analysis" under [strategy], these metrics decide each gate (each
 # canary step; a blue/green's switch, measured on the idle set, and its bake). A measurement is
 # successful, failed, inconclusive (no data, no traffic) or an error; the limits decide the run.

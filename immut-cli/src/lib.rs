@@ -2,7 +2,7 @@
 //!
 //! The `immut` command: a declarative service spec ([`spec`], `immut.toml`) and the commands
 //! platform teams run from CI and on call: `plan`, `deploy`, `status`, `audit`, `rollback`,
-//! `history`, `report`, `verify`, `resume`, `promote`, `reap`, `adopt`, `destroy`, `init` and
+//! `history`, `report`, `verify`, `resume`, `promote`, `watch`, `reap`, `adopt`, `destroy`, `init` and
 //! `completions`, and for the local provider `repair` and `stop-balancer`.
 //!
 //! It is a thin face over the `immut` library: every command is a few public library calls
@@ -23,6 +23,7 @@ pub mod repair;
 pub mod report;
 pub mod spec;
 pub mod state;
+pub mod watch;
 
 use clap::Parser;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use immut::dry_run::Plan;
 use immut::journal::Interrupted;
-use immut::ledger::LedgerEntry;
+use immut::ledger::{LedgerEntry, WatchNote};
 use immut::{DeploymentId, Instance, InstanceId, Phase, Release};
 use serde::Serialize;
 
@@ -287,7 +287,19 @@ pub fn history(service: &str, entries: &[LedgerEntry]) -> String {
         "{:<4} {:<14} {:<19} {:<9} {:<11} {:<12} {:<21} DURATION",
         "SEQ", "DEPLOYMENT", "RELEASE", "VERSION", "STRATEGY", "OUTCOME", "STARTED"
     );
+    let mut notes = 0;
     for e in entries {
+        if let Some(note) = &e.watch {
+            // A watch's note is no deployment: one line saying what it saw.
+            notes += 1;
+            let (what, finding) = match note {
+                WatchNote::FindingOpened { finding } => ("FINDING", finding),
+                WatchNote::FindingClosed { finding } => ("closed", finding),
+            };
+            let _ =
+                writeln!(out, "{:<4} {:<14} {what} {finding}  {}", e.seq, e.deployment.as_str(), time(e.ended_at_ms));
+            continue;
+        }
         let outcome = match &e.outcome {
             Phase::Succeeded => "succeeded",
             Phase::RolledBack { .. } => "rolled_back",
@@ -309,6 +321,9 @@ pub fn history(service: &str, entries: &[LedgerEntry]) -> String {
             secs(Duration::from_millis(e.ended_at_ms.saturating_sub(e.started_at_ms)))
         );
     }
-    let _ = write!(out, "{} deployments", entries.len());
+    let _ = write!(out, "{} deployments", entries.len() - notes);
+    if notes > 0 {
+        let _ = write!(out, ", {notes} watch notes");
+    }
     out
 }

@@ -46,6 +46,7 @@ use immut::engine::{HealthThresholds, ReplacementBudget};
 use immut::semver::Version;
 use immut::sim::Latencies;
 use immut::strategy::{Promotion, ReplacementStrategy};
+use immut::watch::{UnmanagedAction, UnmanagedScope};
 use immut::{BlueGreen, Canary, Count, Deployer, DeployerBuilder, LaunchSpec, Rolling};
 use serde::Deserialize;
 use toml::Spanned;
@@ -170,6 +171,25 @@ struct RawSpec {
     analysis: Option<Spanned<analysis::RawAnalysis>>,
     #[serde(default)]
     plan: Option<Spanned<RawLatencies>>,
+    #[serde(default)]
+    watch: Option<Spanned<RawWatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    grace: Option<Spanned<String>>,
+    #[serde(default)]
+    max_repairs: Option<Spanned<i64>>,
+    #[serde(default)]
+    breaker_threshold: Option<Spanned<i64>>,
+    #[serde(default)]
+    unmanaged: Option<Spanned<String>>,
+    #[serde(default)]
+    unmanaged_scope: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,6 +582,37 @@ pub struct RolloutSettings {
     pub accept_no_way_back: bool,
 }
 
+/// What `immut watch` does (`[watch]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// Time between two audits (default 60 s; `--interval` overrides it).
+    pub interval: Duration,
+    /// How long an instance may fail its health check before it is replaced (default: the
+    /// interval).
+    pub grace: Option<Duration>,
+    /// The most instances one cycle replaces (default 1).
+    pub max_repairs: usize,
+    /// Repairs that may fail in a row before the watch stops repairing (default 3).
+    pub breaker_threshold: u32,
+    /// What to do with unmanaged instances (default: report them).
+    pub unmanaged: UnmanagedAction,
+    /// Which unmanaged instances that applies to (default: those that serve).
+    pub unmanaged_scope: UnmanagedScope,
+}
+
+impl Default for WatchSpec {
+    fn default() -> Self {
+        WatchSpec {
+            interval: Duration::from_secs(60),
+            grace: None,
+            max_repairs: 1,
+            breaker_threshold: 3,
+            unmanaged: UnmanagedAction::Report,
+            unmanaged_scope: UnmanagedScope::Serving,
+        }
+    }
+}
+
 /// The artifact, as the spec gives it (the provider resolves `image`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactSettings {
@@ -611,6 +662,8 @@ pub struct Spec {
     pub rollout: RolloutSettings,
     /// Latencies `plan` assumes.
     pub plan_latencies: Latencies,
+    /// What `immut watch` does.
+    pub watch: WatchSpec,
     /// Maps library errors that name a field back to the spec.
     pub fields: BTreeMap<String, Location>,
 }
@@ -1025,6 +1078,7 @@ impl Checker<'_> {
         let health = self.health(raw.health.as_ref());
         let rollout = self.rollout(raw.rollout.as_ref());
         let plan_latencies = self.latencies("plan", raw.plan.as_ref().map(Spanned::get_ref), default_plan_latencies());
+        let watch = self.watch(raw.watch.as_ref());
         if !self.errors.is_empty() {
             return Err(SpecErrors(self.errors));
         }
@@ -1045,6 +1099,7 @@ impl Checker<'_> {
             health,
             rollout,
             plan_latencies,
+            watch,
             fields: self.fields,
         };
         if let Err(e) = spec.check_with_library() {
@@ -1428,6 +1483,65 @@ impl Checker<'_> {
                 unhealthy: threshold(self, "health.unhealthy_threshold", &r.unhealthy_threshold, defaults.unhealthy),
             },
         }
+    }
+
+    fn watch(&mut self, raw: Option<&Spanned<RawWatch>>) -> WatchSpec {
+        let defaults = WatchSpec::default();
+        let Some(raw) = raw else { return defaults };
+        self.note("watch", raw);
+        let w = raw.get_ref();
+        let interval = self.duration("watch.interval", w.interval.as_ref(), defaults.interval);
+        if let Some(v) = w.interval.as_ref().filter(|_| interval.is_zero()) {
+            self.err(v, "watch.interval: must be above zero; for example \"30s\"");
+        }
+        let grace = w.grace.as_ref().map(|g| self.duration("watch.grace", Some(g), Duration::ZERO));
+        let max_repairs = w
+            .max_repairs
+            .as_ref()
+            .map_or(defaults.max_repairs, |v| self.positive("watch.max_repairs", v, 1).max(1) as usize);
+        let breaker_threshold = w.breaker_threshold.as_ref().map_or(defaults.breaker_threshold, |v| {
+            self.positive("watch.breaker_threshold", v, 1).clamp(1, u32::MAX as i64) as u32
+        });
+        let unmanaged = match &w.unmanaged {
+            None => defaults.unmanaged,
+            Some(v) => {
+                self.note("watch.unmanaged", v);
+                match v.get_ref().as_str() {
+                    "report" => UnmanagedAction::Report,
+                    "replace" => UnmanagedAction::Replace,
+                    "terminate" => UnmanagedAction::Terminate,
+                    other => {
+                        self.err(
+                            v,
+                            format!(
+                                "watch.unmanaged: {other:?}; use \"report\" (the default), \"replace\" (a repair drains and removes them) or \"terminate\" (terminated outright while the release holds the floor)"
+                            ),
+                        );
+                        defaults.unmanaged
+                    }
+                }
+            }
+        };
+        let unmanaged_scope = match &w.unmanaged_scope {
+            None => defaults.unmanaged_scope,
+            Some(v) => {
+                self.note("watch.unmanaged_scope", v);
+                match v.get_ref().as_str() {
+                    "serving" => UnmanagedScope::Serving,
+                    "service" => UnmanagedScope::Service,
+                    other => {
+                        self.err(
+                            v,
+                            format!(
+                                "watch.unmanaged_scope: {other:?}; use \"serving\" (only those in the service's balancer, the default) or \"service\" (also those the provider attributes to the service)"
+                            ),
+                        );
+                        defaults.unmanaged_scope
+                    }
+                }
+            }
+        };
+        WatchSpec { interval, grace, max_repairs, breaker_threshold, unmanaged, unmanaged_scope }
     }
 
     fn rollout(&mut self, raw: Option<&Spanned<RawRollout>>) -> RolloutSettings {
