@@ -92,6 +92,10 @@ impl ComparativeProvider {
 
 #[async_trait]
 impl MetricProvider for ComparativeProvider {
+    fn decides(&self) -> bool {
+        true
+    }
+
     async fn measure(&self, context: &AnalysisContext) -> std::result::Result<Reading, String> {
         if context.stable_release.is_none() && context.stable_addresses.is_empty() {
             return Err("no stable release serves beside the canary, so there is nothing to compare it with".into());

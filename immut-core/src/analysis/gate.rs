@@ -87,11 +87,18 @@ impl AnalysisGate {
             load.validate(shortest)?;
         }
         for (i, m) in self.analysis.metrics.iter().enumerate() {
-            if !self.providers.contains_key(&m.name) {
+            let Some(provider) = self.providers.get(&m.name) else {
                 return Err(format!(
                     "analysis.metrics[{i}].provider ({}): no provider measures this metric; add one with \
                      AnalysisGate::provider({:?}, ...)",
                     m.name, m.name
+                ));
+            };
+            if m.success.is_none() && m.failure.is_none() && !provider.decides() {
+                return Err(format!(
+                    "analysis.metrics[{i}].success ({}): set a success or a failure condition; its provider \
+                     measures values and does not decide by itself",
+                    m.name
                 ));
             }
         }
@@ -180,5 +187,37 @@ impl Gate for AnalysisGate {
 
     fn restore_measurements(&self, measurements: Vec<Measurement>) {
         self.restored.lock().expect("analysis lock poisoned").extend(measurements);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::analysis::{Metric, Reading, Threshold};
+
+    #[derive(Debug)]
+    struct Fixed(bool);
+
+    #[async_trait]
+    impl MetricProvider for Fixed {
+        async fn measure(&self, _: &AnalysisContext) -> Result<Reading, String> {
+            Ok(Reading::Value(0.0))
+        }
+        fn decides(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_metric_needs_a_condition_unless_its_provider_decides() {
+        let bare = Analysis::new([Metric::new("m", Duration::from_secs(1), 1)]);
+        let deadline = Duration::from_secs(60);
+        let e = AnalysisGate::new(bare.clone()).provider("m", Fixed(false)).check(deadline).unwrap_err();
+        assert!(e.starts_with("analysis.metrics[0].success (m): set a success or a failure condition"), "{e}");
+        assert!(AnalysisGate::new(bare).provider("m", Fixed(true)).check(deadline).is_ok());
+        let judged = Analysis::new([Metric::new("m", Duration::from_secs(1), 1).success(Threshold::below(1.0))]);
+        assert!(AnalysisGate::new(judged).provider("m", Fixed(false)).check(deadline).is_ok());
     }
 }

@@ -193,9 +193,6 @@ impl Analysis {
                     progress_deadline.as_secs_f64()
                 ));
             }
-            if m.success.is_none() && m.failure.is_none() {
-                return Err(format!("{field}.success ({}): set a success or a failure condition", m.name));
-            }
             for (which, t) in [("success", m.success), ("failure", m.failure)] {
                 if let Some(t) = t
                     && !t.value.is_finite()
@@ -287,7 +284,8 @@ mod tests {
                 Analysis::new([Metric { interval: Duration::from_secs(61), ..good() }]),
                 Some("analysis.metrics[0].interval (error-ratio): 61s is longer than the progress deadline (60s)"),
             ),
-            (Analysis::new([Metric { success: None, ..good() }]), Some("analysis.metrics[0].success")),
+            // Whether a metric needs a condition depends on its provider: the gate checks it.
+            (Analysis::new([Metric { success: None, ..good() }]), None),
             (Analysis::new([good().failure(Threshold::above(f64::INFINITY))]), Some("analysis.metrics[0].failure")),
         ];
         for (analysis, expected) in cases {

@@ -66,4 +66,11 @@ pub trait MetricProvider: Send + Sync + Debug {
     /// Takes one measurement. An error (unreachable, timed out, malformed) is an `error`
     /// measurement, which counts against `consecutive_error_limit`.
     async fn measure(&self, context: &AnalysisContext) -> Result<Reading, String>;
+
+    /// Whether the provider passes and refuses by itself ([`Reading::Passed`],
+    /// [`Reading::Refused`]), so that the metric needs no success or failure condition: a
+    /// webhook, the comparative judge. Default `false`: the metric's conditions judge values.
+    fn decides(&self) -> bool {
+        false
+    }
 }

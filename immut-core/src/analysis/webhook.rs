@@ -31,6 +31,10 @@ impl WebhookProvider {
 
 #[async_trait]
 impl MetricProvider for WebhookProvider {
+    fn decides(&self) -> bool {
+        true
+    }
+
     async fn measure(&self, context: &AnalysisContext) -> Result<Reading, String> {
         let body = serde_json::to_vec(context).map_err(|e| format!("encoding the context: {e}"))?;
         let answer = self
