@@ -328,6 +328,7 @@ impl Ctx {
         let mut b = self
             .spec
             .deployer_builder()
+            .map_err(|e| self.err(e))?
             .provider_arc(backend.provider.clone())
             .traffic_arc(backend.traffic.clone())
             .health_arc(backend.health.clone())

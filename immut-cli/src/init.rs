@@ -40,6 +40,7 @@ interval = "30s"                 # time between two audits
 # name = "error-ratio"
 # provider = "scrape"            # scrape: the instances' /metrics (share of 5xx requests)
 #                                # webhook: POSTs the deployment to url; 2xx passes, 4xx refuses
+#                                # prometheus: url, query; judge: url, query, window, step
 # interval = "2s"
 # count = 3
 # success = "< 0.01"             # <, <=, > or >= and a number; also failure = ">= 0.05"

@@ -670,8 +670,9 @@ pub struct Spec {
 
 impl Spec {
     /// A deployer builder with everything from the spec but the backends, the journal, the
-    /// ledger and the key.
-    pub fn deployer_builder(&self) -> DeployerBuilder {
+    /// ledger and the key. Fails only when the analysis cannot build its providers (a bearer
+    /// token's variable unset since the spec was read).
+    pub fn deployer_builder(&self) -> Result<DeployerBuilder, immut::Error> {
         let r = &self.rollout;
         let mut b = Deployer::builder()
             .strategy_arc(self.strategy.build_with(self.promotion))
@@ -692,9 +693,9 @@ impl Spec {
             b = b.replacement_budget(budget);
         }
         if let Some(analysis) = &self.analysis {
-            b = b.gate(analysis.gate());
+            b = b.gate(analysis.gate()?);
         }
-        b
+        Ok(b)
     }
 
     /// The location of a field by its dotted name, or the top of the file.
@@ -732,7 +733,7 @@ impl Spec {
     /// simulator standing in for the provider: no provider is called.
     fn check_with_library(&self) -> Result<(), immut::Error> {
         let sim = immut::sim::SimProvider::builder().build()?;
-        self.deployer_builder().provider(sim.clone()).traffic(sim.traffic()).build().map(|_| ())
+        self.deployer_builder()?.provider(sim.clone()).traffic(sim.traffic()).build().map(|_| ())
     }
 }
 

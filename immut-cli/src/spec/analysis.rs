@@ -7,7 +7,7 @@
 //!
 //! [[analysis.metrics]]
 //! name = "error-ratio"
-//! provider = "scrape"             # scrape (the instances' /metrics) or webhook
+//! provider = "scrape"             # scrape (the instances' /metrics), webhook, prometheus or judge
 //! interval = "2s"
 //! count = 3
 //! success = "< 0.01"              # <, <=, > or >= and a number
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use immut::analysis::{
-    Aggregation, Analysis, AnalysisGate, Comparison, Metric, MetricProvider, ScrapeProvider, SmokeLoad, Threshold,
-    WebhookProvider,
+    Aggregation, Analysis, AnalysisGate, ComparativeProvider, Comparison, Judge, Metric, MetricProvider,
+    PrometheusProvider, Samples, ScrapeProvider, SmokeLoad, Threshold, WebhookProvider,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -75,13 +75,29 @@ struct RawMetric {
     bad_status_prefix: Option<Spanned<String>>,
     #[serde(default)]
     aggregation: Option<Spanned<String>>,
-    // webhook
+    // webhook, prometheus, judge
     #[serde(default)]
     url: Option<Spanned<String>>,
+    // prometheus, judge
+    #[serde(default)]
+    query: Option<Spanned<String>>,
+    #[serde(default)]
+    bearer_token_env: Option<Spanned<String>>,
+    // judge
+    #[serde(default)]
+    significance: Option<Spanned<f64>>,
+    #[serde(default)]
+    tolerance: Option<Spanned<f64>>,
+    #[serde(default)]
+    min_samples: Option<Spanned<i64>>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+    #[serde(default)]
+    step: Option<Spanned<String>>,
 }
 
 /// Where one metric's measurements come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MetricSource {
     /// The instances' own `/metrics` ([`ScrapeProvider`]): the share of requests with a bad status.
     Scrape {
@@ -105,11 +121,56 @@ pub enum MetricSource {
         /// Per call (default 10 s).
         timeout: Duration,
     },
+    /// An instant query to a Prometheus server ([`PrometheusProvider`]), judged by the
+    /// metric's conditions.
+    Prometheus(PrometheusSource),
+    /// The same query for the canary and the stable release, judged by their difference
+    /// ([`ComparativeProvider`]): a significant increase fails.
+    Judge {
+        /// The query and the server.
+        prometheus: PrometheusSource,
+        /// The judge's settings.
+        judge: Judge,
+        /// Per series of an instant query (no window), or per step over a window.
+        samples: Samples,
+    },
+}
+
+/// Where a Prometheus query goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusSource {
+    /// The server (`http://host:9090`).
+    pub url: String,
+    /// The query, with `{{service}}`, `{{release}}`, `{{version}}`, `{{deployment}}` and
+    /// `{{instances}}` filled in.
+    pub query: String,
+    /// Per query (default 10 s).
+    pub timeout: Duration,
+    /// The environment variable holding a bearer token, read when the provider is built.
+    pub bearer_token_env: Option<String>,
+}
+
+impl PrometheusSource {
+    fn build(&self) -> immut::Result<PrometheusProvider> {
+        let mut b = PrometheusProvider::builder(self.url.clone(), self.query.clone()).timeout(self.timeout);
+        if let Some(name) = &self.bearer_token_env {
+            let token = std::env::var(name).map_err(|_| {
+                immut::Error::invalid(
+                    "bearer_token_env",
+                    format!("{name} is not set; export the token in {name}, or remove bearer_token_env"),
+                )
+            })?;
+            b = b.bearer_token(token);
+        }
+        b.build()
+    }
 }
 
 impl MetricSource {
-    fn provider(&self) -> Arc<dyn MetricProvider> {
-        match self {
+    /// The provider. Its settings were checked when the spec was read; what can still fail is
+    /// the environment (a bearer token's variable unset since).
+    fn provider(&self) -> immut::Result<Arc<dyn MetricProvider>> {
+        Ok(match self {
             MetricSource::Scrape { path, counter, status_label, bad_status_prefix, worst_instance, timeout } => {
                 Arc::new(
                     ScrapeProvider::with_timeout(*timeout)
@@ -120,7 +181,11 @@ impl MetricSource {
                 )
             }
             MetricSource::Webhook { url, timeout } => Arc::new(WebhookProvider::with_timeout(url.clone(), *timeout)),
-        }
+            MetricSource::Prometheus(p) => Arc::new(p.build()?),
+            MetricSource::Judge { prometheus, judge, samples } => {
+                Arc::new(ComparativeProvider::new(prometheus.build()?, *judge, *samples)?)
+            }
+        })
     }
 }
 
@@ -137,21 +202,33 @@ pub struct AnalysisSettings {
 
 impl AnalysisSettings {
     /// The gate that runs this analysis at every gate of the strategy.
-    pub fn gate(&self) -> AnalysisGate {
+    pub fn gate(&self) -> immut::Result<AnalysisGate> {
         let mut gate = AnalysisGate::new(self.analysis.clone());
-        for (name, source) in &self.sources {
-            gate = gate.provider_arc(name.clone(), source.provider());
+        for (i, (name, source)) in self.sources.iter().enumerate() {
+            let provider = source.provider().map_err(|e| {
+                immut::Error::invalid(&format!("analysis.metrics[{i}].{}", field_of(&e)), e.message().to_owned())
+            })?;
+            gate = gate.provider_arc(name.clone(), provider);
         }
         if let Some(load) = &self.smoke_load {
             gate = gate.smoke_load(load.clone());
         }
-        gate
+        Ok(gate)
     }
 }
 
-const PROVIDERS: &[&str] = &["scrape", "webhook"];
+/// The spec key a provider's error is about: `prometheus.url` is the metric's `url`.
+fn field_of(e: &immut::Error) -> String {
+    let field = e.message().split_once(": ").map_or("", |(f, _)| f);
+    field.rsplit('.').next().filter(|f| !f.is_empty() && !f.contains(' ')).unwrap_or("provider").to_owned()
+}
+
+const PROVIDERS: &[&str] = &["scrape", "webhook", "prometheus", "judge"];
 const SCRAPE_KEYS: &[&str] = &["path", "counter", "status_label", "bad_status_prefix", "aggregation", "timeout"];
 const WEBHOOK_KEYS: &[&str] = &["url", "timeout"];
+const PROMETHEUS_KEYS: &[&str] = &["url", "query", "timeout", "bearer_token_env"];
+const JUDGE_KEYS: &[&str] =
+    &["url", "query", "timeout", "bearer_token_env", "significance", "tolerance", "min_samples", "window", "step"];
 
 impl Checker<'_> {
     pub(super) fn analysis(&mut self, raw: &Spanned<RawAnalysis>) -> AnalysisSettings {
@@ -214,6 +291,8 @@ impl Checker<'_> {
         let allowed: &[&str] = match kind {
             "scrape" => SCRAPE_KEYS,
             "webhook" => WEBHOOK_KEYS,
+            "prometheus" => PROMETHEUS_KEYS,
+            "judge" => JUDGE_KEYS,
             other => {
                 self.err(
                     &m.provider,
@@ -233,6 +312,13 @@ impl Checker<'_> {
             ("bad_status_prefix", m.bad_status_prefix.as_ref().map(Spanned::span)),
             ("aggregation", m.aggregation.as_ref().map(Spanned::span)),
             ("url", m.url.as_ref().map(Spanned::span)),
+            ("query", m.query.as_ref().map(Spanned::span)),
+            ("bearer_token_env", m.bearer_token_env.as_ref().map(Spanned::span)),
+            ("significance", m.significance.as_ref().map(Spanned::span)),
+            ("tolerance", m.tolerance.as_ref().map(Spanned::span)),
+            ("min_samples", m.min_samples.as_ref().map(Spanned::span)),
+            ("window", m.window.as_ref().map(Spanned::span)),
+            ("step", m.step.as_ref().map(Spanned::span)),
         ];
         self.only(
             &present,
@@ -262,6 +348,58 @@ impl Checker<'_> {
                 },
                 timeout: self.duration(&format!("{field}.timeout"), m.timeout.as_ref(), Duration::from_secs(2)),
             },
+            "prometheus" => MetricSource::Prometheus(self.prometheus(&field, m)?),
+            "judge" => {
+                let prometheus = self.prometheus(&field, m)?;
+                let mut judge = Judge::new();
+                if let Some(v) = &m.significance {
+                    self.note(&format!("{field}.significance"), v);
+                    judge = judge.significance(*v.get_ref());
+                }
+                if let Some(v) = &m.tolerance {
+                    self.note(&format!("{field}.tolerance"), v);
+                    judge = judge.tolerance(*v.get_ref());
+                }
+                if let Some(v) = &m.min_samples {
+                    judge = judge.min_samples(self.positive(&format!("{field}.min_samples"), v, 1).max(1) as usize);
+                }
+                if let Err(e) = judge.validate() {
+                    let key = e.split_once(": ").map_or("", |(f, _)| f).rsplit('.').next().unwrap_or("");
+                    let span = match key {
+                        "significance" => m.significance.as_ref().map(Spanned::span),
+                        "tolerance" => m.tolerance.as_ref().map(Spanned::span),
+                        _ => m.min_samples.as_ref().map(Spanned::span),
+                    };
+                    let message = format!("{field}.{}", e.strip_prefix("judge.").unwrap_or(&e));
+                    self.errors.push(self.locator.error(span.or(Some(m.provider.span())), message));
+                    return None;
+                }
+                let samples = match (&m.window, &m.step) {
+                    (None, None) => Samples::PerSeries,
+                    (Some(w), Some(st)) => Samples::PerStep {
+                        window: self.duration(&format!("{field}.window"), Some(w), Duration::from_secs(120)),
+                        step: self.duration(&format!("{field}.step"), Some(st), Duration::from_secs(10)),
+                    },
+                    (Some(w), None) | (None, Some(w)) => {
+                        self.err(w, format!("{field}.window: give window and step together (one sample per step over the window), or neither (one sample per series)"));
+                        return None;
+                    }
+                };
+                if m.success.is_some() || m.failure.is_some() {
+                    let c = m.success.as_ref().or(m.failure.as_ref()).expect("one is set");
+                    self.err(c, format!("{field}: the judge decides by comparing the canary with the stable release; a judge metric takes no success or failure condition"));
+                }
+                match prometheus.build().and_then(|built| ComparativeProvider::new(built, judge, samples)) {
+                    Ok(_) => MetricSource::Judge { prometheus, judge, samples },
+                    Err(e) => {
+                        let span =
+                            m.window.as_ref().or(m.step.as_ref()).map(Spanned::span).unwrap_or(m.provider.span());
+                        let message = format!("{field}.{}", e.message().strip_prefix("judge.").unwrap_or(e.message()));
+                        self.errors.push(self.locator.error(Some(span), message));
+                        return None;
+                    }
+                }
+            }
             _ => MetricSource::Webhook {
                 url: match &m.url {
                     Some(url) => {
@@ -281,6 +419,44 @@ impl Checker<'_> {
             },
         };
         Some((metric, source))
+    }
+
+    /// The Prometheus settings of a `prometheus` or `judge` metric, checked by building the
+    /// provider (the bearer token's variable must be set).
+    fn prometheus(&mut self, field: &str, m: &RawMetric) -> Option<PrometheusSource> {
+        let required = |this: &mut Self, key: &str, v: &Option<Spanned<String>>, what: &str| match v {
+            Some(v) => {
+                this.note(&format!("{field}.{key}"), v);
+                Some(v.get_ref().clone())
+            }
+            None => {
+                this.err(&m.provider, format!("{field}.{key}: the {} provider needs {what}", m.provider.get_ref()));
+                None
+            }
+        };
+        let url = required(self, "url", &m.url, "the server's URL, such as \"http://127.0.0.1:9090\"");
+        let query = required(self, "query", &m.query, "a PromQL query");
+        let timeout = self.duration(&format!("{field}.timeout"), m.timeout.as_ref(), Duration::from_secs(10));
+        let bearer_token_env = m.bearer_token_env.as_ref().map(|v| {
+            self.note(&format!("{field}.bearer_token_env"), v);
+            v.get_ref().clone()
+        });
+        let source = PrometheusSource { url: url?, query: query?, timeout, bearer_token_env };
+        if let Err(e) = source.build() {
+            let key = field_of(&e);
+            let span = match key.as_str() {
+                "url" => m.url.as_ref(),
+                "query" => m.query.as_ref(),
+                "timeout" => m.timeout.as_ref(),
+                "bearer_token_env" => m.bearer_token_env.as_ref(),
+                _ => None,
+            }
+            .map_or(m.provider.span(), Spanned::span);
+            let problem = e.message().split_once(": ").map_or(e.message(), |(_, p)| p);
+            self.errors.push(self.locator.error(Some(span), format!("{field}.{key}: {problem}")));
+            return None;
+        }
+        Some(source)
     }
 
     /// A condition such as `"< 0.01"` or `">= 5"`.
@@ -397,6 +573,39 @@ success = ">= 1"
         assert_eq!(s.promotion, immut::strategy::Promotion::Analysis);
     }
 
+    const PROMETHEUS: &str = r#"
+[[analysis.metrics]]
+name = "p99"
+provider = "prometheus"
+url = "http://127.0.0.1:9090"
+query = 'histogram_quantile(0.99, sum by (le) (rate(sample_http_request_duration_seconds_bucket{instance=~"{{instances}}"}[1m])))'
+interval = "2s"
+count = 2
+success = "< 0.25"
+
+[[analysis.metrics]]
+name = "errors-vs-stable"
+provider = "judge"
+url = "http://127.0.0.1:9090"
+query = 'sum(rate(sample_http_requests_total{status=~"5..",instance=~"{{instances}}"}[10s]))'
+interval = "10s"
+count = 1
+window = "2m"
+step = "10s"
+significance = 0.05
+"#;
+
+    #[test]
+    fn prometheus_and_judge_metrics_read_into_their_providers() {
+        let text = format!("{CANARY}{PROMETHEUS}");
+        let a = spec(&text, &[]).unwrap().analysis.unwrap();
+        assert!(matches!(&a.sources[2].1, MetricSource::Prometheus(p) if p.query.contains("{{instances}}")));
+        let MetricSource::Judge { judge, samples, .. } = &a.sources[3].1 else { panic!("{:?}", a.sources[3]) };
+        assert_eq!(*samples, Samples::PerStep { window: Duration::from_secs(120), step: Duration::from_secs(10) });
+        assert_eq!(*judge, Judge::new().significance(0.05));
+        assert_eq!(a.gate().unwrap().analysis().metrics.len(), 4);
+    }
+
     #[test]
     fn mistakes_name_the_field_and_the_fix() {
         let no_section = CANARY.split("\n[analysis]").next().unwrap();
@@ -431,7 +640,47 @@ success = ">= 1"
             ),
             (CANARY.replace("duration = \"1s\"", "duration = \"3s\""), vec![], "analysis.smoke_load.duration"),
         ];
-        for (text, overrides, expected) in cases {
+        let with = |from: &str, to: &str| format!("{CANARY}{}", PROMETHEUS.replacen(from, to, 1));
+        let more: Vec<(String, Vec<&str>, &str)> = vec![
+            (
+                with("url = \"http://127.0.0.1:9090\"", "url = \"https://prom:9090\""),
+                vec![],
+                "analysis.metrics[2].url: \"https://prom:9090/\": only http://",
+            ),
+            (
+                with("query = 'histogram", "# query = 'histogram"),
+                vec![],
+                "analysis.metrics[2].query: the prometheus provider needs a PromQL query",
+            ),
+            (with("{{instances}}", "{{pod}}"), vec![], "analysis.metrics[2].query"),
+            (
+                with("url = \"http", "bearer_token_env = \"IMMUT_TEST_UNSET_TOKEN\"\nurl = \"http"),
+                vec![],
+                "IMMUT_TEST_UNSET_TOKEN is not set",
+            ),
+            (
+                with("significance = 0.05", "significance = 0.7"),
+                vec![],
+                "analysis.metrics[3].significance: 0.7 must be above 0 and below 0.5",
+            ),
+            (with("step = \"10s\"\n", ""), vec![], "analysis.metrics[3].window: give window and step together"),
+            (
+                with("step = \"10s\"", "step = \"1m\""),
+                vec![],
+                "gives at most 3 samples a series, fewer than min_samples (10)",
+            ),
+            (
+                with("significance = 0.05", "success = \"< 1\""),
+                vec![],
+                "a judge metric takes no success or failure condition",
+            ),
+            (
+                format!("{CANARY}{}", PROMETHEUS.replace("success = \"< 0.25\"\n", "")),
+                vec![],
+                "analysis.metrics[2].success (p99): set a success or a failure condition",
+            ),
+        ];
+        for (text, overrides, expected) in cases.into_iter().chain(more) {
             let e = error(&text, &overrides);
             assert!(e.contains(expected), "{e}\nshould say: {expected}");
         }
