@@ -78,7 +78,16 @@ pub fn verdict(metric: &Metric, phases: &[MeasurementPhase]) -> RunVerdict {
     // Errors are retried: they do not count toward `count`, as in Argo.
     let taken = phases.iter().filter(|p| **p != MeasurementPhase::Error).count() as u32;
     if taken >= metric.count {
-        RunVerdict::Successful
+        // Tolerated failures and inconclusive measurements do not make a pass on their own:
+        // a run in which nothing succeeded never promotes.
+        if phases.contains(&MeasurementPhase::Successful) {
+            RunVerdict::Successful
+        } else {
+            RunVerdict::Inconclusive(format!(
+                "metric {:?}: none of its {taken} measurements succeeded, so the run cannot pass",
+                metric.name
+            ))
+        }
     } else {
         RunVerdict::Running(format!("metric {:?}: {taken} of {} measurements", metric.name, metric.count))
     }
@@ -143,6 +152,12 @@ mod tests {
             ("errors do not count toward count", vec![E, S, E, S, E, S], successful),
             ("only errors never succeed", vec![E, E], running),
         ];
+        // With more room in the limits: a run of tolerated failures and inconclusive
+        // measurements alone reaches its count but never passes.
+        let lenient = metric().failure_limit(5).inconclusive_limit(5);
+        assert!(inconclusive(&verdict(&lenient, &[I, I, I])), "{:?}", verdict(&lenient, &[I, I, I]));
+        assert!(inconclusive(&verdict(&lenient, &[F, I, F])), "{:?}", verdict(&lenient, &[F, I, F]));
+        assert!(successful(&verdict(&lenient, &[I, S, I])));
         for (case, phases, check) in cases {
             let v = verdict(&m, &phases);
             assert!(check(&v), "{case}: {v:?}");
