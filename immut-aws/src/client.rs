@@ -111,10 +111,16 @@ const DENIED: &[&str] = &[
     "Blocked",
 ];
 
-/// The error kind a service's error code means, with `status` as the fallback.
+/// The error kind a service's error code means, with `status` as the fallback: a 401 or 403
+/// whose body names no code we know is still a refusal (moto's ELBv2 answers a denied call
+/// with a bare 403).
 pub(crate) fn kind_of(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     let Some(code) = code else {
-        return if status.is_some_and(|s| s >= 500) { ErrorKind::Unavailable } else { ErrorKind::Other };
+        return match status {
+            Some(401 | 403) => ErrorKind::PermissionDenied,
+            Some(s) if s >= 500 => ErrorKind::Unavailable,
+            _ => ErrorKind::Other,
+        };
     };
     match code {
         c if THROTTLING.contains(&c) => ErrorKind::RateLimited,
@@ -131,6 +137,7 @@ pub(crate) fn kind_of(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         | "ResourceInUse" => ErrorKind::Conflict,
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Unavailable,
         _ if status.is_some_and(|s| s >= 500) => ErrorKind::Unavailable,
+        _ if matches!(status, Some(401 | 403)) => ErrorKind::PermissionDenied,
         _ => ErrorKind::Other,
     }
 }
@@ -256,6 +263,13 @@ pub(crate) struct ImageInfo {
     pub root_device: Option<String>,
 }
 
+/// An alarm's state (`OK`, `ALARM`, `INSUFFICIENT_DATA`) and CloudWatch's reason for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AlarmState {
+    pub state: String,
+    pub reason: Option<String>,
+}
+
 /// One RunInstances call.
 pub(crate) struct RunSpec<'a> {
     pub ami: &'a str,
@@ -279,6 +293,7 @@ pub(crate) struct RunFailure {
 pub(crate) struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub reads: Reads,
     run_instances: DefaultDirectRateLimiter,
     instances: DefaultDirectRateLimiter,
@@ -322,6 +337,7 @@ impl Clients {
         Clients {
             ec2: aws_sdk_ec2::Client::new(sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
             reads,
             run_instances: limiter(pacing.run_instances),
             instances: limiter(pacing.instances),
@@ -392,6 +408,45 @@ impl Clients {
                 e => Err(e),
             },
         }
+    }
+
+    /// The state of each named alarm that exists (metric and composite alarms), by name;
+    /// names CloudWatch does not know are absent. At most 100 names go in one call, as
+    /// DescribeAlarms allows, and every page is read.
+    pub async fn alarm_states(&self, names: &[String]) -> Result<BTreeMap<String, AlarmState>> {
+        use aws_sdk_cloudwatch::types::AlarmType;
+        let mut found = BTreeMap::new();
+        for chunk in names.chunks(100) {
+            let mut token: Option<String> = None;
+            loop {
+                self.pace(Pace::Describe, "DescribeAlarms").await;
+                let page = self
+                    .cloudwatch
+                    .describe_alarms()
+                    .set_alarm_names(Some(chunk.to_vec()))
+                    // Without AlarmTypes, CloudWatch answers metric alarms only.
+                    .alarm_types(AlarmType::MetricAlarm)
+                    .alarm_types(AlarmType::CompositeAlarm)
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| map_error(e, "DescribeAlarms"))?;
+                let metric = page.metric_alarms().iter().map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+                let composite =
+                    page.composite_alarms().iter().map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+                for (name, state, reason) in metric.chain(composite) {
+                    if let (Some(name), Some(state)) = (name, state) {
+                        let state = AlarmState { state: state.as_str().to_owned(), reason: reason.map(str::to_owned) };
+                        found.insert(name.to_owned(), state);
+                    }
+                }
+                token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Whether the AMI could launch now, asked afresh (never from the provider's cache):
@@ -830,6 +885,24 @@ mod tests {
         ));
         assert!(!is_zonal_capacity("Unsupported", "The requested configuration is currently not supported."));
         assert!(!is_zonal_capacity("InstanceLimitExceeded", ""), "an account quota is the same in every zone");
+    }
+
+    #[test]
+    fn a_refusal_without_an_error_code_is_permission_denied() {
+        for status in [401, 403] {
+            let bare = SdkError::<RunInstancesError>::service_error(
+                RunInstancesError::generic(ErrorMetadata::builder().build()),
+                HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+            );
+            let e = map_error(bare, "DescribeTargetGroups");
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{status}: {e}");
+            assert!(!e.is_retryable() && e.message().contains(&format!("HTTP {status}")), "{e}");
+            let unknown = map_error(service_error("SomethingNew", status), "DescribeTargetGroups");
+            assert_eq!(unknown.kind(), ErrorKind::PermissionDenied, "{status}: {unknown}");
+        }
+        assert_eq!(kind_of(None, Some(400)), ErrorKind::Other);
+        assert_eq!(kind_of(None, Some(503)), ErrorKind::Unavailable);
+        assert_eq!(kind_of(Some("Throttling"), Some(403)), ErrorKind::RateLimited, "a known code decides first");
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub const CALLS: &[Call] = &[
     call("CreateTags", Service::Ec2, Grant::Tag),
     call("TerminateInstances", Service::Ec2, Grant::Terminate),
     call("DescribeTargetHealth", Service::Elbv2, Grant::Read),
+    call("DescribeAlarms", Service::CloudWatch, Grant::Read),
     call("DescribeListeners", Service::Elbv2, Grant::Read),
     call("DescribeTargetGroupAttributes", Service::Elbv2, Grant::Read),
     call("RegisterTargets", Service::Elbv2, Grant::Traffic),

@@ -25,6 +25,9 @@
 //!   canary through the listener its real share of requests. See the `traffic` module docs.
 //! - Adoption ([`immut_core::Adopt`]): instances launched outside immut are tagged with a
 //!   provenance by CreateTags, and nothing else about them changes.
+//! - Analysis: [`CloudWatchAlarms`] ([`AwsProvider::alarms`]) fails a gate while any named
+//!   CloudWatch alarm is in `ALARM`, as EC2 instance refresh does; all `OK` passes, and
+//!   `INSUFFICIENT_DATA` is inconclusive.
 //! - Health: [`Ec2StatusChecks`] and ELB target health (`AwsTraffic` is a `HealthCheck` too:
 //!   `initial` is unknown, `unhealthy` and `unused` are unhealthy with ELB's reason),
 //!   composable with the HTTP probe through `immut_core::AllOf`.
@@ -56,8 +59,10 @@
 //!
 //! Files: `config.rs` (settings, launch options), `builder.rs`, `provider.rs` (the provider,
 //! adoption, status checks), `traffic.rs` (ELBv2 traffic and target health), `client.rs` (SDK
-//! calls and the error mapping), `reads.rs` (what is reused), `stack.rs` (a demo stack).
+//! calls and the error mapping), `reads.rs` (what is reused), `alarms.rs` (CloudWatch alarms for analysis), `stack.rs` (a demo
+//! stack).
 
+mod alarms;
 mod builder;
 mod client;
 mod config;
@@ -67,6 +72,7 @@ mod reads;
 pub mod stack;
 mod traffic;
 
+pub use alarms::CloudWatchAlarms;
 pub use builder::AwsBuilder;
 pub use client::retried;
 pub use config::{

@@ -55,7 +55,8 @@ impl AwsProvider {
         crate::AwsBuilder::new()
     }
 
-    /// Every EC2 and ELBv2 call made through this provider and its traffic, by operation.
+    /// Every EC2, ELBv2 and CloudWatch call made through this provider, its traffic and its
+    /// alarms, by operation.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.clients.calls()
     }
@@ -70,6 +71,21 @@ impl AwsProvider {
     /// The ELBv2 client, for setup the provider does not cover (see [`AwsProvider::ec2`]).
     pub fn elb(&self) -> &aws_sdk_elasticloadbalancingv2::Client {
         &self.clients.elb
+    }
+
+    /// The CloudWatch client, for setup the provider does not cover (see [`AwsProvider::ec2`]).
+    pub fn cloudwatch(&self) -> &aws_sdk_cloudwatch::Client {
+        &self.clients.cloudwatch
+    }
+
+    /// An analysis provider that reads these CloudWatch alarms (see [`CloudWatchAlarms`]),
+    /// through this provider's clients and pacing. The names are checked here, before any call.
+    pub fn alarms<I, S>(&self, names: I) -> Result<crate::CloudWatchAlarms>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        crate::CloudWatchAlarms::new(self.clients.clone(), names.into_iter().map(Into::into).collect())
     }
 
     /// Traffic through one target group (rolling, canary): attach registers, detach deregisters
