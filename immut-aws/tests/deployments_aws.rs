@@ -5,10 +5,13 @@
 //! stay `initial`, a lost ModifyListener answer, canary weights), launch options, zones
 //! without capacity, timeouts and credentials (`launch`), fleets of 500 and the scope of
 //! unmanaged instances (`fleet`), and web identity credentials from the standard environment
-//! against moto's STS (`web_identity`).
+//! against moto's STS (`web_identity`), and CloudWatch alarms as a canary's analysis
+//! (`alarms`).
 
 mod support;
 
+#[path = "deployments_aws/alarms.rs"]
+mod alarms;
 #[path = "deployments_aws/alb.rs"]
 mod alb;
 #[path = "deployments_aws/fleet.rs"]
