@@ -9,6 +9,7 @@
 //! | instances | `list` (filter, `maxResults`/`pageToken`, `orderBy`), `aggregatedList`, `get`, `insert`, `bulkInsert` (`count`, `minCount`, `namePattern`, `perInstanceProperties`), `delete`, `stop`, `start`, `setLabels` |
 //! | disks | `get` (the boot disk each instance gets, with its `sourceImage`) |
 //! | images | `list`, `get`, `getFromFamily`, `insert`, `deprecate` (`deprecated.state`) |
+//! | regions | `get`, with `quotas` (`CPUS`, `INSTANCES`, `DISKS_TOTAL_GB`, `IN_USE_ADDRESSES`: the limit, and the usage of the project's instances; reported, not enforced) |
 //! | instanceGroups (unmanaged, zonal) | `list`, `get`, `insert`, `delete`, `addInstances`, `removeInstances`, `listInstances` |
 //! | backendServices (global) | `list`, `get`, `insert`, `patch`, `update` (fingerprints), `delete`, `getHealth` |
 //! | zoneOperations, globalOperations | `get`, `wait`, `list` |
@@ -32,6 +33,7 @@
 mod error;
 pub mod filter;
 mod model;
+mod region;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -120,6 +122,13 @@ impl FakeGce {
                 description: String::new(),
             },
         );
+    }
+
+    /// Sets a regional quota's limit (`CPUS`, `INSTANCES`, `DISKS_TOTAL_GB`,
+    /// `IN_USE_ADDRESSES`), as a project's quota would be lowered or raised.
+    pub fn set_quota(&self, project: &str, region: &str, metric: &str, limit: f64) {
+        let mut m = self.api.model.lock().expect("model poisoned");
+        m.quota_limits.insert((project.to_owned(), region.to_owned(), metric.to_owned()), limit);
     }
 
     /// The model as JSON (what `GET /_fake/state` answers).

@@ -318,6 +318,9 @@ pub struct Model {
     pub settings: Settings,
     /// Projects by id, made on first use.
     pub projects: BTreeMap<String, Project>,
+    /// Regional quota limits set by the tests, by (project, region, metric); every other
+    /// metric has its default (see `region.rs`).
+    pub quota_limits: BTreeMap<(String, String, String), f64>,
     next_id: u64,
     next_ip: u32,
 }
@@ -409,7 +412,13 @@ impl Default for Model {
 impl Model {
     /// An empty model with the public images.
     pub fn new(settings: Settings) -> Self {
-        let mut model = Model { settings, projects: BTreeMap::new(), next_id: 1_000_000_000_000_000, next_ip: 2 };
+        let mut model = Model {
+            settings,
+            projects: BTreeMap::new(),
+            quota_limits: BTreeMap::new(),
+            next_id: 1_000_000_000_000_000,
+            next_ip: 2,
+        };
         model.seed_public_images();
         model
     }

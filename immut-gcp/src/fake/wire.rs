@@ -676,6 +676,10 @@ impl GceApi {
                     Ok(m.start_op(&p, None, method, "deprecate", target, Some(id), Some(effect), faults, now).0)
                 })
             }
+            "compute.regions.get" => {
+                let mut m = self.model.lock().expect("model poisoned");
+                Ok(Response::ok(&super::region::region_json(env, &mut m, &p, &name, now)?))
+            }
             "compute.instanceGroups.list" => {
                 let mut m = self.model.lock().expect("model poisoned");
                 let items = m
@@ -1030,6 +1034,7 @@ fn route(method: &str, segments: &[&str]) -> Option<(&'static str, Target)> {
         ("GET", ["global", "images", "family", f]) => ("compute.images.getFromFamily", t(None, Some(f))),
         ("GET", ["global", "images", n]) => ("compute.images.get", t(None, Some(n))),
         ("POST", ["global", "images", n, "deprecate"]) => ("compute.images.deprecate", t(None, Some(n))),
+        ("GET", ["regions", r]) => ("compute.regions.get", t(None, Some(r))),
         ("GET", ["zones", z, "instanceGroups"]) => ("compute.instanceGroups.list", t(Some(z), None)),
         ("POST", ["zones", z, "instanceGroups"]) => ("compute.instanceGroups.insert", t(Some(z), None)),
         ("GET", ["zones", z, "instanceGroups", g]) => ("compute.instanceGroups.get", t(Some(z), Some(g))),
