@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
-use google_cloud_compute_v1::client::{BackendServices, Disks, Images, InstanceGroups, Instances};
+use google_cloud_compute_v1::client::{BackendServices, Disks, Images, InstanceGroups, Instances, Regions};
 use google_cloud_gax::retry_policy::NeverRetry;
 use immut_core::{Error, ErrorKind, Result};
 
@@ -268,6 +268,7 @@ impl GcpBuilder {
             groups: client!(InstanceGroups),
             backends: client!(BackendServices),
             disks: client!(Disks),
+            regions: client!(Regions),
         };
         let clients = Clients::new(
             sdk,

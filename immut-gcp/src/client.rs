@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use google_cloud_compute_v1::client::{BackendServices, Disks, Images, InstanceGroups, Instances};
+use google_cloud_compute_v1::client::{BackendServices, Disks, Images, InstanceGroups, Instances, Regions};
 use google_cloud_compute_v1::model;
 use google_cloud_gax::error::rpc::StatusDetails;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -161,6 +161,7 @@ pub(crate) struct Clients {
     pub groups: InstanceGroups,
     pub backends: BackendServices,
     pub disks: Disks,
+    pub regions: Regions,
     mutate: DefaultDirectRateLimiter,
     read: DefaultDirectRateLimiter,
     list: DefaultDirectRateLimiter,
@@ -186,6 +187,7 @@ pub(crate) struct Sdk {
     pub groups: InstanceGroups,
     pub backends: BackendServices,
     pub disks: Disks,
+    pub regions: Regions,
 }
 
 /// Settings the clients need besides the SDK.
@@ -206,6 +208,7 @@ impl Clients {
             groups: sdk.groups,
             backends: sdk.backends,
             disks: sdk.disks,
+            regions: sdk.regions,
             mutate: limiter(s.pacing.mutate),
             read: limiter(s.pacing.read),
             list: limiter(s.pacing.list),
@@ -352,6 +355,18 @@ impl Clients {
             Ok(image) => Ok(Some(image)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// A region of this project, with its quotas; `None` when there is no such region.
+    pub async fn region(&self, region: &str) -> Result<Option<model::Region>> {
+        self.pace(Pace::Read, "regions.get").await;
+        match self.regions.get().set_project(&self.project).set_region(region).send().await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => match map_error(Failure::Call(e), "regions.get") {
+                e if e.kind() == ErrorKind::NotFound => Ok(None),
+                e => Err(e),
+            },
         }
     }
 

@@ -74,6 +74,8 @@ pub const CALLS: &[Call] = &[
     call("instances.setLabels", &["compute.instances.setLabels"]),
     call("instances.delete", &["compute.instances.delete"]),
     call("disks.get", &["compute.disks.get"]),
+    // Rollback readiness: the regions' quotas, for the room a relaunch has.
+    call("regions.get", &["compute.regions.get"]),
     call("zoneOperations.get", &["compute.zoneOperations.get"]),
     call("globalOperations.get", &["compute.globalOperations.get"]),
     stack("instanceGroups.get", &["compute.instanceGroups.get"]),

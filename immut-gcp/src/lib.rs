@@ -14,6 +14,10 @@
 //!   suspended instances are still listed, counted and cleaned up. Terminate deletes each
 //!   instance, concurrently within the pacing; already gone is `Ok`. The artifact is an image
 //!   (`projects/P/global/images/NAME` or a family), checked before its first launch.
+//! - Rollback readiness ([`immut_core::Provider::readiness`]): a fresh `images.get` (or
+//!   `images.getFromFamily`) of the release's image: `OBSOLETE`, `DELETED`, `FAILED` or gone
+//!   blocks, `DEPRECATED` warns; `regions.get` of the zones' regions gives the room a
+//!   relaunch has under the `INSTANCES`, `CPUS` and the machine family's CPU quotas.
 //! - Every long-running operation is polled to `DONE` and its `error` checked: the official
 //!   poller returns `Ok` for an operation that failed, and that is never read as success.
 //! - [`GcpTraffic`]: a backend service with unmanaged instance groups (one per zone, and per
@@ -35,6 +39,7 @@ mod config;
 pub mod fake;
 pub mod guardrails;
 mod provider;
+mod readiness;
 pub mod stack;
 
 pub use builder::GcpBuilder;

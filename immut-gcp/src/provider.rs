@@ -8,7 +8,7 @@ use google_cloud_compute_v1::model;
 use immut_core::model::{LabelCharset, Observed, label_keys};
 use immut_core::{
     Adopt, Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
-    PacingStats, Provenance, Provider, Query, Result, Traffic,
+    PacingStats, Provenance, Provider, Query, Readiness, Release, Result, Traffic,
 };
 use sha2::{Digest, Sha256};
 
@@ -488,6 +488,47 @@ impl Provider for GcpProvider {
             // Compute Engine read requests are metered per project per minute.
             min_poll_interval: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// The release's image asked afresh, past the launch-time cache (an image made obsolete
+    /// since the last launch is exactly what this must see), and the room the quotas of the
+    /// zones' regions leave for its machine type. Quotas that cannot be read leave the room
+    /// unknown; they never block.
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let reference = &release.artifact().image;
+        let (project, name, family) = match parse_image(self.project(), reference)? {
+            ImageRef::Name { project, name } => (project, Some(name), None),
+            ImageRef::Family { project, family } => (project, None, Some(family)),
+        };
+        let image = self.clients.image(&project, name.as_deref(), family.as_deref()).await?;
+        let readiness = crate::readiness::image_readiness(reference, image.as_ref());
+        if readiness.is_blocked() {
+            return Ok(readiness);
+        }
+        let machine_type =
+            release.baseline().spec.machine_type.clone().unwrap_or_else(|| self.defaults.machine_type.clone());
+        let regions: BTreeSet<&str> =
+            self.zones.iter().map(|z| z.rsplit_once('-').map_or(z.as_str(), |(region, _)| region)).collect();
+        let mut room: Option<usize> = None;
+        for region in regions {
+            match self.clients.region(region).await {
+                Ok(Some(r)) => {
+                    if let Some(n) = crate::readiness::room(&r.quotas, &machine_type) {
+                        room = Some(room.unwrap_or(0) + n);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "the region's quotas could not be read; the room is unknown");
+                    room = None;
+                    break;
+                }
+            }
+        }
+        Ok(match room {
+            Some(n) => readiness.with_room(n),
+            None => readiness,
+        })
     }
 
     async fn launch(&self, request: &LaunchRequest) -> Result<Vec<Instance>> {
