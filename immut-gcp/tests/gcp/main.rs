@@ -7,4 +7,5 @@ mod conformance;
 mod deployments;
 mod figures;
 mod python_client;
+mod readiness;
 mod support;
