@@ -11,7 +11,8 @@
 //! | virtualMachines | `CreateOrUpdate` (`If-None-Match: *`, `If-Match`), `Get` (`$expand=instanceView`), `List` (`$expand`, `nextLink`), `ListAll`, `Update` (PATCH), `Delete`, `InstanceView`, `Deallocate` |
 //! | operations | the `Azure-AsyncOperation` status resource and the `Location` operation result, for Compute and Network |
 //! | disks, networkInterfaces | `Get`, `List` (the OS disk and NIC each VM gets, so that leaks are visible) |
-//! | galleries/images/versions | `Get` |
+//! | galleries/images/versions | `Get`, `CreateOrUpdate` (`publishingProfile.endOfLifeDate`, `excludeFromLatest`), `Delete` |
+//! | usages (Compute, per location) | `List`: `cores`, `virtualMachines`, ... with the limit and the subscription's VMs' usage (reported, not enforced) |
 //! | virtualMachineImages (marketplace) | `Get`, `List` |
 //! | loadBalancers | `CreateOrUpdate` (etags, `If-Match`, `If-None-Match`), `Get`, `List`, `Delete`; `LoadBalancerBackendAddressPools_Get`; `LoadBalancerLoadBalancingRules_Health` |
 //!
@@ -45,7 +46,9 @@
 //! [`Fault::RateLimited`] answers ARM's 429 with `Retry-After`.
 
 mod error;
+mod gallery;
 mod model;
+mod usage;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -122,6 +125,13 @@ impl FakeArm {
     /// or a marketplace `publisher:offer:sku:version`, as an image pipeline would.
     pub fn publish_image(&self, id: &str, location: &str) {
         wire::publish(&self.api.model, id, location);
+    }
+
+    /// Sets a compute usage's limit in a location (`cores`, `virtualMachines`, ...), as a
+    /// subscription's quota would be lowered or raised.
+    pub fn set_usage_limit(&self, location: &str, name: &str, limit: i64) {
+        let mut m = self.api.model.lock().expect("model poisoned");
+        m.usage_limits.insert((location.to_ascii_lowercase(), name.to_owned()), limit);
     }
 
     /// The model as JSON (what `GET /_fake/state` answers).

@@ -229,6 +229,17 @@ pub struct Image {
     pub id: String,
     /// Location.
     pub location: String,
+    /// A gallery version's `publishingProfile.endOfLifeDate`, as given.
+    pub end_of_life: Option<String>,
+    /// A gallery version's `publishingProfile.excludeFromLatest`.
+    pub exclude_from_latest: bool,
+}
+
+impl Image {
+    /// A published image with no end of life.
+    pub fn new(id: &str, location: &str) -> Self {
+        Image { id: id.to_owned(), location: location.to_owned(), end_of_life: None, exclude_from_latest: false }
+    }
 }
 
 /// What an operation does when it ends.
@@ -296,6 +307,9 @@ pub struct Model {
     pub images: BTreeMap<String, Image>,
     /// Operations by id.
     pub ops: BTreeMap<String, Op>,
+    /// Usage limits set by the tests, by (lowercase location, usage name); every other usage
+    /// has its default (see `usage.rs`).
+    pub usage_limits: BTreeMap<(String, String), i64>,
     /// Tokens left in each subscription's read, write and delete bucket, and when they were
     /// last counted.
     pub buckets: BTreeMap<String, [(f64, Duration); 3]>,
@@ -386,11 +400,12 @@ impl Model {
             lbs: BTreeMap::new(),
             images: BTreeMap::new(),
             ops: BTreeMap::new(),
+            usage_limits: BTreeMap::new(),
             buckets: BTreeMap::new(),
             next: 0,
         };
         for urn in MARKETPLACE {
-            m.images.insert(urn.to_ascii_lowercase(), Image { id: (*urn).to_owned(), location: "*".into() });
+            m.images.insert(urn.to_ascii_lowercase(), Image::new(urn, "*"));
         }
         m
     }

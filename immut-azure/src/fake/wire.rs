@@ -38,7 +38,9 @@ pub enum Route {
     /// A NIC or the NICs of a group.
     Nic { sub: String, group: String, name: Option<String> },
     /// A gallery image version.
-    Gallery { sub: String, group: String, gallery: String, image: String, version: String },
+    Gallery(super::gallery::VersionPath),
+    /// The compute usages of a location.
+    Usages { sub: String, location: String },
     /// A marketplace image version, or (`version: None`) the versions of a SKU.
     Platform { location: String, publisher: String, offer: String, sku: String, version: Option<String> },
     /// A load balancer or the load balancers of a group.
@@ -780,26 +782,10 @@ impl ArmApi {
                     self.page(m.settings.page_size, req, env, items)
                 }
             },
-            Route::Gallery { sub, group, gallery, image, version } => {
-                let id = format!(
-                    "/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Compute/galleries/{gallery}/images/{image}/versions/{version}"
-                );
-                let found = m.image(&id).ok_or_else(|| {
-                    ArmError::not_found(
-                        "Microsoft.Compute/galleries/images/versions",
-                        &format!("{gallery}/{image}/{version}"),
-                        &group,
-                    )
-                })?;
-                Ok(Response::ok(&json!({
-                    "id": found.id, "name": version, "type": "Microsoft.Compute/galleries/images/versions",
-                    "location": found.location,
-                    "properties": {
-                        "provisioningState": "Succeeded",
-                        "publishingProfile": { "targetRegions": [{ "name": found.location, "regionalReplicaCount": 1 }], "replicaCount": 1, "excludeFromLatest": false },
-                        "storageProfile": { "osDiskImage": { "sizeInGB": 30, "hostCaching": "ReadWrite" } },
-                    },
-                })))
+            Route::Gallery(path) => super::gallery::serve(&mut m, req, &path),
+            Route::Usages { sub, location } => {
+                let items = super::usage::usages(&m, &sub, &location, now);
+                self.page(m.settings.page_size, req, env, items)
             }
             Route::Platform { location, publisher, offer, sku, version } => {
                 let prefix = format!("{publisher}:{offer}:{sku}:").to_ascii_lowercase();
@@ -1369,11 +1355,20 @@ fn route(method: &str, path: &str) -> Option<(&'static str, &'static [&'static s
             _,
             "versions",
             _,
-        ] if m == "GET" => (
-            "GalleryImageVersions_Get",
-            GALLERY_VERSIONS,
-            Route::Gallery { sub: s(1), group: s(3), gallery: s(7), image: s(9), version: s(11) },
-        ),
+        ] => {
+            let op = match m {
+                "GET" => "GalleryImageVersions_Get",
+                "PUT" => "GalleryImageVersions_CreateOrUpdate",
+                "DELETE" => "GalleryImageVersions_Delete",
+                _ => return None,
+            };
+            let path =
+                super::gallery::VersionPath { sub: s(1), group: s(3), gallery: s(7), image: s(9), version: s(11) };
+            (op, GALLERY_VERSIONS, Route::Gallery(path))
+        }
+        ["subscriptions", _, "providers", "microsoft.compute", "locations", _, "usages"] if m == "GET" => {
+            ("Usage_List", COMPUTE_VERSIONS, Route::Usages { sub: s(1), location: s(5) })
+        }
         [
             "subscriptions",
             _,
@@ -1614,11 +1609,7 @@ pub(crate) fn operation_id(method: &str, path: &str) -> &'static str {
 
 /// Publishes an image (a gallery image version id, or a marketplace `publisher:offer:sku:version`).
 pub(crate) fn publish(model: &Mutex<Model>, id: &str, location: &str) {
-    model
-        .lock()
-        .expect("model poisoned")
-        .images
-        .insert(id.to_ascii_lowercase(), Image { id: id.to_owned(), location: location.to_owned() });
+    model.lock().expect("model poisoned").images.insert(id.to_ascii_lowercase(), Image::new(id, location));
 }
 
 #[cfg(test)]
