@@ -38,6 +38,8 @@ const POLL_NETWORK: &str = "Microsoft.Network/locations/operations/read";
 /// Every ARM operation this crate calls (provider, traffic, health and the demo stack).
 pub const CALLS: &[Call] = &[
     Call { operation: "GalleryImageVersions_Get", actions: &["Microsoft.Compute/galleries/images/versions/read"] },
+    // Rollback readiness: the room a relaunch has under the location's quotas.
+    Call { operation: "Usage_List", actions: &["Microsoft.Compute/locations/usages/read"] },
     Call {
         operation: "VirtualMachineImages_Get",
         actions: &["Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read"],

@@ -18,6 +18,12 @@
 //!   group's VMs with `$expand=instanceView`, following `nextLink`, and filters by tag;
 //!   failed, stopped, deallocated and deleting VMs are still listed, counted and cleaned up.
 //!   Terminate deletes each VM and polls the operation to its end; already gone is `Ok`.
+//! - Rollback readiness ([`immut_core::Provider::readiness`]): the release's image version
+//!   read afresh: a gallery image version that is gone or not `Succeeded` blocks, one past its
+//!   `publishingProfile.endOfLifeDate` warns (`excludeFromLatest` does not matter to a pinned
+//!   version); a marketplace version that is gone or `Deprecated` blocks, one
+//!   `ScheduledForDeprecation` warns. The location's usages (`virtualMachines`, `cores`) give
+//!   the room a relaunch has.
 //! - Long-running operations are polled by this crate, never by the SDK (whose loop re-sends
 //!   the PUT): the `Azure-AsyncOperation` status resource, else `Location`, else the
 //!   resource's `provisioningState`, each wait honouring `Retry-After`. A `Failed` or
@@ -50,6 +56,7 @@ mod config;
 pub mod fake;
 pub mod guardrails;
 mod provider;
+mod readiness;
 pub mod stack;
 
 pub use builder::AzureBuilder;

@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use immut_core::model::{LabelCharset, Observed, label_keys};
 use immut_core::{
     Adopt, Capabilities, Error, ErrorKind, Health, HealthCheck, Instance, InstanceId, InstanceState, LaunchRequest,
-    PacingStats, Provenance, Provider, Query, Result, Traffic,
+    PacingStats, Provenance, Provider, Query, Readiness, Release, Result, Traffic,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -513,6 +513,17 @@ impl AzureProvider {
         Ok(found)
     }
 
+    /// The compute usages of the provider's location, every page.
+    async fn usages(&self) -> Result<Vec<models::Usage>> {
+        let c = &self.clients;
+        let mut pages = c.compute.usage_client().list(&c.location, &c.subscription).into_stream();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            found.extend(page.map_err(|e| map_error(Failure::Call(e), "Usage_List"))?.value);
+        }
+        Ok(found)
+    }
+
     /// The private IP of each NIC not seen before.
     async fn observe(&self, vms: &[models::VirtualMachine]) -> Result<()> {
         let unseen: Vec<String> = {
@@ -594,6 +605,17 @@ impl AzureProvider {
     }
 }
 
+/// The body of a GET, or `None` when ARM says the resource is not there.
+async fn answer_or_none(got: azure_core::Result<azure_core::Response>, op: &str) -> Result<Option<Value>> {
+    match got {
+        Ok(r) => Ok(Some(read(r, op).await?.body)),
+        Err(e) => match map_error(Failure::Call(e), op) {
+            e if e.kind() == ErrorKind::NotFound => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
 fn check_name(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 80
@@ -647,6 +669,49 @@ impl Provider for AzureProvider {
             lingering_holds_quota: true,
             // ARM meters reads per subscription, and one observation is several reads (VMs, NICs, pool).
             min_poll_interval: std::time::Duration::from_secs(2),
+        }
+    }
+
+    /// The release's image version asked afresh, past the launch-time cache (a version deleted
+    /// since the last launch is exactly what this must see), and the room the location's
+    /// usages leave for its VM size. Usages that cannot be read leave the room unknown; they
+    /// never block.
+    async fn readiness(&self, release: &Release) -> Result<Readiness> {
+        let reference = &release.artifact().image;
+        let c = &self.clients;
+        let readiness = match &parse_image(reference)? {
+            ImageRef::Gallery { sub, group, gallery, image, version, .. } => {
+                let op = "GalleryImageVersions_Get";
+                let got =
+                    c.compute.gallery_image_versions_client().get(sub, group, gallery, image, version).send().await;
+                let version = answer_or_none(got.map(|r| r.into_raw_response()), op).await?;
+                crate::readiness::gallery_readiness(reference, version.as_ref(), time::OffsetDateTime::now_utc())
+            }
+            ImageRef::Marketplace { publisher, offer, sku, version } => {
+                let op = "VirtualMachineImages_Get";
+                let got = c
+                    .compute
+                    .virtual_machine_images_client()
+                    .get(&c.location, publisher, offer, sku, version, &c.subscription)
+                    .send()
+                    .await;
+                let version = answer_or_none(got.map(|r| r.into_raw_response()), op).await?;
+                crate::readiness::marketplace_readiness(reference, version.as_ref())
+            }
+        };
+        if readiness.is_blocked() {
+            return Ok(readiness);
+        }
+        let size = release.baseline().spec.machine_type.clone().unwrap_or_else(|| self.defaults.vm_size.clone());
+        match self.usages().await {
+            Ok(usages) => Ok(match crate::readiness::room(&usages, &size) {
+                Some(room) => readiness.with_room(room),
+                None => readiness,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the location's usages could not be read; the room is unknown");
+                Ok(readiness)
+            }
         }
     }
 
