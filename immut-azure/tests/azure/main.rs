@@ -8,5 +8,6 @@ mod deployments;
 mod figures;
 mod polling;
 mod python_client;
+mod readiness;
 mod support;
 mod wire;

@@ -4,7 +4,8 @@
 //! without an error, their own pollers following each long-running operation: once as Compute
 //! and Network answer (`Azure-AsyncOperation`), once with a rule health computed behind a 202,
 //! and once with the fallbacks ARM's contract allows (a PUT's `provisioningState`, a DELETE's
-//! and a POST's `Location`).
+//! and a POST's `Location`). It also reads, updates and deletes a gallery image version and
+//! lists a location's usages (what rollback readiness asks).
 
 use immut_azure::fake::{FakeArm, Settings};
 
@@ -76,4 +77,25 @@ async fn microsofts_python_clients_follow_the_fallback_answers_of_the_fake() {
     assert!(calls["VirtualMachines_Get"] > 1, "the PUTs were followed by reading the VM: {calls:?}");
     assert!(calls["ComputeOperationResults_Get"] >= 3, "the deletes were followed at their Location: {calls:?}");
     assert!(calls["NetworkOperationResults_Get"] >= 1, "the 202 health was read at its Location: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microsofts_python_client_updates_and_deletes_a_gallery_version_and_lists_usages() {
+    let python = immut_core::test_tools::python_with("azure.mgmt.compute").unwrap_or_else(|e| panic!("{e}"));
+    let fake = support::fake_with(settings()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/azure/python/readiness_client.py");
+    let args = [fake.url(), SUB, LOCATION, &support::image(1)].map(str::to_owned);
+    let out = immut_fake::official_client::run_script(python, script, args.to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("the official client failed on the fake: {e}"));
+    assert!(out.contains("update: 1.0.0 2025-01-01") && out.contains("deleted: 404"), "{out}");
+    let calls = fake.calls();
+    assert_eq!(
+        calls.get("GalleryImageVersions_CreateOrUpdate"),
+        Some(&1),
+        "the poller never sent the PUT again: {calls:?}"
+    );
+    assert_eq!(calls.get("GalleryImageVersions_Delete"), Some(&1), "{calls:?}");
+    let paged = fake.requests().iter().filter(|r| r.operation == "Usage_List" && r.uri.contains("$skiptoken")).count();
+    assert!(paged >= 1, "the client followed the usages' nextLink (4 usages, pages of 2)");
 }
