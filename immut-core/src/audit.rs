@@ -1,7 +1,8 @@
 //! Drift audit, orphan reaping and reconciliation.
 //!
 //! The audit gives every instance of a service one [`Verdict`], from its provenance labels,
-//! their signature, what the provider observed (image, machine type), the serving set, health,
+//! their signature, what the provider observed (image, machine type, and the access settings of
+//! a sealed baseline's instances), the serving set, health,
 //! the running deployment and, given a journal, the record of what each launch returned. The
 //! report is JSON (serde) and a readable table.
 //! [`Deployer::reconcile`](crate::Deployer::reconcile) then replaces the offenders through the
@@ -57,6 +58,12 @@ pub enum Verdict {
         /// Why.
         reason: String,
     },
+    /// Its baseline is sealed, and the provider sees a way in that was opened since the launch
+    /// (a login key, a console, metadata without a token, an agent): it was changed in place.
+    Unsealed {
+        /// What the provider sees open, one entry per way in.
+        opened: Vec<String>,
+    },
     /// Carries immut provenance, is not part of the expected release, does not serve, and no
     /// running deployment owns it.
     Orphaned {
@@ -88,6 +95,7 @@ impl Verdict {
             Verdict::Unmanaged => "unmanaged",
             Verdict::Tampered { .. } => "tampered",
             Verdict::Unhealthy { .. } => "unhealthy",
+            Verdict::Unsealed { .. } => "unsealed",
             Verdict::Orphaned { .. } => "orphaned",
             Verdict::Unrecorded { .. } => "unrecorded",
         }
@@ -107,6 +115,7 @@ impl Verdict {
             }
             Verdict::Unhealthy { reason } => reason.clone(),
             Verdict::Orphaned { deployment } => deployment.clone(),
+            Verdict::Unsealed { opened } => format!("opened: {}", opened.join("; ")),
             Verdict::Unrecorded { deployment, token, predates_record: true } => {
                 format!("deployment {deployment} predates the journal's record (token {token}); report only")
             }
@@ -372,6 +381,13 @@ impl<'a> Audit<'a> {
             && seen != want
         {
             return Verdict::WrongBaseline { detail: format!("runs on {seen}, the baseline says {want}") };
+        }
+        // What the provider cannot see (no access settings at all) is not a finding: only what
+        // it sees open is.
+        if spec.sealed
+            && let Some(access) = i.observed.access.as_ref().filter(|a| !a.is_sealed())
+        {
+            return Verdict::Unsealed { opened: access.openings.iter().map(ToString::to_string).collect() };
         }
         match health {
             Health::Healthy => Verdict::Ok,

@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+mod access;
+pub use access::{Access, AccessPath, Opening};
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -213,6 +216,16 @@ pub struct LaunchSpec {
     /// Provider-specific parameters (for example a port range or a security group).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
+    /// Launch instances with no interactive way in: no login key, no password, metadata behind
+    /// a session token, no remote-command agents (each provider documents what it closes).
+    /// Serialized only when set, so that specs recorded before the option existed keep their
+    /// fingerprint, and read as unset when absent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sealed: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl LaunchSpec {
@@ -236,6 +249,7 @@ impl fmt::Debug for LaunchSpec {
             .field("env", &self.env.keys().map(|k| format!("{k}=<redacted>")).collect::<Vec<_>>())
             .field("labels", &self.labels)
             .field("params", &self.params)
+            .field("sealed", &self.sealed)
             .finish()
     }
 }
@@ -650,6 +664,10 @@ pub struct Observed {
     pub image: Option<String>,
     /// Its actual machine type.
     pub machine_type: Option<String>,
+    /// Its access settings, as far as the provider can see them; `None` where it sees none
+    /// (a local process, an instance the provider did not read them for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
 }
 
 /// One instance as a provider reports it.
@@ -747,6 +765,21 @@ mod tests {
         }
         assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
         assert!(SigningKey::new("short").is_err());
+    }
+
+    #[test]
+    fn sealed_is_serialized_only_when_set_so_old_fingerprints_hold() {
+        let open = LaunchSpec { machine_type: Some("m5".into()), ..Default::default() };
+        let json = serde_json::to_string(&open).unwrap();
+        assert_eq!(json, r#"{"machine_type":"m5"}"#, "an unsealed spec serializes as before the option existed");
+        // The fingerprint of this spec, as recorded before `sealed` existed.
+        assert_eq!(open.fingerprint(), hex_prefix(&Sha256::digest(json.as_bytes()), 32));
+        let read: LaunchSpec = serde_json::from_str(r#"{"machine_type":"m5"}"#).unwrap();
+        assert!(!read.sealed);
+        let sealed = LaunchSpec { sealed: true, ..open.clone() };
+        assert_ne!(sealed.fingerprint(), open.fingerprint());
+        let back: LaunchSpec = serde_json::from_str(&serde_json::to_string(&sealed).unwrap()).unwrap();
+        assert!(back.sealed);
     }
 
     #[test]

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthCheck};
 use crate::model::{
-    DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Observed, Provenance, Release,
-    ReleaseId,
+    Access, AccessPath, DeploymentId, Instance, InstanceId, InstanceState, LabelCharset, LaunchToken, Observed,
+    Provenance, Release, ReleaseId,
 };
 use crate::provider::{Adopt, Capabilities, LaunchRequest, Provider, Query, Readiness};
 use crate::traffic::Traffic;
@@ -576,7 +576,7 @@ impl SimProvider {
                 state: InstanceState::Running,
                 provenance: None,
                 labels: Arc::default(),
-                observed: Arc::new(Observed { image: Some(image.to_owned()), machine_type: None }),
+                observed: Arc::new(Observed { image: Some(image.to_owned()), ..Observed::default() }),
                 address: None,
             };
             state.index.insert(instance.id.clone(), idx);
@@ -612,6 +612,19 @@ impl SimProvider {
         let instance = &mut state.instances[idx].instance;
         instance.observed =
             Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
+        true
+    }
+
+    /// Opens a way into an instance out of band, as adding a key or enabling a console by hand
+    /// would: what the provider observes of its access gains the opening. Returns false for
+    /// an unknown id.
+    pub fn open_access(&self, id: &InstanceId, path: AccessPath, detail: &str) -> bool {
+        let mut state = self.lock();
+        let Some(&idx) = state.index.get(id) else { return false };
+        state.changed_at = Some(Instant::now());
+        let instance = &mut state.instances[idx].instance;
+        let access = instance.observed.access.clone().unwrap_or_default().with(path, detail);
+        instance.observed = Arc::new(Observed { access: Some(access), ..(*instance.observed).clone() });
         true
     }
 
@@ -672,6 +685,8 @@ fn insert(state: &mut SimState, request: &LaunchRequest, running_at: Instant, he
     let observed = Arc::new(Observed {
         image: Some(request.release.artifact().image.clone()),
         machine_type: request.release.baseline().spec.machine_type.clone(),
+        // The simulated cloud closes every way in of a sealed launch and knows of none otherwise.
+        access: request.release.baseline().spec.sealed.then(Access::sealed),
     });
     let mut out = Vec::with_capacity(request.count);
     state.changed_at = Some(Instant::now());

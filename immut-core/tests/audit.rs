@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{latencies, release};
 use immut_core::audit::{Audit, Verdict};
 use immut_core::journal::MemoryJournal;
-use immut_core::model::label_keys;
+use immut_core::model::{AccessPath, label_keys};
 use immut_core::sim::SimProvider;
 use immut_core::{Adopt, Deployer, DeploymentId, Provenance, Provider, Query, Rolling, SigningKey, Traffic};
 
@@ -47,6 +47,59 @@ async fn a_clean_fleet_audits_ok_and_drift_is_named() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["findings"].as_array().unwrap().len(), 4);
     assert!(report.table().contains("m5.24xlarge"), "{}", report.table());
+}
+
+fn sealed(r: &immut_core::Release) -> immut_core::Release {
+    let mut baseline = r.baseline().clone();
+    baseline.spec.sealed = true;
+    immut_core::Release::new(r.service(), r.artifact(), &baseline).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sealed_instance_that_gains_a_way_in_is_unsealed_and_replaced() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = sealed(&release((1, 0, 0)));
+    assert!(deployer(&sim).deploy(v1.clone()).run().await.succeeded());
+    let (provider, traffic, health, k) = (sim.clone(), sim.traffic(), sim.health(), key());
+    let audit = Audit::new(&provider, &traffic).health(&health).signing_key(&k);
+    let report = audit.run(&v1).await.unwrap();
+    assert!(report.is_clean(), "{}", report.table());
+
+    let ids: Vec<_> = sim.describe(&Query::service("web")).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert!(sim.open_access(&ids[1], AccessPath::LoginKey, "KeyName=ops"));
+    assert!(sim.open_access(&ids[1], AccessPath::SerialConsole, "serial-port-enable=TRUE"));
+    let report = audit.run(&v1).await.unwrap();
+    let finding = report.findings.iter().find(|f| f.id == ids[1]).unwrap();
+    assert_eq!(
+        finding.verdict,
+        Verdict::Unsealed {
+            opened: vec!["login key (KeyName=ops)".to_owned(), "serial console (serial-port-enable=TRUE)".to_owned()]
+        }
+    );
+    assert_eq!(report.counts.get("unsealed"), Some(&1), "{}", report.table());
+    assert_eq!(report.offenders(), vec![ids[1].clone()]);
+    assert!(report.table().contains("KeyName=ops"), "{}", report.table());
+    let json = serde_json::to_value(&report).unwrap();
+    let unsealed = json["findings"].as_array().unwrap().iter().find(|f| f["verdict"] == "unsealed").unwrap();
+    assert_eq!(unsealed["opened"][0], "login key (KeyName=ops)");
+
+    // Reconcile replaces the opened instance with a sealed one; nothing is patched.
+    assert!(deployer(&sim).reconcile(&report, v1.clone()).run().await.succeeded());
+    let report = audit.run(&v1).await.unwrap();
+    assert!(report.is_clean(), "{}", report.table());
+    assert!(report.findings.iter().all(|f| f.id != ids[1]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsealed_baseline_ignores_open_access() {
+    let sim = latencies(SimProvider::builder()).build().unwrap();
+    let v1 = release((1, 0, 0));
+    assert!(deployer(&sim).deploy(v1.clone()).run().await.succeeded());
+    let id = sim.describe(&Query::service("web")).await.unwrap()[0].id.clone();
+    sim.open_access(&id, AccessPath::LoginKey, "KeyName=ops");
+    let (provider, traffic, k) = (sim.clone(), sim.traffic(), key());
+    let report = Audit::new(&provider, &traffic).signing_key(&k).run(&v1).await.unwrap();
+    assert!(report.is_clean(), "{}", report.table());
 }
 
 #[tokio::test(start_paused = true)]

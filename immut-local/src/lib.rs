@@ -28,6 +28,8 @@
 //! reserved until the process listens on it, which needs the process to bind with
 //! `SO_REUSEADDR`, as Rust's std and tokio, Go, Node and most servers do) or `none`. Every
 //! process also gets `PORT` and the `IMMUT_*` variables of [`env`](mod@env).
+//! `sealed` is accepted and means nothing here: a process has no login key, console or agent
+//! to close, so the provider reports no access settings and the audit flags none.
 //!
 //! Linux only: process identity is read from `/proc`. Elsewhere the builders fail with
 //! `Unsupported`.

@@ -208,7 +208,7 @@ impl LocalProvider {
             (false, false, Some(_)) => (InstanceState::Terminated, Keep::Yes),
         };
         let observed =
-            Observed { image: if leader { observed_image(record, target.pid) } else { None }, machine_type: None };
+            Observed { image: if leader { observed_image(record, target.pid) } else { None }, ..Observed::default() };
         (self.instance(record, state, observed), keep)
     }
 
@@ -518,7 +518,7 @@ impl LocalProvider {
                 state: InstanceState::Running,
                 provenance: None,
                 labels: Arc::default(),
-                observed: Arc::new(Observed { image: Some(s.image.display().to_string()), machine_type: None }),
+                observed: Arc::new(Observed { image: Some(s.image.display().to_string()), ..Observed::default() }),
                 address: s.port.map(|p| format!("127.0.0.1:{p}")),
             })
             .collect()

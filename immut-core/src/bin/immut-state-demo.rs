@@ -269,7 +269,7 @@ impl DirCloud {
                 id: record.id,
                 state,
                 labels: Arc::new(record.labels),
-                observed: Arc::new(Observed { image: Some(record.image), machine_type: None }),
+                observed: Arc::new(Observed { image: Some(record.image), ..Observed::default() }),
                 address: None,
             });
         }
