@@ -9,7 +9,8 @@
 //! - [`others_policy`]: for every other principal (attach it to their groups or roles, or
 //!   use it as an SCP with [`AwsGuardrailOptions::exempt_principals`]): on instances and
 //!   volumes tagged [`MANAGED_KEY`] it refuses stop, start, reboot, attribute and metadata
-//!   changes, profile and volume swaps, and sessions (Instance Connect, serial console, SSM);
+//!   changes, profile and volume swaps, and sessions (Instance Connect, serial console, SSM
+//!   sessions and commands);
 //!   anywhere it refuses adding or removing a provenance tag ([`PROVENANCE_KEYS`]) and launches
 //!   that carry one. Termination stays allowed: it does not change what runs into something
 //!   the pipeline did not build, watch restores the count, and it is the break-glass for a
@@ -129,6 +130,11 @@ pub const VOLUME_CHANGES: &[&str] = &["ec2:ModifyVolume", "ec2:AttachVolume", "e
 /// Interactive ways into an instance, refused on managed ones: a session can change anything.
 pub const SESSIONS: &[&str] =
     &["ec2-instance-connect:SendSSHPublicKey", "ec2-instance-connect:SendSerialConsoleSSHPublicKey"];
+
+/// Session Manager's ways into an instance (a shell, or a command run as root), refused on
+/// managed ones. SSM conditions an instance's tags as `ssm:resourceTag/<key>`, so these get a
+/// statement of their own.
+pub const SSM_SESSIONS: &[&str] = &["ssm:SendCommand", "ssm:StartSession"];
 
 /// Where the documents apply, and what the deployment uses besides instances and target groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,6 +384,11 @@ pub fn others_policy(options: &AwsGuardrailOptions) -> Result<IamPolicy> {
         ),
         deny("NoChangesToManagedVolumes", VOLUME_CHANGES, vec![volumes.clone()]).when("Null", &managed, &["false"]),
         deny("NoSessionsOnManagedInstances", SESSIONS, vec![instances.clone()]).when("Null", &managed, &["false"]),
+        deny("NoSsmSessionsOnManagedInstances", SSM_SESSIONS, vec![instances.clone()]).when(
+            "Null",
+            &format!("ssm:resourceTag/{MANAGED_KEY}"),
+            &["false"],
+        ),
         deny(
             "NoEditsOfProvenanceTags",
             &["ec2:CreateTags", "ec2:DeleteTags"],
@@ -426,14 +437,14 @@ pub fn guardrails(principal: Principal, options: &AwsGuardrailOptions) -> Result
             refuses: vec![
                 format!("on instances tagged {MANAGED_KEY}: {}", INSTANCE_CHANGES.join(", ")),
                 format!("on their volumes: {}", VOLUME_CHANGES.join(", ")),
-                format!("sessions on managed instances: {}", SESSIONS.join(", ")),
+                format!("sessions on managed instances: {}, {}", SESSIONS.join(", "), SSM_SESSIONS.join(", ")),
                 format!("adding or removing a provenance tag ({}) anywhere", PROVENANCE_KEYS.join(", ")),
                 "DeleteTags without keys (which removes every tag) on managed instances".into(),
                 "launches that carry a provenance tag".into(),
             ],
             cannot_refuse: vec![
                 "termination (allowed on purpose: watch restores the count; it is the break-glass for a compromised instance)".into(),
-                "SSM sessions and commands: their tag condition is ssm:resourceTag, add a Deny on ssm:StartSession and ssm:SendCommand for managed instances if SSM is in use".into(),
+                "SSM sessions through a document that targets instances by other means than the instance resource (hybrid managed-instance ARNs): add them to the deny if hybrid nodes are managed".into(),
                 "changes through the instance itself (a process with root on it); sealed instances close the ways in".into(),
                 "tags a launch template adds: deny ec2:CreateLaunchTemplate* with the provenance keys too if principals may create templates".into(),
                 "principals the policy is not attached to (and the root user, unless it is an SCP)".into(),
@@ -522,6 +533,25 @@ mod tests {
             policy.statements.iter().filter(|s| s.effect == Effect::Deny).map(|s| s.sid.as_str()).collect();
         assert_eq!(denies, vec![refuse.sid.as_str()], "the only Deny is the launch without the tag");
         assert!(!policy.actions().iter().any(|a| a.contains('*')), "no wildcard actions: {:?}", policy.actions());
+    }
+
+    #[test]
+    fn the_deployer_policy_grants_no_way_into_an_instance() {
+        let o = AwsGuardrailOptions { stack: true, ..AwsGuardrailOptions::default() };
+        let policy = deployer_policy(&o).unwrap();
+        for action in policy.actions() {
+            assert!(
+                !action.starts_with("ec2-instance-connect:") && !action.starts_with("ssm:"),
+                "the deployer may not open sessions: {action}"
+            );
+            assert!(!SESSIONS.contains(&action.as_str()) && !SSM_SESSIONS.contains(&action.as_str()));
+        }
+        let resources: Vec<&String> = policy.statements.iter().flat_map(|s| &s.resources).collect();
+        assert!(!resources.iter().any(|r| r.contains("key-pair")), "launches with a key pair are not granted");
+        let others = others_policy(&AwsGuardrailOptions::default()).unwrap();
+        let ssm = others.statements.iter().find(|s| s.sid == "NoSsmSessionsOnManagedInstances").unwrap();
+        assert_eq!(ssm.actions, SSM_SESSIONS);
+        assert_eq!(ssm.condition["Null"]["ssm:resourceTag/immut-service"].values(), vec!["false"]);
     }
 
     #[test]

@@ -186,6 +186,8 @@ fn the_simulator_refuses_other_principals_changes_and_lets_the_deployer_work() {
         c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         c
     };
+    // Session Manager reads an instance's tags as ssm:resourceTag/<key>.
+    let ssm_managed = json!({"ssm:resourceTag/immut-service": "web"});
     let provenance: Vec<&str> = PROVENANCE_KEYS.to_vec();
     let launch_tags = json!({"aws:RequestTag/immut-service": "web", "aws:TagKeys": provenance});
     let case =
@@ -280,6 +282,66 @@ fn the_simulator_refuses_other_principals_changes_and_lets_the_deployer_work() {
             managed(json!({})),
             &[&admin, &others],
             &[],
+            denied,
+        ),
+        case(
+            "ops opens a serial console session on a managed instance",
+            ops,
+            "ec2-instance-connect:SendSerialConsoleSSHPublicKey",
+            &instance,
+            managed(json!({})),
+            &[&admin, &others],
+            &[],
+            denied,
+        ),
+        case(
+            "ops starts an SSM session on a managed instance",
+            ops,
+            "ssm:StartSession",
+            &instance,
+            ssm_managed.clone(),
+            &[&admin, &others],
+            &[],
+            denied,
+        ),
+        case(
+            "ops sends an SSM command to a managed instance",
+            ops,
+            "ssm:SendCommand",
+            &instance,
+            ssm_managed.clone(),
+            &[&admin, &others],
+            &[],
+            denied,
+        ),
+        case(
+            "ops starts an SSM session on an unmanaged instance",
+            ops,
+            "ssm:StartSession",
+            &instance,
+            json!({}),
+            &[&admin, &others],
+            &[],
+            "Allowed",
+        ),
+        case(
+            "ops opens an Instance Connect session on an unmanaged instance",
+            ops,
+            "ec2-instance-connect:SendSSHPublicKey",
+            &instance,
+            json!({}),
+            &[&admin, &others],
+            &[],
+            "Allowed",
+        ),
+        case(
+            "SCP: an admin starts an SSM session on a managed instance",
+            ops,
+            "ssm:StartSession",
+            &instance,
+            ssm_managed.clone(),
+            &[&admin],
+            &[&scp],
             denied,
         ),
         case(
@@ -399,6 +461,26 @@ fn the_simulator_refuses_other_principals_changes_and_lets_the_deployer_work() {
             "ec2:TerminateInstances",
             &instance,
             json!({}),
+            &[&deployer],
+            &[],
+            "ImplicitlyDenied",
+        ),
+        case(
+            "the deployer cannot send an SSH key to a managed instance",
+            DEPLOYER_ROLE,
+            "ec2-instance-connect:SendSSHPublicKey",
+            &instance,
+            managed(json!({})),
+            &[&deployer],
+            &[],
+            "ImplicitlyDenied",
+        ),
+        case(
+            "the deployer cannot start an SSM session on a managed instance",
+            DEPLOYER_ROLE,
+            "ssm:StartSession",
+            &instance,
+            ssm_managed.clone(),
             &[&deployer],
             &[],
             "ImplicitlyDenied",
