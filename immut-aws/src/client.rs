@@ -281,6 +281,8 @@ pub(crate) struct RunSpec<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub options: &'a LaunchOptions,
     pub root_device: Option<&'a str>,
+    /// No interactive way in: IMDSv2 answering only the instance itself (hop limit 1).
+    pub sealed: bool,
 }
 
 /// A RunInstances failure, with whether another subnet may succeed.
@@ -519,8 +521,12 @@ impl Clients {
                         Imds::Required => HttpTokensState::Required,
                         Imds::Optional => HttpTokensState::Optional,
                     })
+                    // A hop limit of 1 keeps the token inside the instance: a container or a
+                    // forwarding process on it cannot fetch one.
+                    .set_http_put_response_hop_limit(spec.sealed.then_some(1))
                     .build(),
-            );
+            )
+            .set_key_name(o.key_name.clone());
         if let Some(t) = &o.launch_template {
             let template = if t.id_or_name.starts_with("lt-") {
                 LaunchTemplateSpecification::builder().launch_template_id(&t.id_or_name)

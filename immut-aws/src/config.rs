@@ -2,6 +2,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(test)]
+use immut_core::ErrorKind;
 use immut_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +192,8 @@ pub struct LaunchOptions {
     pub instance_profile: Option<String>,
     /// The metadata service setting (default [`Imds::Required`]).
     pub imds: Option<Imds>,
+    /// The EC2 key pair to install for SSH. A sealed baseline refuses one.
+    pub key_name: Option<String>,
     /// Root volume settings.
     pub ebs: Ebs,
     /// Spot instead of on-demand.
@@ -205,6 +209,7 @@ pub const LAUNCH_PARAMS: &[&str] = &[
     "security_groups",
     "instance_profile",
     "imdsv2",
+    "key_name",
     "ebs_size_gib",
     "ebs_type",
     "ebs_encrypted",
@@ -256,6 +261,7 @@ impl LaunchOptions {
                         }
                     })
                 }
+                "key_name" => o.key_name = Some(v.to_owned()),
                 "ebs_size_gib" => {
                     o.ebs.size_gib = Some(
                         v.parse()
@@ -297,6 +303,30 @@ impl LaunchOptions {
         Ok(o)
     }
 
+    /// Checks that these options, `params` (a baseline's) applied, keep a sealed baseline
+    /// sealed: no key pair and IMDSv2 only. The error names the option, where it was set
+    /// (`baseline.params.<key>` or `launch.<field>`), and `baseline.sealed`.
+    pub fn check_sealed(&self, params: &BTreeMap<String, String>) -> Result<()> {
+        let field = |key: &str, config: &str| {
+            if params.contains_key(key) { format!("baseline.params.{key}") } else { format!("launch.{config}") }
+        };
+        if let Some(key) = &self.key_name {
+            return Err(Error::invalid(
+                &field("key_name", "key_name"),
+                format!(
+                    "names the key pair {key:?} while baseline.sealed is true; a sealed instance has no login key: remove key_name, or set baseline.sealed = false"
+                ),
+            ));
+        }
+        if self.imds == Some(Imds::Optional) {
+            return Err(Error::invalid(
+                &field("imdsv2", "imds"),
+                "is optional while baseline.sealed is true; a sealed instance answers metadata only with a session token: remove imdsv2, or set baseline.sealed = false",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values EC2 would refuse (or misread) before any call; `prefix` names where they
     /// came from (`launch` for the configuration, `baseline.params` for a baseline).
     pub fn validate(&self, prefix: &str) -> Result<()> {
@@ -322,6 +352,9 @@ impl LaunchOptions {
                 &field("security_groups"),
                 format!("{bad:?} is not a security group id (sg-...)"),
             ));
+        }
+        if self.key_name.as_deref() == Some("") {
+            return Err(Error::invalid(&field("key_name"), "is empty; give the key pair's name, or leave it out"));
         }
         if self.instance_profile.as_deref() == Some("") {
             return Err(Error::invalid(&field("instance_profile"), "is empty; give the profile's name or ARN"));
@@ -498,6 +531,24 @@ mod tests {
         );
         assert_eq!(o.spot, Some(Spot { max_price: Some("0.05".into()) }));
         assert_eq!(o.subnets, vec!["subnet-a", "subnet-b"]);
+    }
+
+    #[test]
+    fn a_sealed_baseline_refuses_a_key_pair_and_imdsv1_naming_both_fields() {
+        let p = params(&[("key_name", "ops")]);
+        let e = LaunchOptions::default().with_params(&p).unwrap().check_sealed(&p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("baseline.params.key_name") && e.to_string().contains("baseline.sealed"), "{e}");
+        let configured = LaunchOptions { key_name: Some("ops".into()), ..LaunchOptions::default() };
+        let e = configured.check_sealed(&BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("launch.key_name") && e.to_string().contains("baseline.sealed"), "{e}");
+        let p = params(&[("imdsv2", "optional")]);
+        let e = LaunchOptions::default().with_params(&p).unwrap().check_sealed(&p).unwrap_err();
+        assert!(e.to_string().contains("baseline.params.imdsv2") && e.to_string().contains("baseline.sealed"), "{e}");
+        let p = params(&[("imdsv2", "required"), ("security_groups", "sg-1")]);
+        LaunchOptions::default().with_params(&p).unwrap().check_sealed(&p).unwrap();
+        let e = LaunchOptions::default().with_params(&params(&[("key_name", " ")])).unwrap_err();
+        assert!(e.to_string().contains("baseline.params.key_name"), "{e}");
     }
 
     #[test]

@@ -59,9 +59,11 @@
 //!
 //! Files: `config.rs` (settings, launch options), `builder.rs`, `provider.rs` (the provider,
 //! adoption, status checks), `traffic.rs` (ELBv2 traffic and target health), `client.rs` (SDK
-//! calls and the error mapping), `reads.rs` (what is reused), `alarms.rs` (CloudWatch alarms for analysis), `stack.rs` (a demo
-//! stack).
+//! calls and the error mapping), `reads.rs` (what is reused), `access.rs` (what a sealed
+//! instance keeps closed, read back), `alarms.rs` (CloudWatch alarms for analysis), `stack.rs`
+//! (a demo stack).
 
+mod access;
 mod alarms;
 mod builder;
 mod client;

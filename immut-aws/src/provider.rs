@@ -326,6 +326,7 @@ pub(crate) fn to_instance(i: &Ec2Instance) -> Instance {
         observed: Arc::new(Observed {
             image: i.image_id().map(str::to_owned),
             machine_type: i.instance_type().map(|t| t.as_str().to_owned()),
+            access: Some(crate::access::access(i)),
         }),
         address: i.private_ip_address().map(str::to_owned),
     }
@@ -371,6 +372,9 @@ impl Provider for AwsProvider {
         let release = &request.release;
         let spec = &release.baseline().spec;
         let mut options = self.launch.with_params(&spec.params)?;
+        if spec.sealed {
+            options.check_sealed(&spec.params)?;
+        }
         if !spec.params.contains_key("subnets")
             && let Some(network) = &spec.network
         {
@@ -400,6 +404,7 @@ impl Provider for AwsProvider {
                         labels,
                         options,
                         root_device: image.root_device.as_deref(),
+                        sealed: spec.sealed,
                     })
                     .await
             }

@@ -18,6 +18,8 @@ mod alb;
 mod fleet;
 #[path = "deployments_aws/launch.rs"]
 mod launch;
+#[path = "deployments_aws/sealed.rs"]
+mod sealed;
 #[path = "deployments_aws/web_identity.rs"]
 mod web_identity;
 
