@@ -6,7 +6,7 @@
 //!
 //! | Resource | Methods |
 //! |---|---|
-//! | instances | `list` (filter, `maxResults`/`pageToken`, `orderBy`), `aggregatedList`, `get`, `insert`, `bulkInsert` (`count`, `minCount`, `namePattern`, `perInstanceProperties`), `delete`, `stop`, `start`, `setLabels` |
+//! | instances | `list` (filter, `maxResults`/`pageToken`, `orderBy`), `aggregatedList`, `get`, `insert`, `bulkInsert` (`count`, `minCount`, `namePattern`, `perInstanceProperties`), `delete`, `stop`, `start`, `setLabels`, `setMetadata` (fingerprint-checked: a stale one is `412 conditionNotMet`) |
 //! | disks | `get` (the boot disk each instance gets, with its `sourceImage`) |
 //! | images | `list`, `get`, `getFromFamily`, `insert`, `deprecate` (`deprecated.state`) |
 //! | regions | `get`, with `quotas` (`CPUS`, `INSTANCES`, `DISKS_TOTAL_GB`, `IN_USE_ADDRESSES`: the limit, and the usage of the project's instances; reported, not enforced) |
@@ -32,6 +32,7 @@
 
 mod error;
 pub mod filter;
+mod metadata;
 mod model;
 mod region;
 mod wire;

@@ -57,6 +57,8 @@ pub struct Vm {
     pub label_fingerprint: String,
     /// Metadata items, in order.
     pub metadata: Vec<(String, String)>,
+    /// Changes with every metadata change (`instances.setMetadata` checks it).
+    pub metadata_fingerprint: String,
     /// The boot disk's image, `projects/P/global/images/NAME`.
     pub image: String,
     /// Its id.
@@ -711,6 +713,7 @@ impl Model {
             label_fingerprint: fingerprint(id),
             labels: spec.labels,
             metadata: spec.metadata,
+            metadata_fingerprint: fingerprint(id.rotate_left(32)),
             image,
             image_id,
             disk_size_gb: if spec.disk_size_gb > 0 { spec.disk_size_gb } else { image_size },

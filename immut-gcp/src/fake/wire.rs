@@ -146,11 +146,7 @@ fn vm_json(env: &Env, project: &str, vm: &Vm, now: Duration) -> Value {
             "deviceName": "persistent-disk-0", "index": 0, "boot": true, "autoDelete": true,
             "interface": "SCSI", "diskSizeGb": vm.disk_size_gb.to_string(),
         }],
-        "metadata": {
-            "kind": "compute#metadata",
-            "fingerprint": "mKnGzMvSLXc=",
-            "items": vm.metadata.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>(),
-        },
+        "metadata": super::metadata::render(&vm.metadata, &vm.metadata_fingerprint),
         "serviceAccounts": vm.service_accounts,
         "selfLink": link(env, &format!("{zone_path}/instances/{}", vm.name)),
         "scheduling": { "onHostMaintenance": "MIGRATE", "automaticRestart": true, "preemptible": false },
@@ -581,6 +577,24 @@ impl GceApi {
                         let vm = m.vm(&p, &zone, &name)?;
                         vm.labels = labels;
                         vm.label_fingerprint = fresh;
+                    }
+                    Ok(op)
+                })
+            }
+            "compute.instances.setMetadata" => {
+                let set = super::metadata::parse(&body(req)?)?;
+                self.mutate(&t, req, env, |m, now| {
+                    let vm = m.vm(&p, &zone, &name)?;
+                    super::metadata::check_fingerprint(set.fingerprint.as_deref(), &vm.metadata_fingerprint)?;
+                    let id = vm.id;
+                    let target = format!("{zone_path}/instances/{name}");
+                    let (op, failed) =
+                        m.start_op(&p, Some(&zone), method, "setMetadata", target, Some(id), None, faults, now);
+                    if !failed {
+                        let fresh = m.new_fingerprint();
+                        let vm = m.vm(&p, &zone, &name)?;
+                        vm.metadata = set.items;
+                        vm.metadata_fingerprint = fresh;
                     }
                     Ok(op)
                 })
@@ -1021,6 +1035,7 @@ fn route(method: &str, segments: &[&str]) -> Option<(&'static str, Target)> {
         ("POST", ["zones", z, "instances", n, "stop"]) => ("compute.instances.stop", t(Some(z), Some(n))),
         ("POST", ["zones", z, "instances", n, "start"]) => ("compute.instances.start", t(Some(z), Some(n))),
         ("POST", ["zones", z, "instances", n, "setLabels"]) => ("compute.instances.setLabels", t(Some(z), Some(n))),
+        ("POST", ["zones", z, "instances", n, "setMetadata"]) => ("compute.instances.setMetadata", t(Some(z), Some(n))),
         ("GET", ["aggregated", "instances"]) => ("compute.instances.aggregatedList", t(None, None)),
         ("GET", ["zones", z, "disks", n]) => ("compute.disks.get", t(Some(z), Some(n))),
         ("GET", ["zones", z, "operations"]) => ("compute.zoneOperations.list", t(Some(z), None)),
@@ -1105,6 +1120,7 @@ impl Api for GceApi {
                         json!({
                             "zone": vm.zone, "name": vm.name, "status": vm.status(now), "image": vm.image,
                             "machineType": vm.machine_type, "networkIP": vm.network_ip, "labels": vm.labels,
+                            "metadata": super::metadata::render(&vm.metadata, &vm.metadata_fingerprint),
                             "healthy": model.healthy(vm, now, &env.faults),
                         })
                     })
