@@ -33,6 +33,7 @@
 //!   Compute API's per-project rate quotas. Credentials (Application Default Credentials, or
 //!   [`GcpBuilder::credentials`]) never appear in `Debug` output, logs, events or errors.
 
+pub mod access;
 mod builder;
 mod client;
 mod config;

@@ -269,6 +269,7 @@ impl GcpProvider {
         if let Some(script) = &spec.user_data {
             items.push((metadata_keys::STARTUP_SCRIPT, script.clone()));
         }
+        items.extend(crate::access::launch_items(spec));
         let metadata = model::Metadata::new()
             .set_items(items.into_iter().map(|(k, v)| model::metadata::Items::new().set_key(k).set_value(v)));
         let mut init = model::AttachedDiskInitializeParams::new().set_source_image(image);
@@ -455,6 +456,7 @@ pub(crate) fn to_instance(vm: &model::Instance, disks: &HashMap<String, Option<S
         observed: Arc::new(Observed {
             image,
             machine_type: vm.machine_type.as_deref().map(|m| last_segment(m).to_owned()),
+            access: Some(crate::access::access(vm)),
         }),
         address: vm.network_interfaces.first().and_then(|n| n.network_ip.clone()),
     }
@@ -533,6 +535,7 @@ impl Provider for GcpProvider {
 
     async fn launch(&self, request: &LaunchRequest) -> Result<Vec<Instance>> {
         request.validate(&self.capabilities())?;
+        crate::access::check(&request.release.baseline().spec)?;
         let image = self.ensure_image(&request.release.artifact().image).await?;
         let token = request.token.as_str();
         let pattern = name_pattern(request.release.service(), token);

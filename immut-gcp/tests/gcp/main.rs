@@ -8,4 +8,5 @@ mod deployments;
 mod figures;
 mod python_client;
 mod readiness;
+mod sealed;
 mod support;
