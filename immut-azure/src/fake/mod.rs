@@ -8,7 +8,8 @@
 //!
 //! | Resource | Operations (the reference's operationIds) |
 //! |---|---|
-//! | virtualMachines | `CreateOrUpdate` (`If-None-Match: *`, `If-Match`), `Get` (`$expand=instanceView`), `List` (`$expand`, `nextLink`), `ListAll`, `Update` (PATCH), `Delete`, `InstanceView`, `Deallocate` |
+//! | virtualMachines | `CreateOrUpdate` (`If-None-Match: *`, `If-Match`), `Get` (`$expand=instanceView`), `List` (`$expand`, `nextLink`), `ListAll`, `Update` (PATCH; of `osProfile` only `allowExtensionOperations` changes), `Delete`, `InstanceView`, `Deallocate` |
+//! | virtualMachines/extensions | `CreateOrUpdate` (refused while `osProfile.allowExtensionOperations` is false), `Get`, `List`; a VM reports them in its `resources` |
 //! | operations | the `Azure-AsyncOperation` status resource and the `Location` operation result, for Compute and Network |
 //! | disks, networkInterfaces | `Get`, `List` (the OS disk and NIC each VM gets, so that leaks are visible) |
 //! | galleries/images/versions | `Get`, `CreateOrUpdate` (`publishingProfile.endOfLifeDate`, `excludeFromLatest`), `Delete` |

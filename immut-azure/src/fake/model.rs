@@ -135,6 +135,8 @@ pub struct Vm {
     pub updates: u32,
     /// Creation time (model time).
     pub created: Duration,
+    /// Extensions by name: each as its resource JSON (`location`, `properties`, `tags`).
+    pub extensions: BTreeMap<String, Value>,
 }
 
 impl Vm {
@@ -603,6 +605,7 @@ mod tests {
                     etag: String::new(),
                     updates: 0,
                     created: now,
+                    extensions: BTreeMap::new(),
                 },
             );
             m.nics.insert(

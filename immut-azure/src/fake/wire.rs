@@ -15,6 +15,8 @@ use super::model::{Disk, Effect, Image, Key, Lb, Model, Nic, Outcome, SIZES, Set
 
 type Result<T> = std::result::Result<T, ArmError>;
 
+mod extensions;
+
 /// The api-versions each resource type accepts (a subset of what Azure serves, enough for the
 /// official clients of the last two years).
 const COMPUTE_VERSIONS: &[&str] =
@@ -29,6 +31,8 @@ const NETWORK_VERSIONS: &[&str] =
 pub enum Route {
     /// A VM (`name`) or the VMs (`None`) of a group.
     Vm { sub: String, group: String, name: Option<String>, action: Option<String> },
+    /// An extension of a VM (`name`), or its extensions (`None`).
+    Extension { sub: String, group: String, vm: String, name: Option<String> },
     /// Every VM of a subscription.
     VmAll { sub: String },
     /// An operation's status (`result`: the Location form).
@@ -249,6 +253,9 @@ fn vm_json(env: &Env, m: &Model, vm: &Vm, now: Duration, expand: bool) -> Value 
     });
     if !vm.zones.is_empty() {
         v["zones"] = json!(vm.zones);
+    }
+    if !vm.extensions.is_empty() {
+        v["resources"] = extensions::resources(vm);
     }
     v
 }
@@ -564,6 +571,9 @@ impl ArmApi {
                     .collect();
                 self.page(m.settings.page_size, req, env, vms)
             }
+            Route::Extension { sub, group, vm, name } => {
+                self.serve_extension(&mut m, req, env, (&sub, &group, &vm), name.as_deref(), &api, now)
+            }
             Route::VmAll { sub } => {
                 let vms: Vec<(String, Value)> = m
                     .vms
@@ -604,6 +614,10 @@ impl ArmApi {
                             && want != vm.etag
                         {
                             return Err(ArmError::precondition_failed("The ETag does not match."));
+                        }
+                        if let Some(patch) = b.get("properties").and_then(|p| p.get("osProfile")) {
+                            let has_extensions = !vm.extensions.is_empty();
+                            extensions::patch_os_profile(&mut vm.os_profile, patch, has_extensions)?;
                         }
                         if b.keys().any(|k| k != "tags") {
                             vm.updates += 1;
@@ -1214,6 +1228,7 @@ impl ArmApi {
             etag,
             updates: 0,
             created: now,
+            extensions: BTreeMap::new(),
         };
         m.vms.insert(key.clone(), vm);
         let op = m.start_op("Microsoft.Compute", &location, took, now, failure, Effect::None, vm_id(sub, group, name));
@@ -1292,6 +1307,39 @@ fn route(method: &str, path: &str) -> Option<(&'static str, &'static [&'static s
                 _ => return None,
             };
             (op, COMPUTE_VERSIONS, Route::Vm { sub: s(1), group: s(3), name: Some(s(7)), action: None })
+        }
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.compute",
+            "virtualmachines",
+            _,
+            "extensions",
+        ] if m == "GET" => {
+            let route = Route::Extension { sub: s(1), group: s(3), vm: s(7), name: None };
+            ("VirtualMachineExtensions_List", COMPUTE_VERSIONS, route)
+        }
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.compute",
+            "virtualmachines",
+            _,
+            "extensions",
+            _,
+        ] => {
+            let op = match m {
+                "GET" => "VirtualMachineExtensions_Get",
+                "PUT" => "VirtualMachineExtensions_CreateOrUpdate",
+                _ => return None,
+            };
+            (op, COMPUTE_VERSIONS, Route::Extension { sub: s(1), group: s(3), vm: s(7), name: Some(s(9)) })
         }
         ["subscriptions", _, "resourcegroups", _, "providers", "microsoft.compute", "virtualmachines", _, action] => {
             let op = match (m, *action) {
@@ -1535,6 +1583,11 @@ impl Api for ArmApi {
                     "provisioningState": vm.provisioning_state(now), "power": vm.power(now, &m.settings).0,
                     "image": vm.image_text, "size": vm.size, "ip": vm.ip, "tags": vm.tags,
                     "nic": vm.nic, "disk": vm.disk, "updates": vm.updates,
+                    "osProfile": {
+                        "linuxConfiguration": vm.os_profile.get("linuxConfiguration"),
+                        "allowExtensionOperations": vm.os_profile.get("allowExtensionOperations"),
+                    },
+                    "extensions": vm.extensions.keys().collect::<Vec<_>>(),
                     "healthy": m.healthy(vm, now, &env.faults),
                 })
             })
