@@ -49,6 +49,7 @@
 //!   minutes before expiry. Secrets and tokens never appear in `Debug` output, logs, events
 //!   or errors.
 
+pub mod access;
 mod auth;
 mod builder;
 mod client;

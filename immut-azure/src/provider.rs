@@ -376,10 +376,13 @@ impl AzureProvider {
             "adminUsername": spec.params.get("admin_username").cloned().unwrap_or_else(|| self.defaults.admin_username.clone()),
             "linuxConfiguration": { "disablePasswordAuthentication": true },
         });
-        if let Some(key) = spec.params.get("ssh_public_key").or(self.defaults.ssh_public_key.as_ref()) {
+        if let Some(key) = crate::access::login_key(spec, self.defaults.ssh_public_key.as_ref())? {
             let user = os_profile["adminUsername"].as_str().unwrap_or("azureuser").to_owned();
             os_profile["linuxConfiguration"]["ssh"] =
                 json!({ "publicKeys": [{ "path": format!("/home/{user}/.ssh/authorized_keys"), "keyData": key }] });
+        }
+        if spec.sealed {
+            crate::access::seal(&mut os_profile);
         }
         if let Some(data) = &spec.user_data {
             use base64::Engine;
@@ -641,7 +644,11 @@ pub(crate) fn to_instance(vm: &models::VirtualMachine, addresses: &HashMap<Strin
         state: state_of(provisioning.as_deref(), power.as_deref()),
         provenance: Provenance::from_labels(&labels, CHARSET).map(Arc::new),
         labels: Arc::new(labels),
-        observed: Arc::new(Observed { image: observed_image(vm), machine_type: vm_size(vm) }),
+        observed: Arc::new(Observed {
+            image: observed_image(vm),
+            machine_type: vm_size(vm),
+            access: Some(crate::access::access(vm)),
+        }),
         address: nic_of(vm).and_then(|n| addresses.get(&n.to_ascii_lowercase()).cloned()),
     }
 }
@@ -725,6 +732,8 @@ impl Provider for AzureProvider {
                 ));
             }
         }
+        // A sealed baseline with a login key fails here, before any call (body() repeats it).
+        crate::access::login_key(&request.release.baseline().spec, self.defaults.ssh_public_key.as_ref())?;
         let image = self.ensure_image(&request.release.artifact().image).await?;
         let service = request.release.service();
         let names: Vec<String> =

@@ -9,5 +9,6 @@ mod figures;
 mod polling;
 mod python_client;
 mod readiness;
+mod sealed;
 mod support;
 mod wire;
