@@ -82,6 +82,8 @@ version = "1.0.0"
 # user_data_file = "user-data.sh"  # read at deploy time; part of the baseline's fingerprint
 labels = { team = "platform" }   # extra labels on every instance
 # params = { port = "20000-20099" }
+sealed = true                    # no interactive way in; a local process has none to close,
+                                 # so this means nothing here (it does on aws, gcp and azure)
 
 # How releases replace each other:
 #   blue_green: bake, keep_old, promotion
@@ -135,6 +137,7 @@ image = "img-web-1"              # any reference: the simulator runs nothing
 name = "web-base"
 version = "1.0.0"
 machine_type = "m5.large"
+sealed = true                    # no interactive way in (the audit flags an instance opened later)
 
 [strategy]
 kind = "rolling"
@@ -191,6 +194,8 @@ version = "1.0.0"
 machine_type = "t3.small"        # the instance type
 # user_data_file = "user-data.sh"
 labels = { team = "platform" }
+sealed = true                    # no key pair, IMDSv2 only on one hop: no interactive way in
+                                 # (key_name or imdsv2 = "optional" in params are then refused)
 
 [strategy]
 kind = "blue_green"
@@ -241,6 +246,7 @@ version = "1.0.0"
 machine_type = "e2-small"
 network = "default"
 labels = { team = "platform" }
+sealed = true                    # no ssh-keys, project keys blocked, serial console off
 
 [strategy]
 kind = "blue_green"
@@ -284,6 +290,7 @@ mod tests {
             if crate::spec::PROVIDER_KINDS.contains(&kind) {
                 let spec = parsed.unwrap_or_else(|e| panic!("{kind}: {e}"));
                 assert_eq!(spec.provider.kind(), kind);
+                assert!(spec.launch.sealed, "{kind}: a new spec launches sealed instances");
             } else {
                 let e = parsed.unwrap_err().to_string();
                 assert!(e.contains("built without the") && e.contains(&format!("--features {kind}")), "{e}");

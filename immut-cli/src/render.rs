@@ -41,6 +41,18 @@ pub fn plan(spec: &Spec, release: &Release, plan: &Plan) -> String {
         spec.desired,
         o.previous.as_ref().map_or("nothing".to_owned(), |p| p.to_string())
     );
+    let b = release.baseline();
+    let _ = writeln!(
+        out,
+        "baseline {}@{}: {}",
+        b.name,
+        b.version,
+        if b.spec.sealed {
+            "sealed (launched with no interactive way in; the audit flags one opened later)"
+        } else {
+            "not sealed (baseline.sealed = true closes keys, consoles and agents)"
+        }
+    );
     let how = match &o.phase {
         Phase::Succeeded => "succeeds".to_owned(),
         Phase::Refused { reason } => format!("is REFUSED: {reason}"),

@@ -24,6 +24,7 @@
 //! [baseline]
 //! name = "sample"
 //! version = "1.0.0"
+//! sealed = true                   # no interactive way in (aws, gcp, azure; local has none)
 //!
 //! [strategy]
 //! kind = "blue_green"             # blue_green (bake, keep_old, promotion), rolling (max_surge,
@@ -329,6 +330,9 @@ struct RawBaseline {
     labels: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     params: BTreeMap<String, String>,
+    /// Absent in specs written before the option existed: unsealed, as they were.
+    #[serde(default)]
+    sealed: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1061,6 +1065,7 @@ impl Checker<'_> {
             env: b.env.clone(),
             labels: b.labels.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
             params: b.params.clone(),
+            sealed: b.sealed,
         };
         let strategy = self.strategy(&raw.strategy);
         let promotion = self.promotion(raw.strategy.get_ref().promotion.as_ref());
@@ -1641,6 +1646,23 @@ max_surge = "25%"
                 pause: Duration::ZERO
             }
         );
+    }
+
+    #[test]
+    fn a_spec_without_sealed_stays_unsealed_and_keeps_its_fingerprint() {
+        let old = parse_with(MINIMAL, &[]).unwrap();
+        assert!(!old.launch.sealed);
+        assert_eq!(old.launch.fingerprint(), LaunchSpec::default().fingerprint());
+        let sealed = parse_with(
+            &MINIMAL.replace("version = \"1.0.0\"\n\n[strategy]", "version = \"1.0.0\"\nsealed = true\n\n[strategy]"),
+            &[],
+        )
+        .unwrap();
+        assert!(sealed.launch.sealed);
+        assert_ne!(sealed.launch.fingerprint(), old.launch.fingerprint());
+        assert!(parse_with(MINIMAL, &["baseline.sealed=true"]).unwrap().launch.sealed);
+        let e = parse_with(MINIMAL, &["baseline.sealed=\"yes\""]).unwrap_err();
+        assert!(e.to_string().contains("sealed"), "{e}");
     }
 
     #[test]
