@@ -486,29 +486,16 @@ impl Ctx {
         let mode = self.mode;
         let signals = {
             let (cancel, state) = (cancel.clone(), state.clone());
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                else {
-                    return;
-                };
-                let mut seen = 0;
-                loop {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
-                    }
-                    seen += 1;
-                    if seen == 1 {
-                        cancel.cancel();
-                        Progress::note(
-                            mode,
-                            "cancelling: the deployment rolls back (interrupt again to see what is still in flight)",
-                        );
-                    } else {
-                        let what = state.lock().expect("progress state").describe();
-                        Progress::note(mode, &what);
-                    }
+            crate::signals::on_interrupt(move |seen| {
+                if seen == 1 {
+                    cancel.cancel();
+                    Progress::note(
+                        mode,
+                        "cancelling: the deployment rolls back (interrupt again to see what is still in flight)",
+                    );
+                } else {
+                    let what = state.lock().expect("progress state").describe();
+                    Progress::note(mode, &what);
                 }
             })
         };

@@ -21,6 +21,7 @@ pub mod providers;
 pub mod render;
 pub mod repair;
 pub mod report;
+pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod watch;

@@ -88,26 +88,14 @@ pub fn once_exit(cycle: &Cycle) -> Exit {
 pub async fn run(mut watch: Watch, printer: Printer) -> Exit {
     let cancel = watch.cancel_handle();
     let mode = printer.mode;
-    let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return;
+    let signals = crate::signals::on_interrupt(move |seen| {
+        let note = if seen == 1 {
+            "stopping: a repair in flight is cancelled (what it launched that does not serve is terminated), then the lease is released"
+        } else {
+            "still stopping: the repair in flight finishes its rollback first; killing this process leaves it to the next `immut watch` or `immut resume`"
         };
-        let mut seen = 0;
-        loop {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            seen += 1;
-            let note = if seen == 1 {
-                "stopping: a repair in flight is cancelled (what it launched that does not serve is terminated), then the lease is released"
-            } else {
-                "still stopping: the repair in flight finishes its rollback first; killing this process leaves it to the next `immut watch` or `immut resume`"
-            };
-            crate::progress::Progress::note(mode, note);
-            cancel.cancel();
-        }
+        crate::progress::Progress::note(mode, note);
+        cancel.cancel();
     });
     let s = watch.settings();
     let unmanaged = match s.unmanaged {
