@@ -5,14 +5,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use immut_core::analysis::{Analysis, AnalysisGate, Measurement, MeasurementPhase, Metric, ScrapeProvider, Threshold};
 use immut_core::engine::{Event, Outcome, Phase};
 use immut_core::health::HttpProbe;
 use immut_core::semver::Version;
-use immut_core::{BlueGreen, Canary, Count, Deployer, LaunchSpec, Provider, ProviderExt, Query, Release, Traffic};
+use immut_core::{Canary, Count, Deployer, LaunchSpec, Provider, ProviderExt, Query, Release, Traffic};
 use immut_local::{LocalBalancer, LocalProvider};
 
 fn analysed(provider: &LocalProvider, balancer: &LocalBalancer) -> Deployer {
@@ -74,22 +73,7 @@ async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_
     };
     let bad = support::release("an", Version::new(2, 0, 0), failing);
     let good = support::release("an", Version::new(2, 0, 1), LaunchSpec::default());
-    let first = Deployer::builder()
-        .provider(provider.clone())
-        .traffic(balancer.clone())
-        .health(HttpProbe::new("/healthz"))
-        .strategy(BlueGreen::new())
-        .desired(3)
-        .poll_interval(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    assert!(first.deploy(v1.clone()).run().await.succeeded());
-    let live = Arc::new(support::Live::default());
-    let load = support::Load::start(balancer.addr(), 8, live.clone());
-    support::eventually("requests served by 1.0.0", Duration::from_secs(10), || async {
-        (live.served_by("1.0.0") >= 50).then_some(())
-    })
-    .await;
+    let load = support::serve_under_load(&provider, &balancer, &v1).await;
 
     // The bad release: healthy by /healthz, failing 5 % of what it serves.
     let (outcome, events, taken) = deploy_analysed(&provider, &balancer, &bad, &v1).await;

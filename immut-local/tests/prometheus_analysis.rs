@@ -69,24 +69,7 @@ async fn setup(tag: &str, service: &str) -> Setup {
 /// Deploys 3 instances of `release` as the stable release, and starts load through the
 /// balancer once they serve it.
 async fn stable(s: &Setup, release: &Release) -> support::Load {
-    let first = Deployer::builder()
-        .provider(s.provider.clone())
-        .traffic(s.balancer.clone())
-        .health(HttpProbe::new("/healthz"))
-        .strategy(BlueGreen::new())
-        .desired(3)
-        .poll_interval(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    assert!(first.deploy(release.clone()).run().await.succeeded());
-    let live = Arc::new(support::Live::default());
-    let load = support::Load::start(s.balancer.addr(), 8, live.clone());
-    let version = release.artifact().version.to_string();
-    support::eventually("requests served by the stable release", Duration::from_secs(10), || async {
-        (live.served_by(&version) >= 50).then_some(())
-    })
-    .await;
-    load
+    support::serve_under_load(&s.provider, &s.balancer, release).await
 }
 
 fn error_ratio(interval: Duration) -> Metric {

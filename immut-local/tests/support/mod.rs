@@ -85,3 +85,28 @@ impl Drop for StopOnDrop {
         kill_all_from(&self.0);
     }
 }
+
+/// Deploys `release` blue/green (3 instances) behind `balancer`, then starts 8 clients against
+/// it and returns once the release has served 50 of their requests.
+pub async fn serve_under_load(provider: &LocalProvider, balancer: &LocalBalancer, release: &Release) -> Load {
+    use immut_core::health::HttpProbe;
+    use immut_core::{BlueGreen, Deployer};
+    let first = Deployer::builder()
+        .provider(provider.clone())
+        .traffic(balancer.clone())
+        .health(HttpProbe::new("/healthz"))
+        .strategy(BlueGreen::new())
+        .desired(3)
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(first.deploy(release.clone()).run().await.succeeded());
+    let live = std::sync::Arc::new(Live::default());
+    let load = Load::start(balancer.addr(), 8, live.clone());
+    let version = release.artifact().version.to_string();
+    eventually(&format!("requests served by {version}"), Duration::from_secs(10), || async {
+        (live.served_by(&version) >= 50).then_some(())
+    })
+    .await;
+    load
+}
