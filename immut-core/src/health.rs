@@ -20,6 +20,8 @@ use crate::error::Result;
 use crate::model::{Instance, InstanceState};
 
 #[cfg(feature = "http")]
+mod image;
+#[cfg(feature = "http")]
 mod version;
 #[cfg(feature = "http")]
 pub use version::{Expected, VersionCheck, VersionSource};

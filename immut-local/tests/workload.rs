@@ -403,7 +403,11 @@ fn deployer(provider: &LocalProvider, balancer: &LocalBalancer, health: Arc<dyn 
 
 /// Deploys `v2` over the fleet with liveness and version checks, recording every verdict.
 async fn deploy_verified(fleet: &Fleet, v2: &Release) -> (immut_core::Outcome, Vec<Event>, Vec<(InstanceId, Health)>) {
-    let expected = Expected { version: Some(Version::parse(VERSION).unwrap()), digest: Some(fleet.v2_digest.clone()) };
+    let expected = Expected {
+        version: Some(Version::parse(VERSION).unwrap()),
+        digest: Some(fleet.v2_digest.clone()),
+        image: None,
+    };
     // Build 2 is what the launcher script must start: that is the expectation, not the
     // script's own digest.
     let version = VersionCheck::endpoint("/version").expect_release(&fleet.v1).expect(v2.id().clone(), expected);

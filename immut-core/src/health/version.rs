@@ -18,8 +18,8 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Where an instance tells what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionSource {
-    /// `GET <path>` answers a JSON object whose string fields `version` and `digest` say what
-    /// runs (either may be missing when it is not expected).
+    /// `GET <path>` answers a JSON object whose string fields `version`, `digest` and `image`
+    /// say what runs (any may be missing when it is not expected).
     Endpoint {
         /// For example `/version`.
         path: String,
@@ -32,6 +32,9 @@ pub enum VersionSource {
         version: String,
         /// The header with the digest (for example `x-immut-digest`), if the instance sends one.
         digest: Option<String>,
+        /// The header with the image the instance booted from, as its metadata service names it
+        /// (for example `x-immut-image`), if the instance sends one.
+        image: Option<String>,
     },
 }
 
@@ -50,13 +53,23 @@ pub struct Expected {
     pub version: Option<Version>,
     /// The `sha256:` digest of what runs (an executable, an image).
     pub digest: Option<String>,
+    /// The cloud image the instance must have booted from, as the release's artifact names it
+    /// (an AMI id, a Compute Engine image path, an ARM image id); compared with what the
+    /// instance's metadata service says (see [`super::image`]).
+    pub image: Option<String>,
 }
 
 impl Expected {
+    /// The compared fields, as `version 2.0.0, image ...` (the version and digest as `any`
+    /// when the image alone is compared and they are not).
     fn describe(&self) -> String {
         let version = self.version.as_ref().map_or("any".to_owned(), Version::to_string);
         let digest = self.digest.as_deref().unwrap_or("any");
-        format!("version {version}, digest {digest}")
+        match &self.image {
+            Some(image) if self.version.is_none() && self.digest.is_none() => format!("image {image}"),
+            Some(image) => format!("version {version}, digest {digest}, image {image}"),
+            None => format!("version {version}, digest {digest}"),
+        }
     }
 }
 
@@ -65,21 +78,29 @@ impl Expected {
 struct Found {
     version: Option<String>,
     digest: Option<String>,
+    image: Option<String>,
 }
 
 impl Found {
-    fn describe(&self) -> String {
+    /// What the instance said, field for field with what `expected` describes.
+    fn describe(&self, expected: &Expected) -> String {
         let version = self.version.as_deref().unwrap_or("none");
         let digest = self.digest.as_deref().unwrap_or("none");
-        format!("version {version}, digest {digest}")
+        let image = self.image.as_deref().unwrap_or("none");
+        match &expected.image {
+            Some(_) if expected.version.is_none() && expected.digest.is_none() => format!("image {image}"),
+            Some(_) => format!("version {version}, digest {digest}, image {image}"),
+            None => format!("version {version}, digest {digest}"),
+        }
     }
 }
 
 /// Healthy when the instance says it runs the build its release should run.
 ///
 /// The expectation of a release is registered with [`VersionCheck::expect_release`] (the
-/// artifact's version and digest) or [`VersionCheck::expect`] (any version and digest, for
-/// example the image a launcher script starts). For an instance of a release that was not
+/// artifact's version and digest), [`VersionCheck::expect_release_image`] (the cloud image the
+/// artifact names) or [`VersionCheck::expect`] (any version, digest and image, for example the
+/// executable a launcher script starts). For an instance of a release that was not
 /// registered, the artifact version of its labels is expected and the digest is not compared.
 ///
 /// Verdicts:
@@ -92,7 +113,9 @@ impl Found {
 ///   is the liveness probe's to judge; compose the two with [`super::AllOf`].
 ///
 /// The answer must come from what runs, never from what the launcher passed: the local sample
-/// service reports the sha256 of `/proc/self/exe` and its built-in version.
+/// service reports the sha256 of `/proc/self/exe` and its built-in version; on a cloud it
+/// reports the image id that the instance's metadata service gives (EC2's IMDSv2 `ami-id`,
+/// Compute Engine's `instance/image`, Azure IMDS's `storageProfile.imageReference.id`).
 #[derive(Debug, Clone)]
 pub struct VersionCheck {
     client: reqwest::Client,
@@ -109,15 +132,15 @@ impl VersionCheck {
     /// Reads the headers of the answer to `GET <path>` (see [`VersionSource::Headers`]), with a
     /// 2 s timeout.
     pub fn headers(path: impl Into<String>, version: impl Into<String>, digest: Option<String>) -> Self {
-        Self::new(VersionSource::Headers { path: path.into(), version: version.into(), digest })
+        Self::new(VersionSource::Headers { path: path.into(), version: version.into(), digest, image: None })
     }
 
     /// Asks where `source` says, with a 2 s timeout.
     pub fn new(source: VersionSource) -> Self {
         let source = match source {
             VersionSource::Endpoint { path } => VersionSource::Endpoint { path: rooted(path) },
-            VersionSource::Headers { path, version, digest } => {
-                VersionSource::Headers { path: rooted(path), version, digest }
+            VersionSource::Headers { path, version, digest, image } => {
+                VersionSource::Headers { path: rooted(path), version, digest, image }
             }
         };
         VersionCheck { client: client(Duration::from_secs(2)), source, releases: HashMap::new() }
@@ -133,7 +156,17 @@ impl VersionCheck {
     /// digest.
     pub fn expect_release(self, release: &Release) -> Self {
         let artifact = release.artifact();
-        let expected = Expected { version: Some(artifact.version.clone()), digest: artifact.digest.clone() };
+        let expected =
+            Expected { version: Some(artifact.version.clone()), digest: artifact.digest.clone(), image: None };
+        self.expect(release.id().clone(), expected)
+    }
+
+    /// Instances of `release` must have booted from the cloud image its artifact names, as
+    /// their metadata service says. Nothing else is compared: on a cloud, the version an
+    /// instance could report comes from what its launcher passed. The artifact must name the
+    /// image itself, not a Compute Engine image family (which moves).
+    pub fn expect_release_image(self, release: &Release) -> Self {
+        let expected = Expected { version: None, digest: None, image: Some(release.artifact().image.clone()) };
         self.expect(release.id().clone(), expected)
     }
 
@@ -149,15 +182,17 @@ impl VersionCheck {
             answer.headers().get(name).map(|v| v.to_str().map(str::to_owned).unwrap_or_else(|_| "<not text>".into()))
         };
         match &self.source {
-            VersionSource::Headers { version, digest, .. } => {
-                Ok(Found { version: header(version), digest: digest.as_deref().and_then(header) })
-            }
+            VersionSource::Headers { version, digest, image, .. } => Ok(Found {
+                version: header(version),
+                digest: digest.as_deref().and_then(header),
+                image: image.as_deref().and_then(header),
+            }),
             VersionSource::Endpoint { path } => {
                 let body = bounded_body(answer).await.map_err(|e| format!("GET {path}: the answer broke off: {e}"))?;
                 let value: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| format!("GET {path} answered no JSON ({e}); it cannot say what it runs"))?;
                 let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-                Ok(Found { version: field("version"), digest: field("digest") })
+                Ok(Found { version: field("version"), digest: field("digest"), image: field("image") })
             }
         }
     }
@@ -208,6 +243,16 @@ fn mismatch(expected: &Expected, found: &Found) -> Option<&'static str> {
             Some(_) => return Some("it runs another build than its labels say"),
         }
     }
+    if let Some(want) = &expected.image {
+        match found.image.as_deref() {
+            None => return Some("it reports no image"),
+            Some(image) if super::image::same(want, image) => {}
+            Some(_) if super::image::is_family(want) => {
+                return Some("the release names an image family, which moves: pin the image itself");
+            }
+            Some(_) => return Some("it booted from another image than its labels say"),
+        }
+    }
     None
 }
 
@@ -221,7 +266,7 @@ impl HealthCheck for VersionCheck {
             .releases
             .get(&provenance.release)
             .cloned()
-            .unwrap_or_else(|| Expected { version: Some(provenance.artifact_version.clone()), digest: None });
+            .unwrap_or_else(|| Expected { version: Some(provenance.artifact_version.clone()), ..Expected::default() });
         let path = self.source.path();
         let answer = match self.client.get(format!("http://{address}{path}")).send().await {
             Ok(answer) => answer,
@@ -254,7 +299,7 @@ impl HealthCheck for VersionCheck {
                 "{why}: release {} expects {}, the instance reports {}",
                 provenance.release,
                 expected.describe(),
-                found.describe()
+                found.describe(&expected)
             )),
         })
     }
@@ -397,9 +442,54 @@ mod tests {
         let other = answering(200, &[], json("3.1.5", GOOD)).await;
         assert!(matches!(check.check(&instance_of(&r, Some(other))).await.unwrap(), Health::Unhealthy(_)));
         let explicit = VersionCheck::endpoint("/version")
-            .expect(r.id().clone(), Expected { version: None, digest: Some(OTHER.into()) });
+            .expect(r.id().clone(), Expected { digest: Some(OTHER.into()), ..Expected::default() });
         let payload = answering(200, &[], json("0.0.1", OTHER)).await;
         assert_eq!(explicit.check(&instance_of(&r, Some(payload))).await.unwrap(), Health::Healthy);
+    }
+
+    #[tokio::test]
+    async fn a_cloud_instance_is_held_to_the_image_it_booted_from() {
+        let image = "projects/shop/global/images/web-v2";
+        let artifact = ArtifactSpec::new("web", Version::new(2, 0, 0), "global/images/web-v2");
+        let baseline = BaselineSpec::new("base", Version::new(1, 0, 0), LaunchSpec::default());
+        let r = Release::new("web", &artifact, &baseline).unwrap();
+        let check = VersionCheck::endpoint("/version").expect_release_image(&r);
+        // The launcher's version is not compared: only the metadata service's image is.
+        let right =
+            answering(200, &[], Box::leak(format!(r#"{{"version":"unknown","image":"{image}"}}"#).into_boxed_str()))
+                .await;
+        assert_eq!(check.check(&instance_of(&r, Some(right))).await.unwrap(), Health::Healthy);
+
+        let other = "projects/shop/global/images/web-v1";
+        let wrong = answering(200, &[], Box::leak(format!(r#"{{"image":"{other}"}}"#).into_boxed_str())).await;
+        let Health::Unhealthy(reason) = check.check(&instance_of(&r, Some(wrong))).await.unwrap() else {
+            panic!("another image must be unhealthy")
+        };
+        assert!(
+            reason.contains("another image") && reason.contains("global/images/web-v2") && reason.contains(other),
+            "{reason}"
+        );
+
+        let silent = answering(200, &[], r#"{"version":"2.0.0"}"#).await;
+        let verdict = check.check(&instance_of(&r, Some(silent))).await.unwrap();
+        assert!(matches!(&verdict, Health::Unhealthy(why) if why.contains("reports no image")), "{verdict:?}");
+
+        let by_header = VersionCheck::new(VersionSource::Headers {
+            path: "/healthz".into(),
+            version: "x-immut-version".into(),
+            digest: None,
+            image: Some("x-immut-image".into()),
+        })
+        .expect_release_image(&r);
+        let right = answering(200, &[("x-immut-image", "projects/shop/global/images/web-v2")], "ok").await;
+        assert_eq!(by_header.check(&instance_of(&r, Some(right))).await.unwrap(), Health::Healthy);
+
+        let family = ArtifactSpec::new("web", Version::new(2, 0, 0), "projects/shop/global/images/family/web");
+        let moving = Release::new("web", &family, &baseline).unwrap();
+        let check = VersionCheck::endpoint("/version").expect_release_image(&moving);
+        let answer = answering(200, &[], Box::leak(format!(r#"{{"image":"{image}"}}"#).into_boxed_str())).await;
+        let verdict = check.check(&instance_of(&moving, Some(answer))).await.unwrap();
+        assert!(matches!(&verdict, Health::Unhealthy(why) if why.contains("pin the image")), "{verdict:?}");
     }
 
     #[tokio::test]
