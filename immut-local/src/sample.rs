@@ -11,8 +11,11 @@
 //! - `GET /version` answers what the process runs, as JSON: `version` (its built-in version,
 //!   [`VERSION`]), `digest` (the `sha256:` of its own executable, read from `/proc/self/exe`
 //!   at start), and, for information only, `release`, `service` and `instance` as the
-//!   launcher named them. Every answer carries the same facts in the headers
-//!   [`VERSION_HEADER`], [`DIGEST_HEADER`] and [`RELEASE_HEADER`]. The version and digest come
+//!   launcher named them. On a cloud machine, with [`IMAGE_FROM`] set to `ec2`, `gce` or
+//!   `azure`, it also reports `image`: the image the machine booted from, as the cloud's
+//!   metadata service names it (read at start; `null` when the service did not answer, which
+//!   a version check counts against it). Every answer carries the same facts in the headers
+//!   [`VERSION_HEADER`], [`DIGEST_HEADER`], [`RELEASE_HEADER`] (and [`IMAGE_HEADER`]). The version and digest come
 //!   from the running executable, never from the environment, so an instance that runs another
 //!   build than its labels say gives itself away (see `immut_core::health::VersionCheck`);
 //! - any other path answers `version <artifact version> instance <id>`, except that with
@@ -57,6 +60,8 @@ use tokio::net::TcpListener;
 
 use crate::provider::env;
 
+pub mod image;
+
 /// The first argument that turns a program into the sample service.
 pub const SAMPLE_FLAG: &str = "--immut-sample-service";
 
@@ -82,6 +87,10 @@ pub const SLOW_SHARE: &str = "SAMPLE_SLOW_SHARE";
 /// (default 250).
 pub const SLOW_MS: &str = "SAMPLE_SLOW_MS";
 
+/// `SAMPLE_IMAGE_FROM=ec2|gce|azure`: report the boot image that this cloud's metadata service
+/// names (see [`image`]).
+pub const IMAGE_FROM: &str = "SAMPLE_IMAGE_FROM";
+
 /// The sample's built-in version: the version of the crate it was built from.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -93,6 +102,9 @@ pub const DIGEST_HEADER: &str = "x-immut-digest";
 
 /// The response header with the release id the launcher named (information, not proof).
 pub const RELEASE_HEADER: &str = "x-immut-release";
+
+/// The response header with the boot image the metadata service names (with [`IMAGE_FROM`]).
+pub const IMAGE_HEADER: &str = "x-immut-image";
 
 /// If this process was started with [`SAMPLE_FLAG`] (or as a balancer, see
 /// [`crate::serve_if_requested`]), serves until SIGTERM and exits; otherwise returns at once.
@@ -192,10 +204,11 @@ impl Faults {
 #[derive(Debug)]
 struct Identity {
     digest: String,
+    image: Option<String>,
     release: String,
     service: String,
     instance: String,
-    headers: [(&'static str, HeaderValue); 3],
+    headers: Vec<(&'static str, HeaderValue)>,
 }
 
 /// The metrics of the served requests.
@@ -269,6 +282,21 @@ async fn serve() -> i32 {
             return 2;
         }
     };
+    let image = match std::env::var(IMAGE_FROM).ok().filter(|v| !v.is_empty()).map(|v| image::Cloud::parse(&v)) {
+        None => None,
+        Some(Err(e)) => {
+            eprintln!("sample: {e}");
+            return 2;
+        }
+        Some(Ok(cloud)) => match image::read(cloud).await {
+            Ok(image) => Some(image),
+            Err(e) => {
+                // Served all the same, with no image: a version check then counts it unhealthy.
+                eprintln!("sample: {e}");
+                None
+            }
+        },
+    };
     let version = std::env::var(env::ARTIFACT_VERSION).unwrap_or_else(|_| "unknown".into());
     let service = std::env::var(env::SERVICE).unwrap_or_else(|_| "sample".into());
     let instance = std::env::var(env::INSTANCE_ID).unwrap_or_else(|_| format!("{service}-pid{}", std::process::id()));
@@ -289,8 +317,12 @@ async fn serve() -> i32 {
         }
     };
     eprintln!(
-        "sample: version {version} (build {VERSION}, {digest}) listening on 127.0.0.1:{port} (healthy: {healthy}, errors {} after {} requests, slow {} by {:?})",
-        faults.errors, faults.errors_after, faults.slow, faults.delay
+        "sample: version {version} (build {VERSION}, {digest}{}) listening on 127.0.0.1:{port} (healthy: {healthy}, errors {} after {} requests, slow {} by {:?})",
+        image.as_deref().map(|i| format!(", booted from {i}")).unwrap_or_default(),
+        faults.errors,
+        faults.errors_after,
+        faults.slow,
+        faults.delay
     );
     let header = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let identity = Identity {
@@ -298,8 +330,12 @@ async fn serve() -> i32 {
             (VERSION_HEADER, header(VERSION)),
             (DIGEST_HEADER, header(&digest)),
             (RELEASE_HEADER, header(&release)),
-        ],
+        ]
+        .into_iter()
+        .chain(image.as_deref().map(|i| (IMAGE_HEADER, header(i))))
+        .collect(),
         digest,
+        image,
         release: release.clone(),
         service,
         instance: instance.clone(),
@@ -406,6 +442,7 @@ impl Service {
         let mut text = serde_json::json!({
             "version": VERSION,
             "digest": id.digest,
+            "image": id.image,
             "release": id.release,
             "service": id.service,
             "instance": id.instance,
