@@ -13,6 +13,8 @@
 //!   reads like the API reference and the model reads like the cloud's behaviour;
 //! - [`paging`], [`clock::Timeline`] and [`Faults`] are helpers every resource uses;
 //! - [`official_client`] runs a cloud's official client against a fake, to prove the contract.
+//! - [`guest`] serves one machine's own metadata service (its boot image, its name), as the
+//!   guest on that machine asks it.
 //!
 //! The control endpoint lives under `/_fake/` on the same port, like moto's `/moto-api/`:
 //!
@@ -30,6 +32,7 @@
 
 pub mod clock;
 pub mod faults;
+pub mod guest;
 pub mod official_client;
 pub mod paging;
 pub mod record;

@@ -16,6 +16,7 @@
 //! | usages (Compute, per location) | `List`: `cores`, `virtualMachines`, ... with the limit and the subscription's VMs' usage (reported, not enforced) |
 //! | virtualMachineImages (marketplace) | `Get`, `List` |
 //! | loadBalancers | `CreateOrUpdate` (etags, `If-Match`, `If-None-Match`), `Get`, `List`, `Delete`; `LoadBalancerBackendAddressPools_Get`; `LoadBalancerLoadBalancingRules_Health` |
+//! | the Instance Metadata Service, per VM ([`FakeArm::metadata_server`]) | `Instances_GetMetadata` (`/metadata/instance`, and any part of it under a longer path, `format=text` for a leaf; `Metadata: true` and a known `api-version` required, IMDS's error bodies) |
 //!
 //! Every request needs an `api-version` the resource type serves (400
 //! `MissingApiVersionParameter` or `NoRegisteredProviderFound` otherwise) and a bearer token
@@ -48,6 +49,7 @@
 
 mod error;
 mod gallery;
+mod guest;
 mod model;
 mod usage;
 mod wire;
@@ -57,6 +59,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use error::ArmError;
+pub use immut_fake::guest::GuestServer;
 pub use immut_fake::{Fault, FaultRule, Recorded};
 pub use model::{MARKETPLACE, SIZES, Settings};
 
@@ -126,6 +129,15 @@ impl FakeArm {
     /// or a marketplace `publisher:offer:sku:version`, as an image pipeline would.
     pub fn publish_image(&self, id: &str, location: &str) {
         wire::publish(&self.api.model, id, location);
+    }
+
+    /// Starts the Instance Metadata Service that the VM `name` sees: `GET
+    /// /metadata/instance?api-version=...` with `Metadata: true` answers its compute metadata
+    /// (`storageProfile.imageReference` names the image it was made from) and network metadata.
+    /// One server per VM, because on loopback the caller's address cannot say which VM asks.
+    pub async fn metadata_server(&self, subscription: &str, group: &str, name: &str) -> std::io::Result<GuestServer> {
+        let key = model::Key::new(subscription, group, name);
+        GuestServer::start(guest::GuestApi { model: self.api.model.clone(), key }).await
     }
 
     /// Sets a compute usage's limit in a location (`cores`, `virtualMachines`, ...), as a

@@ -13,6 +13,7 @@
 //! | instanceGroups (unmanaged, zonal) | `list`, `get`, `insert`, `delete`, `addInstances`, `removeInstances`, `listInstances` |
 //! | backendServices (global) | `list`, `get`, `insert`, `patch`, `update` (fingerprints), `delete`, `getHealth` |
 //! | zoneOperations, globalOperations | `get`, `wait`, `list` |
+//! | the metadata server, per instance ([`FakeGce::metadata_server`]) | `/computeMetadata/v1/instance/image`, `instance/{id,name,hostname,zone,machine-type}`, `instance/attributes/KEY`, `project/project-id` (`Metadata-Flavor: Google` required) |
 //!
 //! Behaviour over time: operations go `PENDING -> RUNNING -> DONE` and their effects apply at
 //! `DONE`; instances go `PROVISIONING -> STAGING -> RUNNING` (and `STOPPING -> TERMINATED`
@@ -32,6 +33,7 @@
 
 mod error;
 pub mod filter;
+mod guest;
 mod metadata;
 mod model;
 mod region;
@@ -42,6 +44,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use error::GceError;
+pub use immut_fake::guest::GuestServer;
 pub use immut_fake::{Fault, FaultRule, Recorded};
 pub use model::{PUBLIC_PROJECT, Settings};
 pub use wire::int64;
@@ -123,6 +126,21 @@ impl FakeGce {
                 description: String::new(),
             },
         );
+    }
+
+    /// Starts the metadata server that the instance `name` in `zone` sees (its
+    /// `GCE_METADATA_HOST`): `GET /computeMetadata/v1/instance/image` answers the image its
+    /// boot disk was made from, `instance/name`, `instance/id`, `instance/zone`,
+    /// `instance/attributes/KEY` and `project/project-id` the rest. One server per instance,
+    /// because on loopback the caller's address cannot say which instance asks.
+    pub async fn metadata_server(&self, project: &str, zone: &str, name: &str) -> std::io::Result<GuestServer> {
+        GuestServer::start(guest::GuestApi {
+            model: self.api.model.clone(),
+            project: project.to_owned(),
+            zone: zone.to_owned(),
+            name: name.to_owned(),
+        })
+        .await
     }
 
     /// Sets a regional quota's limit (`CPUS`, `INSTANCES`, `DISKS_TOTAL_GB`,
