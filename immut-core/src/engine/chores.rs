@@ -6,19 +6,21 @@
 use super::*;
 
 impl Deployment {
-    /// When the budget ran out, adds what the provider knows of the last failed instance
-    /// (bounded to 2 s, so a slow backend cannot hold the rollback).
+    /// When the budget ran out, adds why the last failed instance failed: its latest unhealthy
+    /// verdict, and what the provider knows of it (bounded to 2 s, so a slow backend cannot
+    /// hold the rollback).
     pub(super) async fn explain(&self, spent: Result<()>) -> Result<()> {
         let Err(e) = spent else { return Ok(()) };
         let Some(id) = e.ids().last().cloned() else { return Err(e) };
+        let verdict = self.memory.last_unhealthy.get(&id).map(|why| format!("last health verdict: {why}"));
         let detail =
             tokio::time::timeout(Duration::from_secs(2), self.inner.provider.failure_detail(&id)).await.ok().flatten();
-        match detail {
-            Some(detail) => {
-                Err(Error::new(e.kind(), format!("{}; {id}: {detail}", e.message())).with_ids(e.ids().iter().cloned()))
-            }
-            None => Err(e),
+        let known: Vec<String> = verdict.into_iter().chain(detail).collect();
+        if known.is_empty() {
+            return Err(e);
         }
+        let message = format!("{}; {id}: {}", e.message(), known.join("; "));
+        Err(Error::new(e.kind(), message).with_ids(e.ids().iter().cloned()))
     }
 
     /// The detach or termination the fleet needs before the strategy decides, if any. Spends the

@@ -122,6 +122,9 @@ pub(super) struct Memory {
     pub(super) replaced_per_wave: HashMap<u32, usize>,
     pub(super) replaced: usize,
     pub(super) streaks: HashMap<InstanceId, Streak>,
+    /// The reason of each instance's latest unhealthy verdict, for the error that ends a
+    /// deployment on it.
+    pub(super) last_unhealthy: HashMap<InstanceId, String>,
 }
 
 impl Memory {

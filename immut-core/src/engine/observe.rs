@@ -163,6 +163,9 @@ impl Deployment {
                 };
                 let healthy = streak.record(health, thresholds, generation, now);
                 settled &= streak.settled();
+                if let Health::Unhealthy(why) = health {
+                    self.memory.last_unhealthy.insert(id.clone(), why.clone());
+                }
                 (healthy, if healthy { streak.healthy_since() } else { None })
             } else {
                 (false, None)
