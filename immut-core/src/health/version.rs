@@ -101,7 +101,8 @@ impl Found {
 /// artifact's version and digest), [`VersionCheck::expect_release_image`] (the cloud image the
 /// artifact names) or [`VersionCheck::expect`] (any version, digest and image, for example the
 /// executable a launcher script starts). For an instance of a release that was not
-/// registered, the artifact version of its labels is expected and the digest is not compared.
+/// registered, the artifact version of its labels is expected and the digest is not compared
+/// (or what [`VersionCheck::unregistered`] says).
 ///
 /// Verdicts:
 /// - the answer matches: [`Health::Healthy`];
@@ -121,6 +122,7 @@ pub struct VersionCheck {
     client: reqwest::Client,
     source: VersionSource,
     releases: HashMap<ReleaseId, Expected>,
+    unregistered: Option<Expected>,
 }
 
 impl VersionCheck {
@@ -143,7 +145,7 @@ impl VersionCheck {
                 VersionSource::Headers { path: rooted(path), version, digest, image }
             }
         };
-        VersionCheck { client: client(Duration::from_secs(2)), source, releases: HashMap::new() }
+        VersionCheck { client: client(Duration::from_secs(2)), source, releases: HashMap::new(), unregistered: None }
     }
 
     /// How long an instance may take to answer before its verdict is unknown.
@@ -173,6 +175,15 @@ impl VersionCheck {
     /// Instances of `release` must say they run `expected`.
     pub fn expect(mut self, release: ReleaseId, expected: Expected) -> Self {
         self.releases.insert(release, expected);
+        self
+    }
+
+    /// What an instance of a release that was not registered must say it runs, instead of the
+    /// artifact version of its labels: for example [`Expected::default`] (nothing compared but
+    /// a readable answer) where instances of releases the caller does not know may run, and
+    /// their builds do not report the artifact's version.
+    pub fn unregistered(mut self, expected: Expected) -> Self {
+        self.unregistered = Some(expected);
         self
     }
 
@@ -262,11 +273,10 @@ impl HealthCheck for VersionCheck {
         let (Some(address), Some(provenance)) = (&instance.address, &instance.provenance) else {
             return Ok(Health::Unknown);
         };
-        let expected = self
-            .releases
-            .get(&provenance.release)
-            .cloned()
-            .unwrap_or_else(|| Expected { version: Some(provenance.artifact_version.clone()), ..Expected::default() });
+        let expected =
+            self.releases.get(&provenance.release).or(self.unregistered.as_ref()).cloned().unwrap_or_else(|| {
+                Expected { version: Some(provenance.artifact_version.clone()), ..Expected::default() }
+            });
         let path = self.source.path();
         let answer = match self.client.get(format!("http://{address}{path}")).send().await {
             Ok(answer) => answer,
@@ -440,7 +450,9 @@ mod tests {
         let same = answering(200, &[], json("3.1.4", OTHER)).await;
         assert_eq!(check.check(&instance_of(&r, Some(same))).await.unwrap(), Health::Healthy);
         let other = answering(200, &[], json("3.1.5", GOOD)).await;
-        assert!(matches!(check.check(&instance_of(&r, Some(other))).await.unwrap(), Health::Unhealthy(_)));
+        assert!(matches!(check.check(&instance_of(&r, Some(other.clone()))).await.unwrap(), Health::Unhealthy(_)));
+        let lenient = VersionCheck::endpoint("/version").unregistered(Expected::default());
+        assert_eq!(lenient.check(&instance_of(&r, Some(other))).await.unwrap(), Health::Healthy);
         let explicit = VersionCheck::endpoint("/version")
             .expect(r.id().clone(), Expected { digest: Some(OTHER.into()), ..Expected::default() });
         let payload = answering(200, &[], json("0.0.1", OTHER)).await;
