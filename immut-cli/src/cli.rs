@@ -459,7 +459,10 @@ impl Ctx {
         let state = self.state()?;
         let key = self.key()?;
         let release = self.release().ok();
-        let backend = self.backend(Access::Write, &release.iter().collect::<Vec<_>>()).await?;
+        // The serving release too, so that health.verify knows what its instances run.
+        let current = self.current(&state)?;
+        let releases: Vec<&Release> = release.iter().chain(current.iter()).collect();
+        let backend = self.backend(Access::Write, &releases).await?;
         let deployer = self.deployer(&backend, &state, key)?;
         let Some(deployment) = deployer.resume(&self.spec.service).map_err(|e| self.err(e))? else {
             if self.json {

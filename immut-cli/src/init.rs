@@ -9,6 +9,7 @@ const COMMON_TAIL: &str = r#"
 http = "/healthz"                # GET this path on each instance; 2xx is healthy
 timeout = "500ms"
 provider_status = true           # the provider must also report the instance running
+# verify = "/version"            # each instance must say it runs the artifact's executable (its digest)
 # healthy_threshold = 1          # verdicts in a row to count as healthy
 # unhealthy_threshold = 2        # ... and as unhealthy again
 
@@ -206,6 +207,7 @@ keep_old = "10m"
 http = "/healthz"                # probed on each instance's private address
 timeout = "2s"
 provider_status = true           # EC2 status checks; target health always counts
+# verify = "/version"            # each instance must name the AMI it booted from (from IMDSv2)
 
 [rollout]
 min_ready = "30s"
@@ -255,6 +257,7 @@ bake = "5m"
 [health]
 http = "/healthz"
 timeout = "2s"
+# verify = "/version"            # each instance must name the image it booted from (metadata server)
 
 [rollout]
 min_ready = "30s"

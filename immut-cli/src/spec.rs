@@ -368,6 +368,8 @@ struct RawHealth {
     #[serde(default)]
     http: Option<Spanned<String>>,
     #[serde(default)]
+    verify: Option<Spanned<String>>,
+    #[serde(default)]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     provider_status: Option<bool>,
@@ -560,6 +562,10 @@ impl StrategySettings {
 pub struct HealthSettings {
     /// An HTTP path to probe (`GET`, expect 2xx).
     pub http: Option<String>,
+    /// A path where each instance says what it runs (`GET`, a JSON answer): it must run its
+    /// release's executable (local: the digest) or image (clouds: the boot image its metadata
+    /// service names).
+    pub verify: Option<String>,
     /// The probe's timeout (default 2 s).
     pub timeout: Duration,
     /// Whether the provider's own status counts too (default true).
@@ -1457,6 +1463,7 @@ impl Checker<'_> {
         let Some(raw) = raw else {
             return HealthSettings {
                 http: None,
+                verify: None,
                 timeout: Duration::from_secs(2),
                 provider_status: true,
                 thresholds: defaults,
@@ -1477,11 +1484,25 @@ impl Checker<'_> {
             }
             p.get_ref().clone()
         });
+        let verify = r.verify.as_ref().map(|p| {
+            self.note("health.verify", p);
+            if !p.get_ref().starts_with('/') {
+                self.err(
+                    p,
+                    format!(
+                        "health.verify: {:?} is not a path; give the path where instances say what they run, such as \"/version\"",
+                        p.get_ref()
+                    ),
+                );
+            }
+            p.get_ref().clone()
+        });
         let threshold = |this: &mut Self, field: &str, v: &Option<Spanned<i64>>, d: u32| {
             v.as_ref().map_or(d, |v| this.positive(field, v, 1).clamp(1, u32::MAX as i64) as u32)
         };
         HealthSettings {
             http,
+            verify,
             timeout: self.duration("health.timeout", r.timeout.as_ref(), Duration::from_secs(2)),
             provider_status: r.provider_status.unwrap_or(true),
             thresholds: HealthThresholds {

@@ -261,3 +261,43 @@ fn the_fault_flags_are_hidden_and_checked() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--kill-at-spawn needs the local provider"), "{}", stderr(&out));
 }
+
+/// `health.verify`: every instance must say it runs its release's executable. A release whose
+/// artifact is a launcher script that starts another executable (here: this binary) never
+/// turns healthy, whatever its labels and environment say, and rolls back with the old
+/// release serving; the reason names both digests.
+#[test]
+fn health_verify_never_counts_another_executable_healthy() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = Case::new("verify", "vf", 2, "blue-green");
+    let verify = ["--set", "health.verify=/version", "--set", "rollout.progress_deadline=6s"];
+    let first = case.run(&[&["deploy", "--json"][..], &verify].concat());
+    assert!(first.status.success(), "{}\n{}", stdout(&first), stderr(&first));
+    let v1 = case.provider();
+
+    let script = case.dir.join("app-2.0.0.sh");
+    let flag = immut::local::sample::SAMPLE_FLAG;
+    std::fs::write(&script, format!("#!/bin/sh\nexec {} {flag} \"$@\"\n", support::BIN)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = format!("artifact.image={}", script.display());
+    let second =
+        case.run(&[&["deploy", "--json", "--set", "artifact.version=2.0.0", "--set", &image][..], &verify].concat());
+    let out = stdout(&second);
+    assert!(!second.status.success(), "another executable must not pass: {out}");
+    let phase = support::finished(&second).map(|o| o.phase);
+    let Some(Phase::RolledBack { reason }) = phase else { panic!("a rollback, not {phase:?}: {out}") };
+    println!("2.0.0 behind a launcher script: rolled back: {reason}");
+    assert!(reason.contains("it runs another build than its labels say"), "{reason}");
+    let digest = |path: &std::path::Path| {
+        immut::local::artifact("a", immut::semver::Version::new(1, 0, 0), path).unwrap().digest.unwrap()
+    };
+    let (claimed, runs) = (digest(&script), digest(std::path::Path::new(support::BIN)));
+    assert!(reason.contains(&claimed) && reason.contains(&runs), "both digests named: {reason}");
+
+    // Ground truth: the old release's processes serve, and nothing of 2.0.0 is left.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let live = runtime.block_on(v1.describe(&Query::service("vf"))).unwrap();
+    assert!(live.iter().all(|i| i.labels.get("immut-artifact-version").is_none_or(|v| v == "1.0.0")), "{live:?}");
+    let running = support::processes_from(&case.local_dir());
+    assert_eq!(running.len(), 2, "the two instances of 1.0.0 run on: {running:?}");
+}

@@ -11,9 +11,10 @@ mod gcp;
 
 use std::sync::Arc;
 
-use immut::health::AllOf;
+use immut::health::{AllOf, Expected};
 use immut::{
     Adopt, ArtifactSpec, BaselineSpec, HealthCheck, HttpProbe, Provider, ProviderStatus, Release, Result, Traffic,
+    VersionCheck,
 };
 
 use crate::spec::{HealthSettings, ProviderSettings, Spec};
@@ -77,7 +78,13 @@ pub async fn connect(
     if crash.is_some() && !matches!(spec.provider, ProviderSettings::Local(_)) {
         return Err(immut::Error::invalid("provider.kind", "--kill-at-spawn needs the local provider"));
     }
-    match &spec.provider {
+    if spec.health.verify.is_some() && matches!(spec.provider, ProviderSettings::Sim(_)) {
+        return Err(immut::Error::invalid(
+            "health.verify",
+            "the simulator's instances run nothing that could say what it is; remove health.verify",
+        ));
+    }
+    let mut backend = match &spec.provider {
         ProviderSettings::Local(s) => local::connect(spec, s, access, crash).await,
         ProviderSettings::Sim(s) => sim::connect(s, releases),
         #[cfg(feature = "aws")]
@@ -89,7 +96,30 @@ pub async fn connect(
             "provider.kind",
             format!("this immut was built without the {} provider", other.kind()),
         )),
+    }?;
+    if let Some(path) = &spec.health.verify {
+        let verified = verified(path, spec, releases);
+        backend.health = Arc::new(AllOf(vec![backend.health, Arc::new(verified)]));
     }
+    Ok(backend)
+}
+
+/// `health.verify`: each instance must say it runs its release's executable (the local
+/// provider: its digest) or image (a cloud: the boot image its metadata service names). The
+/// version an instance reports is not compared: the artifact's version is a name the spec
+/// gives, not something the build knows. Instances of releases this command does not know are
+/// asked for a readable answer only.
+fn verified(path: &str, spec: &Spec, releases: &[&Release]) -> VersionCheck {
+    let mut check = VersionCheck::endpoint(path).timeout(spec.health.timeout).unregistered(Expected::default());
+    for release in releases {
+        let artifact = release.artifact();
+        let expected = match spec.provider {
+            ProviderSettings::Local(_) => Expected { digest: artifact.digest.clone(), ..Expected::default() },
+            _ => Expected { image: Some(artifact.image.clone()), ..Expected::default() },
+        };
+        check = check.expect(release.id().clone(), expected);
+    }
+    check
 }
 
 /// Stops what a retired service leaves running besides its instances: on the local provider,
