@@ -13,9 +13,10 @@ use immut::{DeploymentId, Result};
 /// The hidden flags. Not in `--help`: they exist for the crash tests.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Faults {
-    /// SIGKILLs this process just before its Nth journal record (from 0).
-    #[arg(long, hide = true, value_name = "N")]
-    pub kill_at_record: Option<usize>,
+    /// SIGKILLs this process just before its Nth journal record (from 0), or with `KIND:N`
+    /// its Nth record of that kind (`measured:1`: before the second analysis measurement).
+    #[arg(long, hide = true, value_name = "[KIND:]N", value_parser = record_point)]
+    pub kill_at_record: Option<RecordPoint>,
     /// SIGKILLs this process around its Nth process spawn (from 0; the local provider only):
     /// `N:before` (the record written ahead, the process not started) or `N:after` (the
     /// process started, its record not completed).
@@ -26,11 +27,31 @@ pub struct Faults {
 impl Faults {
     /// The journal the deployer writes to: `inner`, or `inner` behind the kill point.
     pub fn journal(&self, inner: Arc<dyn Journal>) -> Arc<dyn Journal> {
-        match self.kill_at_record {
-            Some(at) => Arc::new(KillAtRecord { inner, at, seen: AtomicUsize::new(0) }),
+        match &self.kill_at_record {
+            Some(point) => Arc::new(KillAtRecord { inner, point: point.clone(), seen: AtomicUsize::new(0) }),
             None => inner,
         }
     }
+}
+
+/// Where `--kill-at-record` strikes: the Nth record, of one kind or of any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPoint {
+    /// The record kind as journaled (`intent`, `measured`, ...), or any.
+    pub kind: Option<String>,
+    /// Counted from 0.
+    pub at: usize,
+}
+
+fn record_point(value: &str) -> std::result::Result<RecordPoint, String> {
+    let bad = || format!("{value:?}: use N or KIND:N, such as 12 or measured:1");
+    let (kind, n) = match value.split_once(':') {
+        Some((kind, n)) if !kind.is_empty() => (Some(kind.to_owned()), n),
+        Some(_) => return Err(bad()),
+        None => (None, value),
+    };
+    let at = n.parse().map_err(|_| bad())?;
+    Ok(RecordPoint { kind, at })
 }
 
 fn spawn_crash(value: &str) -> std::result::Result<SpawnCrash, String> {
@@ -48,13 +69,21 @@ fn spawn_crash(value: &str) -> std::result::Result<SpawnCrash, String> {
 #[derive(Debug)]
 struct KillAtRecord {
     inner: Arc<dyn Journal>,
-    at: usize,
+    point: RecordPoint,
     seen: AtomicUsize,
 }
 
 impl Journal for KillAtRecord {
     fn append(&self, service: &str, record: &JournalRecord) -> Result<()> {
-        if self.seen.fetch_add(1, Ordering::SeqCst) == self.at {
+        let counts = match &self.point.kind {
+            None => true,
+            // The kind as the journal writes it (its serde tag).
+            Some(kind) => {
+                serde_json::to_value(record).ok().and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
+                    == Some(kind.clone())
+            }
+        };
+        if counts && self.seen.fetch_add(1, Ordering::SeqCst) == self.point.at {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
         self.inner.append(service, record)

@@ -98,3 +98,55 @@ async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_
     })
     .await;
 }
+
+/// `immut deploy` SIGKILLed just before its second analysis measurement, then `immut resume`:
+/// the resumed deployment continues the same run (measurement 2 of 3 next, not a new run of
+/// 3), and promotes the canary; the canary's process and the old ones were never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_killed_during_its_analysis_resumes_the_same_run() {
+    use immut::journal::JournalEntry;
+    let case = Case::new("analysis-kill", "web", 2, "blue-green");
+    let first = case.run(&["deploy", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let spec = std::fs::read_to_string(case.dir.join("immut.toml")).unwrap();
+    let spec = spec.replace(
+        "[strategy]\nkind = \"blue_green\"",
+        "[strategy]\nkind = \"canary\"\nsteps = [1]\npromotion = \"analysis\"",
+    ) + &ANALYSIS.replace("count = 2", "count = 3");
+    std::fs::write(case.dir.join("immut.toml"), spec).unwrap();
+    let info = immut::local::LocalBalancer::find(&case.local_dir(), "web").unwrap().expect("a balancer runs");
+    let load = support::Load::start(info.address, 4, Arc::new(support::Live::default()));
+
+    let killed = case.run(&["deploy", "--json", "--set", "artifact.version=2.0.0", "--kill-at-record", "measured:1"]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(killed.status.signal(), Some(9), "SIGKILLed: {}{}", stdout(&killed), stderr(&killed));
+    let measured = |case: &Case| -> Vec<(String, u32)> {
+        case.journal()
+            .into_iter()
+            .filter_map(|r| match r.entry {
+                JournalEntry::Measured(m) => Some((m.gate, m.index)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(measured(&case), [("canary-step-1".to_owned(), 1)], "one measurement was journaled before the kill");
+    let during = support::processes_from(&case.local_dir());
+    assert_eq!(during.len(), 3, "the canary and both old instances outlive the killed command: {during:?}");
+
+    let resumed = case.run(&["resume", "--json"]);
+    assert!(resumed.status.success(), "{}{}", stdout(&resumed), stderr(&resumed));
+    let taken: Vec<u32> = support::events(&resumed)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Measured { measurement } => Some(measurement.index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(taken, [2, 3], "the resumed run takes the measurements that were still due: {}", stdout(&resumed));
+    let all = measured(&case);
+    assert_eq!(all.iter().map(|(_, i)| *i).collect::<Vec<_>>(), [1, 2, 3], "one run of 3 in the journal: {all:?}");
+    assert!(matches!(support::finished(&resumed).map(|o| o.phase), Some(Phase::Succeeded)), "{}", stdout(&resumed));
+    let seen = load.stop().await;
+    assert_eq!(seen.failed, 0, "no request failed across the kill and the resume: {seen:?}");
+    assert!(case.run(&["destroy", "--yes"]).status.success());
+}

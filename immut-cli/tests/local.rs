@@ -249,7 +249,8 @@ fn the_fault_flags_are_hidden_and_checked() {
     for (bad, says) in [
         (&["deploy", "--kill-at-spawn", "1:sometime"][..], "use N:before or N:after"),
         (&["deploy", "--kill-at-spawn", "x"], "use N:before or N:after"),
-        (&["resume", "--kill-at-record", "first"], "invalid digit"),
+        (&["resume", "--kill-at-record", "first"], "use N or KIND:N"),
+        (&["resume", "--kill-at-record", ":3"], "use N or KIND:N"),
     ] {
         let out = case.run(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?} is refused: {}", stderr(&out));
