@@ -93,6 +93,10 @@ pub struct CallCounts {
     /// fleet ([`crate::feed`]).
     #[serde(default)]
     pub changes: u64,
+    /// Change-feed calls that listed the instances changed since the last read: observations
+    /// that patched the fleet instead of reading it in full ([`crate::feed`]).
+    #[serde(default)]
+    pub deltas: u64,
     /// Retried attempts.
     pub retries: u64,
     /// Rollback readiness checks.

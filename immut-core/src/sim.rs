@@ -142,6 +142,9 @@ pub struct SimCalls {
     pub launch: u64,
     /// Describe calls.
     pub describe: u64,
+    /// Instances describe returned, over all its calls: what full reads cost.
+    #[serde(default)]
+    pub described: u64,
     /// Terminate calls.
     pub terminate: u64,
     /// Serving-set reads.
@@ -154,9 +157,16 @@ pub struct SimCalls {
     pub switch: u64,
     /// Batched health checks.
     pub health: u64,
-    /// Change-feed calls ([`SimFeed`]).
+    /// Change-feed calls ([`SimFeed`]) that asked whether anything changed.
     #[serde(default)]
     pub changes: u64,
+    /// Change-feed calls ([`SimFeed`]) that asked which instances changed.
+    #[serde(default)]
+    pub deltas: u64,
+    /// Instances the change feed listed as changed, over all its calls: what an observation
+    /// through the feed costs.
+    #[serde(default)]
+    pub delta_instances: u64,
     /// Readiness checks.
     #[serde(default)]
     pub readiness: u64,
@@ -341,6 +351,10 @@ struct SimState {
     changed_at: Option<Instant>,
     /// What readiness reports per release; ready when absent.
     readiness: BTreeMap<ReleaseId, Readiness>,
+    /// Which instances (by slot) changed at each instant, by a call, out of band or with time
+    /// (running, healthy, visible, gone, past the balancer's initial period): what the change
+    /// feed lists, without a pass over the fleet.
+    touched: BTreeMap<Instant, Vec<usize>>,
 }
 
 #[derive(Debug)]
@@ -390,6 +404,11 @@ impl SimInstance {
 }
 
 impl SimState {
+    /// Notes that the instance in slot `idx` answers differently from `at` on.
+    fn touch(&mut self, at: Instant, idx: usize) {
+        self.touched.entry(at).or_default().push(idx);
+    }
+
     fn random(&mut self) -> f64 {
         // splitmix64: small, fast and reproducible.
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -408,6 +427,7 @@ impl SimState {
             for _ in 0..count.min(live.len()) {
                 let pick = (self.random() * live.len() as f64) as usize % live.len();
                 let idx = live.swap_remove(pick);
+                self.touch(now, idx);
                 if stop {
                     self.instances[idx].stopped = true;
                 } else {
@@ -482,7 +502,8 @@ impl SimProvider {
     }
 
     /// The change feed of this simulated cloud: whether describe, the serving set or a
-    /// health check may answer differently since an instant ([`crate::feed`]).
+    /// health check may answer differently since an instant, and for which instances
+    /// ([`crate::feed`]).
     pub fn feed(&self) -> SimFeed {
         SimFeed { shared: self.shared.clone() }
     }
@@ -580,6 +601,7 @@ impl SimProvider {
                 address: None,
             };
             state.index.insert(instance.id.clone(), idx);
+            state.touch(now, idx);
             if serving {
                 state.serving.insert(instance.id.clone());
             }
@@ -594,7 +616,9 @@ impl SimProvider {
     pub fn edit_label(&self, id: &InstanceId, key: &str, value: &str) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
-        state.changed_at = Some(Instant::now());
+        let now = Instant::now();
+        state.changed_at = Some(now);
+        state.touch(now, idx);
         let instance = &mut state.instances[idx].instance;
         let mut labels = (*instance.labels).clone();
         labels.insert(key.to_owned(), value.to_owned());
@@ -608,7 +632,9 @@ impl SimProvider {
     pub fn resize(&self, id: &InstanceId, machine_type: &str) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
-        state.changed_at = Some(Instant::now());
+        let now = Instant::now();
+        state.changed_at = Some(now);
+        state.touch(now, idx);
         let instance = &mut state.instances[idx].instance;
         instance.observed =
             Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
@@ -621,7 +647,9 @@ impl SimProvider {
     pub fn open_access(&self, id: &InstanceId, path: AccessPath, detail: &str) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
-        state.changed_at = Some(Instant::now());
+        let now = Instant::now();
+        state.changed_at = Some(now);
+        state.touch(now, idx);
         let instance = &mut state.instances[idx].instance;
         let access = instance.observed.access.clone().unwrap_or_default().with(path, detail);
         instance.observed = Arc::new(Observed { access: Some(access), ..(*instance.observed).clone() });
@@ -637,6 +665,7 @@ impl SimProvider {
         for instance in instances {
             let idx = state.instances.len();
             state.index.insert(instance.id.clone(), idx);
+            state.touch(now, idx);
             let mut s = SimInstance::ready(instance.clone(), now);
             s.terminated = !instance.state.is_live();
             state.instances.push(s);
@@ -689,7 +718,8 @@ fn insert(state: &mut SimState, request: &LaunchRequest, running_at: Instant, he
         access: request.release.baseline().spec.sealed.then(Access::sealed),
     });
     let mut out = Vec::with_capacity(request.count);
-    state.changed_at = Some(Instant::now());
+    let now = Instant::now();
+    state.changed_at = Some(now);
     for _ in 0..request.count {
         let idx = state.instances.len();
         let id = InstanceId::new(format!("sim-{idx:07}"));
@@ -702,6 +732,9 @@ fn insert(state: &mut SimState, request: &LaunchRequest, running_at: Instant, he
             address: None,
         };
         state.index.insert(id, idx);
+        for at in [now, running_at, healthy_from] {
+            state.touch(at, idx);
+        }
         let mut s = SimInstance::ready(instance.clone(), running_at);
         s.healthy_at = Some(healthy_from);
         state.instances.push(s);
@@ -782,6 +815,7 @@ impl Provider for SimProvider {
             let visible_at = now + state.jittered(lat.describe_staleness, lat.jitter);
             state.instances[idx].visible_at = visible_at;
             state.transitions.insert(visible_at);
+            state.touch(visible_at, idx);
         }
         state.transitions.insert(running_at);
         state.transitions.insert(healthy_at);
@@ -822,6 +856,7 @@ impl Provider for SimProvider {
                 }
             }
         }
+        self.lock().calls.described += out.len() as u64;
         // Each further page is one more round trip.
         let page = self.shared.latencies.describe_page;
         if page > 0 {
@@ -845,6 +880,8 @@ impl Provider for SimProvider {
                 state.instances[idx].terminated = true;
                 state.instances[idx].gone_at = gone_at;
                 state.transitions.insert(gone_at);
+                state.touch(now, idx);
+                state.touch(gone_at, idx);
                 state.serving.remove(id);
             }
         }
@@ -885,6 +922,7 @@ impl Adopt for SimProvider {
                 return Err(Error::new(ErrorKind::NotFound, "cannot adopt an unknown instance").with_ids([id.clone()]));
             };
             let labels = provenance.signed_labels(LabelCharset::Any, signature);
+            state.touch(now, idx);
             let instance = &mut state.instances[idx].instance;
             instance.provenance = Some(Arc::new(provenance.clone()));
             instance.labels = Arc::new(labels);
@@ -907,9 +945,29 @@ impl SimTraffic {
         for i in instances {
             if state.serving.insert(i.id.clone()) {
                 state.attached_at.insert(i.id.clone(), now);
+                let idx = state.index.get(&i.id).copied();
+                if let Some(idx) = idx {
+                    state.touch(now, idx);
+                }
                 if !initial.is_zero() {
                     state.transitions.insert(now + initial);
+                    if let Some(idx) = idx {
+                        state.touch(now + initial, idx);
+                    }
                 }
+            }
+        }
+    }
+
+    /// Takes `ids` out of the serving set.
+    fn unserve(state: &mut SimState, ids: &[InstanceId]) {
+        let now = Instant::now();
+        state.changed_at = Some(now);
+        for id in ids {
+            if state.serving.remove(id)
+                && let Some(&idx) = state.index.get(id)
+            {
+                state.touch(now, idx);
             }
         }
     }
@@ -948,10 +1006,7 @@ impl Traffic for SimTraffic {
     async fn detach(&self, ids: &[InstanceId]) -> Result<()> {
         {
             let mut state = self.shared.call(|c| c.detach += 1).await?;
-            state.changed_at = Some(Instant::now());
-            for id in ids {
-                state.serving.remove(id);
-            }
+            Self::unserve(&mut state, ids);
         }
         tokio::time::sleep(self.shared.latencies.drain).await;
         Ok(())
@@ -962,9 +1017,7 @@ impl Traffic for SimTraffic {
             let mut state = self.shared.call(|c| c.switch += 1).await?;
             Self::check_known(&state, attach)?;
             Self::serve(&mut state, attach, self.shared.latencies.lb_initial);
-            for id in detach {
-                state.serving.remove(id);
-            }
+            Self::unserve(&mut state, detach);
         }
         tokio::time::sleep(self.shared.latencies.drain).await;
         Ok(())
@@ -1050,11 +1103,23 @@ impl HealthCheck for SimHealth {
 /// The change feed of a [`SimProvider`] ([`crate::feed::ChangeFeed`]). Each call costs the API
 /// latency and can be throttled, like any call; it answers from what changed by a call (or out
 /// of band) and from the instants at which time changes an answer (an instance running,
-/// turning healthy, becoming visible, gone, past the balancer's initial period). Health blips
-/// are drawn per check and cannot be foretold: with a flap rate, the feed cannot tell.
+/// turning healthy, becoming visible, gone, past the balancer's initial period), and lists the
+/// instances that changed from a record of which instance changed when: a call costs
+/// O(changes), not O(N). Health blips are drawn per check and cannot be foretold: with a flap
+/// rate, the feed cannot tell.
 #[derive(Debug, Clone)]
 pub struct SimFeed {
     shared: Arc<Shared>,
+}
+
+impl SimFeed {
+    /// Whether a change at `at` is one that a read gone out at `since` may have missed. Every
+    /// call answers after its latency, so a read that went out at `since` saw what changed at
+    /// `since` itself: only later changes count. Without latency it may not have.
+    fn after(&self, since: Instant, at: Instant) -> bool {
+        let lat = self.shared.latencies;
+        if lat.api.is_zero() || lat.jitter >= 1.0 { at >= since } else { at > since }
+    }
 }
 
 #[async_trait]
@@ -1065,12 +1130,38 @@ impl crate::feed::ChangeFeed for SimFeed {
         }
         let state = self.shared.call(|c| c.changes += 1).await?;
         let now = Instant::now();
-        // Every call answers after its latency, so a read that went out at `since` saw what
-        // changed at `since` itself: only later changes count. Without latency it may not have.
-        let lat = self.shared.latencies;
-        let after = |at: Instant| if lat.api.is_zero() || lat.jitter >= 1.0 { at >= since } else { at > since };
-        let called = state.changed_at.is_some_and(after);
-        let timed = since <= now && state.transitions.range(since..=now).any(|&at| after(at));
+        let called = state.changed_at.is_some_and(|at| self.after(since, at));
+        let timed = since <= now && state.transitions.range(since..=now).any(|&at| self.after(since, at));
         Ok(Some(called || timed))
+    }
+
+    async fn changes_since(&self, since: Instant, query: &Query) -> Result<Option<Vec<crate::feed::Changed>>> {
+        if self.shared.faults.flap_rate > 0.0 {
+            return Ok(None);
+        }
+        let mut state = self.shared.call(|c| c.deltas += 1).await?;
+        let now = Instant::now();
+        if since > now {
+            return Ok(Some(Vec::new()));
+        }
+        let mut slots: Vec<usize> = state
+            .touched
+            .range(since..=now)
+            .filter(|(at, _)| self.after(since, **at))
+            .flat_map(|(_, slots)| slots.iter().copied())
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut out = Vec::with_capacity(slots.len());
+        for idx in slots {
+            let s = &state.instances[idx];
+            let shown = s.visible_at <= now && (query.include_terminated || s.holds_quota(now));
+            let instance = shown.then(|| state.snapshot(idx, now)).filter(|i| query.matches(i));
+            let id = s.instance.id.clone();
+            let serving = state.serving.contains(&id);
+            out.push(crate::feed::Changed { id, instance, serving });
+        }
+        state.calls.delta_instances += out.len() as u64;
+        Ok(Some(out))
     }
 }
