@@ -49,12 +49,15 @@ impl Deployment {
     /// Tells the balancer to probe the new instances that run now and were not prepared yet.
     pub(super) async fn prepare_new(&mut self, obs: &Observation) -> Result<()> {
         let target = self.target().cloned();
-        let fresh: Vec<Instance> = obs
-            .instances
+        // Only what this deployment launched and did not prepare yet: a few, not the fleet.
+        let fleet = &self.fleet;
+        let fresh: Vec<Instance> = self
+            .memory
+            .unprepared
             .iter()
+            .filter_map(|id| fleet.get(id).or_else(|| obs.stand_ins.iter().find(|i| i.id == *id)))
             .filter(|i| target.is_some() && i.release() == target.as_ref())
-            .filter(|i| i.state == InstanceState::Running && !obs.serving.contains(&i.id))
-            .filter(|i| self.memory.launched.get(&i.id).is_some_and(|l| !l.prepared))
+            .filter(|i| i.state == InstanceState::Running && !fleet.serving.contains(&i.id))
             .cloned()
             .collect();
         if fresh.is_empty() {
@@ -67,6 +70,7 @@ impl Deployment {
             if let Some(l) = self.memory.launched.get_mut(&i.id) {
                 l.prepared = true;
             }
+            self.memory.unprepared.remove(&i.id);
         }
         Ok(())
     }
@@ -75,7 +79,7 @@ impl Deployment {
     pub(super) async fn mutate(&mut self, decision: Decision, obs: &Observation) -> Result<()> {
         match decision {
             Decision::Attach { ids } => {
-                let instances = pick(obs, &ids);
+                let instances = fleet::pick(&self.fleet, &obs.stand_ins, &ids);
                 let traffic = self.inner.traffic.clone();
                 let attached = self.retrying("attach", || traffic.attach(&instances)).await;
                 self.calls.attach += 1;
@@ -94,7 +98,7 @@ impl Deployment {
                 self.pending.push_back(Event::Detached { ids });
             }
             Decision::Switch { attach, detach } => {
-                let instances = pick(obs, &attach);
+                let instances = fleet::pick(&self.fleet, &obs.stand_ins, &attach);
                 let traffic = self.inner.traffic.clone();
                 let switched = self.retrying("switch", || traffic.switch(&instances, &detach)).await;
                 self.calls.switch += 1;
@@ -240,11 +244,6 @@ impl Deployment {
             .push_back(Event::InvariantViolated { invariant: violation.invariant, detail: violation.detail.clone() });
         violation.into()
     }
-}
-
-pub(super) fn pick(obs: &Observation, ids: &[InstanceId]) -> Vec<Instance> {
-    let wanted: HashSet<&InstanceId> = ids.iter().collect();
-    obs.instances.iter().filter(|i| wanted.contains(&i.id)).cloned().collect()
 }
 
 /// Whether a traffic change failed because an instance it named is gone (killed or stopped

@@ -12,14 +12,17 @@ impl Deployment {
             release: Some(self.release.id().clone()),
             version: Some(self.release.artifact().version.to_string()),
             deployment: Some(self.id.clone()),
-            addresses: obs
+            addresses: self
+                .fleet
                 .instances
                 .iter()
+                .chain(&obs.stand_ins)
                 .filter_map(|i| i.address.clone().map(|a| (i.id.clone(), a)))
                 .collect::<BTreeMap<_, _>>(),
             stable_release: self.previous.clone(),
             stable_version: self.previous.as_ref().and_then(|previous| {
-                obs.instances
+                self.fleet
+                    .instances
                     .iter()
                     .find(|i| i.release() == Some(previous))
                     .and_then(|i| i.provenance.as_ref())

@@ -226,7 +226,8 @@ impl DeployerBuilder {
         self
     }
     /// A change feed over the provider, the traffic and the health check: a poll on an
-    /// unchanged fleet then costs one feed call instead of a full read (see [`crate::feed`]).
+    /// unchanged fleet then costs one feed call instead of a full read, and, with a feed that
+    /// lists what changed, an observation costs what changed (see [`crate::feed`]).
     pub fn change_feed(mut self, feed: impl ChangeFeed + 'static) -> Self {
         self.feed = Some(Arc::new(feed));
         self

@@ -25,7 +25,7 @@ impl Deployment {
 
     /// The detach or termination the fleet needs before the strategy decides, if any. Spends the
     /// replacement budget on new instances past their deadline; an error once it is spent.
-    pub(super) async fn chores(&mut self, view: &FleetView, obs: &Observation) -> Result<Option<Decision>> {
+    pub(super) async fn chores(&mut self, view: &FleetView) -> Result<Option<Decision>> {
         let now = Instant::now();
         let deadline = self.inner.settings.instance_deadline;
         let mut expired = Vec::new();
@@ -78,12 +78,9 @@ impl Deployment {
             }
         }
         // A stopped instance still in the balancer serves nobody: take it out first.
-        let stopped_serving: Vec<InstanceId> = obs
-            .instances
-            .iter()
-            .filter(|i| i.state == InstanceState::Stopped && obs.serving.contains(&i.id))
-            .map(|i| i.id.clone())
-            .collect();
+        let fleet = &self.fleet;
+        let stopped_serving: Vec<InstanceId> =
+            fleet.stopped.iter().filter(|id| fleet.serving.contains(*id)).cloned().collect();
         if !stopped_serving.is_empty() {
             return Ok(Some(Decision::Detach { ids: stopped_serving }));
         }
@@ -96,13 +93,8 @@ impl Deployment {
                 .filter(|id| self.memory.launched.get(*id).is_some_and(|l| l.failed && !l.terminated))
                 .cloned(),
         );
-        ids.extend(
-            obs.instances
-                .iter()
-                .filter(|i| i.state == InstanceState::Stopped && !obs.serving.contains(&i.id))
-                .map(|i| i.id.clone()),
-        );
-        ids.extend(self.memory.reappeared(&obs.instances).into_iter().filter(|id| !obs.serving.contains(id)));
+        ids.extend(fleet.stopped.iter().filter(|id| !fleet.serving.contains(*id)).cloned());
+        ids.extend(self.memory.reappeared(fleet).into_iter().filter(|id| !fleet.serving.contains(id)));
         ids.sort();
         ids.dedup();
         if ids.is_empty() {

@@ -92,7 +92,8 @@ impl Deployment {
             steps: self.step,
             waves: self.wave,
             serving: {
-                let mut serving: Vec<InstanceId> = self.last_serving.iter().cloned().collect();
+                // The serving set of the last observation: the one that decided `Done`.
+                let mut serving: Vec<InstanceId> = self.fleet.serving.iter().cloned().collect();
                 serving.sort();
                 serving
             },

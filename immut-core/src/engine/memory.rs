@@ -3,6 +3,7 @@
 //! until describe shows them; the ones it terminated, terminated again should they show up
 //! live; the replacements spent against the budget; and each instance's run of health verdicts.
 
+use super::fleet::Fleet;
 use super::*;
 
 /// An instance this deployment launched or adopted.
@@ -18,8 +19,6 @@ pub(super) struct Launched {
     pub(super) seen: bool,
     /// Whether it already counted as a failure.
     pub(super) failed: bool,
-    /// The last step whose observation showed it.
-    pub(super) observed_at_step: u64,
     /// Whether this deployment terminated it: its going away is no failure.
     pub(super) terminated: bool,
     /// Whether the balancer was told to probe it ([`Traffic::prepare`]).
@@ -34,8 +33,6 @@ pub(super) struct Streak {
     healthy: bool,
     /// Since when it has counted as healthy, for the min-ready time.
     healthy_since: Option<Instant>,
-    /// The step that last judged it, so that instances gone from the fleet are forgotten.
-    seen_at_step: u64,
 }
 
 impl Streak {
@@ -45,8 +42,9 @@ impl Streak {
         Streak { healthy: serving, ..Streak::default() }
     }
 
-    pub(super) fn seen_at_step(&self) -> u64 {
-        self.seen_at_step
+    /// Whether the instance counts as healthy.
+    pub(super) fn healthy(&self) -> bool {
+        self.healthy
     }
 
     /// Whether another verdict like the last one would change nothing: it is not in the middle
@@ -62,8 +60,7 @@ impl Streak {
 
     /// Adds a verdict and says whether the instance now counts as healthy. `Unknown` (no
     /// answer) neither proves an instance nor fails one.
-    pub(super) fn record(&mut self, health: &Health, thresholds: HealthThresholds, step: u64, now: Instant) -> bool {
-        self.seen_at_step = step;
+    pub(super) fn record(&mut self, health: &Health, thresholds: HealthThresholds, now: Instant) -> bool {
         match health {
             Health::Healthy => {
                 self.ok += 1;
@@ -106,7 +103,8 @@ pub(super) struct Memory {
     pub(super) booted_unproven: bool,
     /// When the previous observation was made.
     pub(super) previous_observation: Option<Instant>,
-    /// When the last full read went out: a change feed is asked about what changed since.
+    /// When the last read (in full or patched) went out: a change feed is asked about what
+    /// changed since.
     pub(super) read_at: Option<Instant>,
     /// Whether the last read's health verdicts were all in hand and every run of verdicts is
     /// settled, so that reading again with nothing changed would change nothing.
@@ -121,10 +119,13 @@ pub(super) struct Memory {
     pub(super) wave_sizes: HashMap<u32, usize>,
     pub(super) replaced_per_wave: HashMap<u32, usize>,
     pub(super) replaced: usize,
-    pub(super) streaks: HashMap<InstanceId, Streak>,
     /// The reason of each instance's latest unhealthy verdict, for the error that ends a
     /// deployment on it.
     pub(super) last_unhealthy: HashMap<InstanceId, String>,
+    /// Launched instances that no observation has shown yet.
+    pub(super) unseen: BTreeSet<InstanceId>,
+    /// Launched instances the balancer was not told to probe yet.
+    pub(super) unprepared: BTreeSet<InstanceId>,
 }
 
 impl Memory {
@@ -133,16 +134,21 @@ impl Memory {
         let now = Instant::now();
         *self.wave_sizes.entry(wave).or_default() += instances.len();
         for i in instances {
-            self.launched.entry(i.id.clone()).or_insert_with(|| Launched {
+            if self.launched.contains_key(&i.id) {
+                continue;
+            }
+            self.unseen.insert(i.id.clone());
+            self.unprepared.insert(i.id.clone());
+            let launched = Launched {
                 at: now,
                 wave,
                 instance: i.clone(),
                 seen: false,
                 failed: false,
-                observed_at_step: 0,
                 terminated: false,
                 prepared: false,
-            });
+            };
+            self.launched.insert(i.id.clone(), launched);
         }
     }
 
@@ -177,84 +183,110 @@ impl Memory {
     }
 
     /// Completes an observation with what describe cannot show yet, and notes what it shows:
-    /// instances launched within the consistency window and not yet visible are added as
-    /// pending; launched instances that stopped or vanished without the engine's doing are
-    /// returned as failures, with the ids of the stand-ins. `asked_at` is when the describe call went out: the window is
+    /// instances launched within the consistency window and not yet visible are returned as
+    /// pending stand-ins; launched instances that stopped or vanished without the engine's
+    /// doing are returned as failures. `touched` names what the observation may show
+    /// differently from the one before (`None`: everything, after a full read): what did not
+    /// change was noted when it last did. `asked_at` is when the read went out: the window is
     /// measured against it, since the answer may be older than its arrival.
     pub(super) fn reconcile(
         &mut self,
-        instances: &mut Vec<Instance>,
+        fleet: &Fleet,
+        touched: Option<&[InstanceId]>,
         window: Duration,
         asked_at: Instant,
-        step: u64,
         deployment: &DeploymentId,
-    ) -> (Vec<(InstanceId, u32)>, HashSet<InstanceId>) {
+    ) -> (Vec<(InstanceId, u32)>, Vec<Instance>) {
         let now = asked_at;
         let mut failures = Vec::new();
-        let mut stand_ins = HashSet::new();
+        let mut stand_ins = Vec::new();
         self.next_unseen_expiry = None;
         if self.launched.is_empty() && self.terminated.is_empty() {
             return (failures, stand_ins);
         }
-        // One pass over the fleet marks what it shows; no map of the fleet is built.
-        for i in instances.iter() {
-            // What this deployment launched carries its id: the rest of the fleet needs no look-up.
-            let ours = i.provenance.as_ref().is_none_or(|p| p.deployment == *deployment);
-            if ours && let Some(l) = self.launched.get_mut(&i.id) {
-                l.seen = true;
-                l.observed_at_step = step;
-                if i.state.is_lingering() && !l.failed && !l.terminated {
-                    l.failed = true;
-                    failures.push((i.id.clone(), l.wave));
-                }
-            }
-            if !self.terminated.is_empty()
-                && let Some(at) = self.terminated.get_mut(&i.id)
-                && !i.state.is_live()
-            {
-                // On its way out: no longer watched.
-                *at = now - window - Duration::from_nanos(1);
-            }
+        // What this deployment launched carries its id: the rest of the fleet needs no look-up.
+        let ours = |i: &Instance| i.provenance.as_ref().is_none_or(|p| p.deployment == *deployment);
+        match touched {
+            None => fleet.instances.iter().for_each(|i| self.note(i, ours(i), now, window, &mut failures)),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| fleet.get(id))
+                .for_each(|i| self.note(i, ours(i), now, window, &mut failures)),
         }
-        let mut forget = Vec::new();
-        for (id, l) in self.launched.iter_mut() {
-            if l.observed_at_step == step {
-                continue;
-            }
+        // What the observation does not show of what this deployment launched: never seen yet,
+        // or gone since (which a patch touched).
+        let shown = |id: &InstanceId| fleet.get(id).is_some_and(ours);
+        let mut missing: Vec<InstanceId> = match touched {
+            None => self.launched.keys().filter(|id| !shown(id)).cloned().collect(),
+            Some(ids) => self
+                .unseen
+                .iter()
+                .chain(ids.iter().filter(|id| self.launched.contains_key(*id)))
+                .filter(|id| !shown(id))
+                .cloned()
+                .collect(),
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        for id in missing {
+            let Some(l) = self.launched.get(&id) else { continue };
             if l.terminated {
-                forget.push(id.clone());
+                self.forget(&id);
             } else if !l.seen && now < l.at + window {
                 let expiry = l.at + window;
                 self.next_unseen_expiry = Some(self.next_unseen_expiry.map_or(expiry, |e| e.min(expiry)));
                 let mut stand_in = l.instance.clone();
                 stand_in.state = InstanceState::Pending;
-                instances.push(stand_in);
-                stand_ins.insert(id.clone());
+                stand_ins.push(stand_in);
             } else {
                 if !l.failed {
                     failures.push((id.clone(), l.wave));
                 }
-                forget.push(id.clone());
+                self.forget(&id);
             }
-        }
-        for id in forget {
-            self.launched.remove(&id);
         }
         // A terminated id is watched for the window (it may show up live later).
         self.terminated.retain(|_, at| now < *at + window);
         (failures, stand_ins)
     }
 
-    /// Ids this deployment terminated that describe now shows live again.
-    pub(super) fn reappeared(&self, instances: &[Instance]) -> Vec<InstanceId> {
-        if self.terminated.is_empty() {
-            return Vec::new();
+    /// Notes that the observation shows `i`.
+    fn note(
+        &mut self,
+        i: &Instance,
+        ours: bool,
+        now: Instant,
+        window: Duration,
+        failures: &mut Vec<(InstanceId, u32)>,
+    ) {
+        if ours && let Some(l) = self.launched.get_mut(&i.id) {
+            if !l.seen {
+                l.seen = true;
+                self.unseen.remove(&i.id);
+            }
+            if i.state.is_lingering() && !l.failed && !l.terminated {
+                l.failed = true;
+                failures.push((i.id.clone(), l.wave));
+            }
         }
-        instances
-            .iter()
-            .filter(|i| i.state.is_live() && self.terminated.contains_key(&i.id))
-            .map(|i| i.id.clone())
-            .collect()
+        if !self.terminated.is_empty()
+            && let Some(at) = self.terminated.get_mut(&i.id)
+            && !i.state.is_live()
+        {
+            // On its way out: no longer watched.
+            *at = now - window - Duration::from_nanos(1);
+        }
+    }
+
+    fn forget(&mut self, id: &InstanceId) {
+        self.launched.remove(id);
+        self.unseen.remove(id);
+        self.unprepared.remove(id);
+    }
+
+    /// Ids this deployment terminated that the fleet now shows live again.
+    pub(super) fn reappeared(&self, fleet: &Fleet) -> Vec<InstanceId> {
+        self.terminated.keys().filter(|id| fleet.get(id).is_some_and(|i| i.state.is_live())).cloned().collect()
     }
 
     /// Spends the budget on `failed` replacements; an error once it is exhausted.

@@ -10,6 +10,7 @@ mod builder;
 mod chores;
 mod end;
 mod events;
+mod fleet;
 mod gate;
 pub mod invariants;
 mod memory;
@@ -199,7 +200,8 @@ pub struct Deployment {
     calls: CallCounts,
     cancel: CancelHandle,
     outcome: Option<Outcome>,
-    last_serving: HashSet<InstanceId>,
+    /// The fleet as last observed.
+    fleet: fleet::Fleet,
     begun: bool,
     resumed: bool,
     /// The caller chose the id ([`Deployment::with_id`]): its launch tokens may have been used
@@ -246,7 +248,7 @@ impl Deployment {
             calls: CallCounts::default(),
             cancel: CancelHandle::default(),
             outcome: None,
-            last_serving: HashSet::new(),
+            fleet: fleet::Fleet::default(),
             begun: false,
             resumed: false,
             chosen_id: false,
@@ -444,7 +446,7 @@ impl Deployment {
         let limits = self.limits();
         self.journal_observed(&view, limits).await?;
         invariants::check_observed(&view, limits, self.initial_total).map_err(|v| self.violated(v))?;
-        let decision = match self.chores(&view, &obs).await? {
+        let decision = match self.chores(&view).await? {
             Some(chore) => chore,
             None => match &self.phase {
                 Phase::RollingBack { .. } if self.is_repair() => Deployment::repair_rollback(&view),
@@ -468,8 +470,6 @@ impl Deployment {
             decision: decision.clone(),
         });
         self.check_decision(&view, &decision, limits)?;
-        // The outcome reports the serving set of the observation that decided `Done`.
-        self.last_serving = std::mem::take(&mut obs.serving);
         self.act(decision, &view, &obs).await
     }
 }

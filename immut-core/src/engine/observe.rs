@@ -1,25 +1,47 @@
-//! Observing the fleet: describe, the serving set and health, turned into a [`FleetView`].
+//! Observing the fleet: read in full (describe, the serving set and health) or patched with
+//! what a change feed lists as changed, and turned into a [`FleetView`].
 
+use super::fleet::Fleet;
 use super::memory::Streak;
 use super::*;
 
 pub(super) struct Observation {
-    pub(super) instances: Vec<Instance>,
-    pub(super) serving: HashSet<InstanceId>,
-    /// Whether each of `instances` serves: looked up once, used by every pass.
-    pub(super) serves: Vec<bool>,
-    pub(super) health: Vec<Health>,
+    /// Instances this deployment launched that describe does not show yet, counted from its
+    /// own record as pending: they may never have existed, so no health check is asked about
+    /// them.
+    pub(super) stand_ins: Vec<Instance>,
     /// New instances that stopped or vanished without the engine's doing, with their wave.
     pub(super) failures: Vec<(InstanceId, u32)>,
-    /// Instances added from the engine's own record because describe does not show them yet.
-    pub(super) stand_ins: HashSet<InstanceId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Signature(pub(super) [usize; 10]);
 
 impl Deployment {
+    /// Brings `self.fleet` up to date, and completes it with what the engine's own record
+    /// knows. A read that fails leaves the fleet as it was, to be read in full next time.
     pub(super) async fn observe(&mut self) -> Result<Observation> {
+        let mut fleet = std::mem::take(&mut self.fleet);
+        // Cleared below when the verdicts are not in hand: the next poll must read again.
+        self.memory.settled = true;
+        let read = match self.read_changes(&mut fleet).await {
+            Some(read) => Ok(read),
+            None => self.read_all(&mut fleet).await,
+        };
+        if read.is_err() {
+            fleet.patchable = false;
+        }
+        self.fleet = fleet;
+        let (asked_at, touched) = read?;
+        let window = self.inner.provider.capabilities().consistency_window;
+        let (failures, stand_ins) = self.memory.reconcile(&self.fleet, touched.as_deref(), window, asked_at, &self.id);
+        self.memory.read_at = Some(asked_at);
+        Ok(Observation { stand_ins, failures })
+    }
+
+    /// Reads the whole fleet: describe, the serving set, and the health of the instances it
+    /// decides the place of. Returns when the read went out.
+    async fn read_all(&mut self, fleet: &mut Fleet) -> Result<(Instant, Option<Vec<InstanceId>>)> {
         let (provider, traffic) = (&self.inner.provider, &self.inner.traffic);
         let query = Query::service(self.release.service());
         let settings = &self.inner.settings;
@@ -41,85 +63,83 @@ impl Deployment {
         let serving: HashSet<InstanceId> = self.absorb(serving)?.into_iter().collect();
         self.calls.describe += 1;
         self.calls.serving += 1;
-        let window = self.inner.provider.capabilities().consistency_window;
-        let (failures, stand_ins) = self.memory.reconcile(&mut instances, window, asked_at, self.step, &self.id);
-        self.memory.read_at = Some(asked_at);
-        let (serves, checked) = self.checked_first(&mut instances, &serving);
-        let health = self.judge(&instances, checked).await;
-        Ok(Observation { instances, serving, serves, health, failures, stand_ins })
+        let target = self.target().cloned();
+        let (mut read, checked) = Fleet::read(instances, serving, target.as_ref(), &self.replacing, fleet, asked_at);
+        match self.judge(&read.instances[..checked]).await {
+            Some(verdicts) => read.health[..checked].clone_from_slice(&verdicts),
+            None => read.patchable = false,
+        }
+        *fleet = read;
+        Ok((asked_at, None))
     }
 
-    /// Moves the instances whose classification depends on their health (those of the target
-    /// release and those serving) ahead of the rest, keeping the order within each group, and
-    /// returns how many they are: the health check gets them as one slice, uncopied. Every
-    /// group of the view (old and idle, lingering, ...) lies in one group or the other, so its
-    /// order is the describe order still. An old instance that does not serve is old and idle
-    /// whatever its health, so it is not checked.
-    fn checked_first(&self, instances: &mut Vec<Instance>, serving: &HashSet<InstanceId>) -> (Vec<bool>, usize) {
-        let target = self.target();
-        // (serves, checked) per instance.
-        let flags: Vec<(bool, bool)> = instances
-            .iter()
-            .map(|i| {
-                let serves = serving.contains(&i.id);
-                let checked = serves
-                    || (i.state.is_live()
-                        && target.is_some()
-                        && i.release() == target
-                        && (self.replacing.is_empty() || !self.replacing.contains(&i.id)));
-                (serves, checked)
-            })
-            .collect();
-        let checked = flags.iter().filter(|f| f.1).count();
-        if checked == instances.len() {
-            return (flags.into_iter().map(|f| f.0).collect(), checked);
+    /// Patches `fleet` with what the change feed lists as changed since the last read, and
+    /// judges the health of what changed (and of what is mid-way through a run of verdicts).
+    /// Returns when the feed call went out and the ids it named; `None` when the fleet must
+    /// be read in full: no feed, or one that cannot tell or failed, no earlier read to patch,
+    /// another release to judge, instances to replace, or a full read due.
+    async fn read_changes(&mut self, fleet: &mut Fleet) -> Option<(Instant, Option<Vec<InstanceId>>)> {
+        let feed = self.inner.settings.feed.clone()?;
+        let since = self.memory.read_at?;
+        let asked_at = Instant::now();
+        let due = fleet.full_read_at.is_none_or(|at| asked_at >= at + self.inner.settings.full_read_every);
+        if !fleet.patchable || due || fleet.target.as_ref() != self.target() || !self.replacing.is_empty() {
+            return None;
         }
-        let mut n = 0;
-        let rest: Vec<Instance> = instances
-            .extract_if(.., |_| {
-                n += 1;
-                !flags[n - 1].1
-            })
-            .collect();
-        instances.extend(rest);
-        // What is not checked does not serve.
-        let mut serves: Vec<bool> = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
-        serves.resize(instances.len(), false);
-        (serves, checked)
+        let query = Query::service(self.release.service());
+        let answer = self.retrying("changes", || feed.changes_since(since, &query)).await;
+        let changes = match answer {
+            Ok(Some(changes)) => changes,
+            Ok(None) => return None,
+            Err(e) => {
+                self.calls.deltas += 1;
+                tracing::warn!(error = %e, "the change feed failed; reading the fleet in full");
+                return None;
+            }
+        };
+        self.calls.deltas += 1;
+        let touched = fleet.patch(changes);
+        let due = fleet.due_for_check(&touched);
+        if !due.is_empty() {
+            let subject: Vec<Instance> = due.iter().map(|&p| fleet.instances[p].clone()).collect();
+            let verdicts = self.judge(&subject).await;
+            if verdicts.is_none() {
+                fleet.patchable = false;
+            }
+            let verdicts = verdicts.unwrap_or_else(|| vec![Health::Unknown; subject.len()]);
+            for (p, verdict) in due.into_iter().zip(verdicts) {
+                fleet.health[p] = verdict;
+                fleet.fresh[p] = true;
+            }
+        }
+        Some((asked_at, Some(touched)))
     }
 
-    /// Health of the first `checked` instances (see [`Deployment::checked_first`]); the rest
-    /// are `Unknown`. A check that fails after its retries leaves them all `Unknown` for this
-    /// step (see [`crate::health`]).
-    pub(super) async fn judge(&mut self, instances: &[Instance], checked: usize) -> Vec<Health> {
-        let mut health = vec![Health::Unknown; instances.len()];
-        // Cleared below when the verdicts are not in hand: the next poll must read again.
-        self.memory.settled = true;
-        if checked == 0 {
-            return health;
+    /// Health of `subject`; `None` when the check fails after its retries, or answers for
+    /// other instances: they count as unknown for this step (see [`crate::health`]), and
+    /// the next observation reads in full.
+    pub(super) async fn judge(&mut self, subject: &[Instance]) -> Option<Vec<Health>> {
+        if subject.is_empty() {
+            return Some(Vec::new());
         }
-        let subject = &instances[..checked];
         let check = self.inner.health.clone();
         let result = self.retrying("health", || check.check_many(subject)).await;
         self.calls.health += 1;
         match result {
-            Ok(verdicts) if verdicts.len() == subject.len() => {
-                for (slot, v) in health.iter_mut().zip(verdicts) {
-                    *slot = v;
-                }
-            }
+            Ok(verdicts) if verdicts.len() == subject.len() => Some(verdicts),
             Ok(verdicts) => {
                 self.memory.settled = false;
                 let error = format!("the check returned {} verdicts for {} instances", verdicts.len(), subject.len());
                 self.pending.push_back(Event::HealthUnknown { error, instances: subject.len() });
+                None
             }
             Err(e) => {
                 self.memory.settled = false;
                 tracing::warn!(error = %e, "health check unavailable; instances count as unknown this step");
                 self.pending.push_back(Event::HealthUnknown { error: e.to_string(), instances: subject.len() });
+                None
             }
         }
-        health
     }
 
     pub(super) fn build_view(&mut self, obs: &Observation) -> FleetView {
@@ -139,50 +159,52 @@ impl Deployment {
             ..FleetView::default()
         };
         // Most of a fleet serves: sized once, not grown by doubling at every observation.
-        view.old_serving_healthy.reserve(obs.instances.len());
-        view.new_serving_healthy.reserve(obs.instances.len());
+        let size = self.fleet.instances.len() + obs.stand_ins.len();
+        view.old_serving_healthy.reserve(size);
+        view.new_serving_healthy.reserve(size);
         let thresholds = self.inner.settings.thresholds;
         let started = self.started.unwrap_or(now);
-        let target = self.target().cloned();
-        let generation = self.step;
-        let mut settled = true;
-        self.memory.booted_unproven = false;
-        for ((instance, health), &serving) in obs.instances.iter().zip(&obs.health).zip(&obs.serves) {
-            let id = &instance.id;
+        // It turned healthy after the previous observation: that is the earliest it may have,
+        // which is what the close polling should aim at.
+        let earliest = self.memory.previous_observation.unwrap_or(now);
+        let mut booted_unproven = false;
+        let fleet = &mut self.fleet;
+        fleet.unsettled.clear();
+        for p in 0..fleet.instances.len() {
+            let instance = &fleet.instances[p];
+            let (id, serving) = (&instance.id, fleet.serves[p]);
             if instance.state.is_lingering() && !serving {
                 view.lingering.push(id.clone());
+                fleet.streaks[p] = None;
                 continue;
             }
-            // (healthy, since when): one look-up of the streak per instance.
+            // (healthy, since when).
             let (healthy, since) = if instance.state.is_live() {
-                // Looked up before inserting: most instances have a run already, and the
-                // entry API would clone every id to find out.
-                let streak = match self.memory.streaks.get_mut(id) {
-                    Some(streak) => streak,
-                    None => self.memory.streaks.entry(id.clone()).or_insert_with(|| Streak::first(serving)),
-                };
-                let healthy = streak.record(health, thresholds, generation, now);
-                settled &= streak.settled();
-                if let Health::Unhealthy(why) = health {
+                let slot = &mut fleet.streaks[p];
+                // A verdict that is not fresh is the one the run last counted, on a settled
+                // run (an unsettled one is judged again): counting it again changes nothing.
+                let fresh = fleet.fresh[p] || slot.is_none();
+                let streak = slot.get_or_insert_with(|| Streak::first(serving));
+                let healthy = if fresh { streak.record(&fleet.health[p], thresholds, now) } else { streak.healthy() };
+                if fresh && let Health::Unhealthy(why) = &fleet.health[p] {
                     self.memory.last_unhealthy.insert(id.clone(), why.clone());
+                }
+                if !streak.settled() {
+                    fleet.unsettled.push(id.clone());
                 }
                 (healthy, if healthy { streak.healthy_since() } else { None })
             } else {
+                fleet.streaks[p] = None;
                 (false, None)
             };
             if since == Some(now) {
-                // It turned healthy after the previous observation: that is the earliest it
-                // may have, which is what the close polling should aim at.
-                let earliest = self.memory.previous_observation.unwrap_or(now);
                 self.memory.turned_healthy(id, earliest);
             }
-            let replaced = !self.replacing.is_empty() && self.replacing.contains(id);
-            let is_target = target.is_some() && instance.release() == target.as_ref() && !replaced;
-            let bucket = match (is_target, serving, healthy) {
+            let bucket = match (fleet.is_target[p], serving, healthy) {
                 (true, true, true) => &mut view.new_serving_healthy,
                 (true, true, false) => &mut view.new_serving_unhealthy,
                 (true, false, false) => {
-                    self.memory.booted_unproven |= instance.state == InstanceState::Running;
+                    booted_unproven |= instance.state == InstanceState::Running;
                     &mut view.launching
                 }
                 (true, false, true) => {
@@ -200,14 +222,19 @@ impl Deployment {
                 (false, false, _) => &mut view.old_idle,
             };
             bucket.push(id.clone());
-            if !obs.stand_ins.is_empty() && obs.stand_ins.contains(id) {
-                view.unconfirmed.push(id.clone());
-            }
         }
+        // Stand-ins are pending, serve nobody and have no verdict.
+        let target = self.target();
+        for instance in &obs.stand_ins {
+            let replaced = !self.replacing.is_empty() && self.replacing.contains(&instance.id);
+            let is_target = target.is_some() && instance.release() == target && !replaced;
+            let bucket = if is_target { &mut view.launching } else { &mut view.old_idle };
+            bucket.push(instance.id.clone());
+            view.unconfirmed.push(instance.id.clone());
+        }
+        self.memory.booted_unproven = booted_unproven;
         self.memory.previous_observation = Some(now);
-        self.memory.settled &= settled;
-        // Only instances still observed keep their run of verdicts.
-        self.memory.streaks.retain(|_, s| s.seen_at_step() == generation);
+        self.memory.settled &= self.fleet.unsettled.is_empty();
         view
     }
 

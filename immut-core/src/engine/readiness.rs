@@ -88,11 +88,19 @@ impl Deployment {
     /// than [`READY_FOR`], so a rolling deployment does not ask at every wave.
     pub(super) async fn way_back_gone(&mut self, ids: &[InstanceId], obs: &Observation) -> Option<String> {
         let target = self.release.id().clone();
-        let releases: BTreeSet<ReleaseId> =
-            act::pick(obs, ids).iter().filter_map(|i| i.release().cloned()).filter(|r| *r != target).collect();
+        let releases: BTreeSet<ReleaseId> = fleet::pick(&self.fleet, &obs.stand_ins, ids)
+            .iter()
+            .filter_map(|i| i.release().cloned())
+            .filter(|r| *r != target)
+            .collect();
+        let terminating: HashSet<&InstanceId> = ids.iter().collect();
         for id in releases {
-            let keeps_some =
-                obs.instances.iter().any(|i| i.state.is_live() && i.release() == Some(&id) && !ids.contains(&i.id));
+            let keeps_some = self
+                .fleet
+                .instances
+                .iter()
+                .chain(&obs.stand_ins)
+                .any(|i| i.state.is_live() && i.release() == Some(&id) && !terminating.contains(&i.id));
             if keeps_some && self.ready_at.get(&id).is_some_and(|at| at.elapsed() < READY_FOR) {
                 continue;
             }

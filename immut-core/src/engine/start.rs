@@ -22,9 +22,11 @@ impl Deployment {
             self.begun = true;
             return Ok(());
         }
-        let Observation { instances, serving, .. } = self.observe().await?;
+        let observation = self.observe().await?;
         let mut by_release: BTreeMap<&ReleaseId, usize> = BTreeMap::new();
-        for i in instances.iter().filter(|i| serving.contains(&i.id) && !self.excluded_from_previous(&i.id)) {
+        let fleet = &self.fleet;
+        for i in fleet.instances.iter().filter(|i| fleet.serving.contains(&i.id) && !self.excluded_from_previous(&i.id))
+        {
             if let Some(r) = i.release().filter(|r| *r != self.release.id()) {
                 *by_release.entry(r).or_default() += 1;
             }
@@ -42,7 +44,8 @@ impl Deployment {
             ));
         }
         let previous_version = previous.as_ref().and_then(|(id, _)| {
-            instances
+            fleet
+                .instances
                 .iter()
                 .find(|i| i.release() == Some(id))
                 .and_then(|i| i.provenance.as_ref())
@@ -55,7 +58,7 @@ impl Deployment {
         };
         self.previous_count = previous.as_ref().map_or(0, |(_, n)| *n);
         self.previous = previous.map(|(r, _)| r);
-        self.initial_total = instances.len();
+        self.initial_total = self.fleet.instances.len() + observation.stand_ins.len();
         self.write_ahead(JournalEntry::Begin {
             release: Box::new((*self.release).clone()),
             previous_release: self.previous_release.as_ref().map(|r| Box::new((**r).clone())),

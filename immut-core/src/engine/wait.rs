@@ -63,7 +63,7 @@ impl Deployment {
             if cancelled || promised.is_some() || polling_gate {
                 return Ok(());
             }
-            if let Some(read_at) = self.memory.read_at {
+            if let Some(read_at) = self.fleet.full_read_at {
                 due = Some(due.map_or(read_at + self.inner.settings.full_read_every, |d| {
                     d.min(read_at + self.inner.settings.full_read_every)
                 }));
