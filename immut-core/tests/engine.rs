@@ -115,10 +115,49 @@ async fn polling_through_the_change_feed_reads_only_what_changed() {
         assert!(c.violations.is_empty() && c.refused.is_empty(), "{:?} {:?}", c.violations, c.refused);
         assert_final_fleet(&sim, &c.outcome, &v2, Some(&v1), 6, 6).await;
         assert_eq!(c.outcome.calls.changes, sim.calls().changes, "every feed call is counted");
+        assert_eq!(c.outcome.calls.deltas, sim.calls().deltas, "every list of changes is counted");
         assert_eq!(c.outcome.calls.changes > 0, feed, "{:?}", c.outcome.calls);
         describes.push(sim.calls().describe);
     }
     assert!(describes[1] * 2 < describes[0], "the feed spared most full reads: {describes:?}");
+}
+
+/// At N = 10 000, an observation through a change feed that lists what changed reads what
+/// changed, not the fleet: after the first full read, no step reads more than a few instances
+/// per instance the wave touched (launched, attached, detached, terminated), whatever N is.
+#[tokio::test(start_paused = true)]
+async fn a_poll_with_k_changes_reads_o_of_k_instances_at_n_10000() {
+    const N: usize = 10_000;
+    const K: usize = 10;
+    let faults = Faults { no_next_change: true, ..Faults::default() };
+    let sim = latencies(SimProvider::builder()).faults(faults).seed(3).build().unwrap();
+    let (v1, v2) = (release((1, 0, 0)), release((1, 1, 0)));
+    sim.seed(&v1, N, true);
+    let deployer = deployer(&sim, N)
+        .strategy(Rolling::new().max_surge(Count::Count(K)).max_unavailable(Count::Count(0)))
+        // No periodic full read within the steps watched: every read after the first is a patch.
+        .full_read_every(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut deployment = deployer.deploy(v2).with_previous(v1);
+    let mut before = sim.calls();
+    let (mut patched_steps, mut waves_done) = (0, 0);
+    for step in 1..=40 {
+        assert!(deployment.step().await.is_none(), "the deployment ended early");
+        let now = sim.calls();
+        let read = (now.described - before.described) + (now.delta_instances - before.delta_instances);
+        if step == 1 {
+            assert!(read >= N as u64, "the first observation reads the fleet in full: {read}");
+        } else {
+            assert!(read <= 4 * K as u64, "step {step} read {read} instances for a wave of {K}");
+        }
+        patched_steps += usize::from(now.deltas > before.deltas);
+        waves_done += deployment.take_events().iter().filter(|e| matches!(e, Event::Terminated { .. })).count();
+        before = now;
+    }
+    assert_eq!(sim.calls().describe, 1 + sim.calls().launch, "one full read, and one adoption check per launch");
+    assert!(patched_steps >= 30, "most steps patched their fleet: {patched_steps}");
+    assert!(waves_done >= 2, "the steps watched replaced whole waves: {waves_done}");
 }
 
 #[tokio::test(start_paused = true)]

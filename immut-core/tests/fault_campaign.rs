@@ -26,6 +26,11 @@ use immut_core::{BlueGreen, Canary, Count, Rolling};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
+/// Polled cases whose feed can list what changed (no health blips), and those of them in which
+/// the engine patched its fleet from those lists: the path the polled half is there to test.
+static LISTING: AtomicUsize = AtomicUsize::new(0);
+static PATCHED: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Debug, Clone)]
 enum Plan {
     BlueGreen { bake: u64, keep_old: u64 },
@@ -312,6 +317,12 @@ fn campaign(plan: &Plan, desired: usize, old: usize, schedule: &Schedule) -> Res
             prop_assert_eq!(sim.calls().launch, 0);
             return Ok(());
         };
+        if schedule.polled() && schedule.flap_rate == 0.0 && outcome.steps > 1 {
+            LISTING.fetch_add(1, Ordering::SeqCst);
+            if sim.calls().deltas > 0 {
+                PATCHED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         let violations = checker.finish(&outcome, &v2, (old > 0).then_some(&v1));
         prop_assert!(violations.is_empty(), "{violations:?}\n{}", outcome.summary());
         prop_assert!(matches!(outcome.phase, Phase::Succeeded | Phase::RolledBack { .. }), "{}", outcome.summary());
@@ -363,9 +374,17 @@ fn randomized_fault_schedules_keep_every_invariant() {
     for (what, n) in mix.lock().unwrap().iter() {
         println!("  {what:<28} {n}");
     }
+    let (listing, patched) = (LISTING.load(Ordering::SeqCst), PATCHED.load(Ordering::SeqCst));
+    println!("  {:<28} {patched} of {listing}", "polled, patched from lists");
     if let Err(e) = result {
         panic!("{e}");
     }
+    // Every polled case whose feed lists changes and that observed more than once patched its
+    // fleet from those lists at least once (cases that ran into an error may have stopped first).
+    assert!(
+        listing == 0 || patched * 10 >= listing * 9,
+        "only {patched} of {listing} polled cases patched their fleet from the change feed"
+    );
 }
 
 /// A case the campaign found: an instance stuck pending reached its deadline in the step
