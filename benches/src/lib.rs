@@ -29,10 +29,12 @@
 //! engine can beat, but which is loose: a wave waits for its slowest instance.
 //!
 //! Every run goes through `SimProvider::deployer`, which wires the simulator's change feed
-//! (`immut_core::feed`): a polled run asks it at each poll and reads the fleet in full only when
-//! something changed, when the engine's own clock makes a decision due, or every 60 s. Each feed
-//! call costs the API latency like any call, and counts as an observation call. The oracle is
-//! woken by the promise and never asks the feed.
+//! (`immut_core::feed`): a polled run asks it at each poll whether anything changed, and
+//! observes only when something did or when the engine's own clock makes a decision due. An
+//! observation, polled or woken by the oracle's promise, asks the feed which instances changed
+//! and patches the fleet it keeps with them, so it costs O(changes); the engine reads the fleet
+//! in full at the start and every 60 s. Each feed call costs the API latency like any call,
+//! and counts as an observation call.
 
 use std::sync::Arc;
 use std::time::Duration;
