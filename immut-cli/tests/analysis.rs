@@ -99,20 +99,57 @@ async fn a_canary_failing_five_percent_is_rolled_back_by_its_metrics_and_a_good_
     .await;
 }
 
-/// `immut deploy` SIGKILLed just before its second analysis measurement, then `immut resume`:
-/// the resumed deployment continues the same run (measurement 2 of 3 next, not a new run of
-/// 3), and promotes the canary; the canary's process and the old ones were never lost.
+/// The error ratio of a release's instances, over Prometheus's scrapes of their `/metrics`.
+const ERROR_RATIO: &str = r#"(sum(rate(sample_http_requests_total{release="{{release}}",instance=~"{{instances}}",status=~"5.."}[4s])) or vector(0)) / sum(rate(sample_http_requests_total{release="{{release}}",instance=~"{{instances}}"}[4s]))"#;
+
+/// `immut deploy` SIGKILLed just before its second measurement of a Prometheus analysis (a
+/// real Prometheus, scraping the instances through file-based discovery that the test keeps
+/// current), then `immut resume`: the resumed deployment continues the same run (measurement
+/// 2 of 3 next, not a new run of 3) and promotes the canary; no request failed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deployment_killed_during_its_analysis_resumes_the_same_run() {
     use immut::journal::JournalEntry;
+    let prometheus = Arc::new(immut_core::test_tools::start_prometheus().unwrap_or_else(|e| panic!("{e}")));
     let case = Case::new("analysis-kill", "web", 2, "blue-green");
     let first = case.run(&["deploy", "--json"]);
     assert!(first.status.success(), "{}", stderr(&first));
+    let (watched, scraper) = (case.provider(), prometheus.clone());
+    let targets = tokio::spawn(async move {
+        let mut last = Vec::new();
+        loop {
+            if let Ok(fleet) = immut::ProviderExt::describe_service(&watched, "web").await {
+                let mut now: Vec<String> = fleet.into_iter().filter_map(|i| i.address).collect();
+                now.sort();
+                if now != last {
+                    scraper.set_targets(&now).expect("the targets file is writable");
+                    last = now;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let analysis = format!(
+        r#"
+[analysis]
+
+[[analysis.metrics]]
+name = "error-ratio"
+provider = "prometheus"
+url = "{url}"
+query = '{ERROR_RATIO}'
+interval = "2s"
+count = 3
+success = "< 0.01"
+# While Prometheus first discovers and scrapes the canary (a rate needs two scrapes).
+inconclusive_limit = 3
+"#,
+        url = prometheus.url()
+    );
     let spec = std::fs::read_to_string(case.dir.join("immut.toml")).unwrap();
     let spec = spec.replace(
         "[strategy]\nkind = \"blue_green\"",
         "[strategy]\nkind = \"canary\"\nsteps = [1]\npromotion = \"analysis\"",
-    ) + &ANALYSIS.replace("count = 2", "count = 3");
+    ) + &analysis;
     std::fs::write(case.dir.join("immut.toml"), spec).unwrap();
     let info = immut::local::LocalBalancer::find(&case.local_dir(), "web").unwrap().expect("a balancer runs");
     let load = support::Load::start(info.address, 4, Arc::new(support::Live::default()));
@@ -148,5 +185,6 @@ async fn a_deployment_killed_during_its_analysis_resumes_the_same_run() {
     assert!(matches!(support::finished(&resumed).map(|o| o.phase), Some(Phase::Succeeded)), "{}", stdout(&resumed));
     let seen = load.stop().await;
     assert_eq!(seen.failed, 0, "no request failed across the kill and the resume: {seen:?}");
+    targets.abort();
     assert!(case.run(&["destroy", "--yes"]).status.success());
 }
