@@ -164,7 +164,13 @@ impl Demo {
     /// Detaches and terminates every instance of the service.
     pub async fn cleanup(&self) -> immut::Result<usize> {
         let ids: Vec<InstanceId> = self.live().await?.into_iter().map(|i| i.id).collect();
-        self.balancer.detach(&ids).await?;
+        // Everything the balancer serves, not only what runs: an entry left by an earlier run
+        // that was killed would otherwise be restored by the next balancer, and counted.
+        let mut serving = self.balancer.serving().await?;
+        serving.extend(ids.iter().cloned());
+        serving.sort();
+        serving.dedup();
+        self.balancer.detach(&serving).await?;
         self.provider.terminate_all(&ids).await?;
         Ok(ids.len())
     }
