@@ -1471,32 +1471,11 @@ impl Checker<'_> {
         };
         self.note("health", raw);
         let r = raw.get_ref();
-        let http = r.http.as_ref().map(|p| {
-            self.note("health.http", p);
-            if !p.get_ref().starts_with('/') {
-                self.err(
-                    p,
-                    format!(
-                        "health.http: {:?} is not a path; give the path to probe, such as \"/healthz\"",
-                        p.get_ref()
-                    ),
-                );
-            }
-            p.get_ref().clone()
-        });
-        let verify = r.verify.as_ref().map(|p| {
-            self.note("health.verify", p);
-            if !p.get_ref().starts_with('/') {
-                self.err(
-                    p,
-                    format!(
-                        "health.verify: {:?} is not a path; give the path where instances say what they run, such as \"/version\"",
-                        p.get_ref()
-                    ),
-                );
-            }
-            p.get_ref().clone()
-        });
+        let http = r.http.as_ref().map(|p| self.http_path("health.http", p, "to probe, such as \"/healthz\""));
+        let verify = r
+            .verify
+            .as_ref()
+            .map(|p| self.http_path("health.verify", p, "where instances say what they run, such as \"/version\""));
         let threshold = |this: &mut Self, field: &str, v: &Option<Spanned<i64>>, d: u32| {
             v.as_ref().map_or(d, |v| this.positive(field, v, 1).clamp(1, u32::MAX as i64) as u32)
         };
@@ -1510,6 +1489,15 @@ impl Checker<'_> {
                 unhealthy: threshold(self, "health.unhealthy_threshold", &r.unhealthy_threshold, defaults.unhealthy),
             },
         }
+    }
+
+    /// An HTTP path of `field`, which must start with `/`; `what` says what the path is for.
+    fn http_path(&mut self, field: &str, p: &Spanned<String>, what: &str) -> String {
+        self.note(field, p);
+        if !p.get_ref().starts_with('/') {
+            self.err(p, format!("{field}: {:?} is not a path; give the path {what}", p.get_ref()));
+        }
+        p.get_ref().clone()
     }
 
     fn watch(&mut self, raw: Option<&Spanned<RawWatch>>) -> WatchSpec {

@@ -113,21 +113,7 @@ async fn a_deployment_killed_during_its_analysis_resumes_the_same_run() {
     let case = Case::new("analysis-kill", "web", 2, "blue-green");
     let first = case.run(&["deploy", "--json"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let (watched, scraper) = (case.provider(), prometheus.clone());
-    let targets = tokio::spawn(async move {
-        let mut last = Vec::new();
-        loop {
-            if let Ok(fleet) = immut::ProviderExt::describe_service(&watched, "web").await {
-                let mut now: Vec<String> = fleet.into_iter().filter_map(|i| i.address).collect();
-                now.sort();
-                if now != last {
-                    scraper.set_targets(&now).expect("the targets file is writable");
-                    last = now;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let targets = immut_local::test_tools::track_targets(case.provider(), "web", prometheus.clone());
     let analysis = format!(
         r#"
 [analysis]

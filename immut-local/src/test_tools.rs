@@ -221,3 +221,28 @@ impl Load {
         total
     }
 }
+
+/// Keeps `prometheus`'s targets the addresses of `service`'s live instances (file-based
+/// discovery), as a service discovery would: checked every 200 ms until the task is aborted.
+pub fn track_targets(
+    provider: crate::LocalProvider,
+    service: &str,
+    prometheus: Arc<immut_core::test_tools::Prometheus>,
+) -> tokio::task::JoinHandle<()> {
+    use immut_core::ProviderExt;
+    let service = service.to_owned();
+    tokio::spawn(async move {
+        let mut last = Vec::new();
+        loop {
+            if let Ok(fleet) = provider.describe_service(&service).await {
+                let mut now: Vec<String> = fleet.into_iter().filter_map(|i| i.address).collect();
+                now.sort();
+                if now != last {
+                    prometheus.set_targets(&now).expect("the targets file is writable");
+                    last = now;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}

@@ -48,21 +48,7 @@ async fn setup(tag: &str, service: &str) -> Setup {
     let prometheus = Arc::new(start_prometheus().unwrap_or_else(|e| panic!("{e}")));
     let (provider, balancer) = support::local(tag, service).await;
     let stop = support::stop_on_drop(provider.state_dir());
-    let (watched, scraper, service) = (provider.clone(), prometheus.clone(), service.to_owned());
-    let targets = tokio::spawn(async move {
-        let mut last = Vec::new();
-        loop {
-            if let Ok(fleet) = watched.describe(&Query::service(&service)).await {
-                let mut now: Vec<String> = fleet.into_iter().filter_map(|i| i.address).collect();
-                now.sort();
-                if now != last {
-                    scraper.set_targets(&now).expect("the targets file is writable");
-                    last = now;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let targets = immut_local::test_tools::track_targets(provider.clone(), service, prometheus.clone());
     Setup { provider, balancer, prometheus, targets, _stop: stop }
 }
 

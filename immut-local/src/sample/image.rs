@@ -73,7 +73,9 @@ pub async fn read(cloud: Cloud) -> Result<String, String> {
 }
 
 async fn ask(client: &reqwest::Client, cloud: Cloud, base: &str) -> Result<String, String> {
-    let text = |answer: reqwest::Response| async move {
+    // One metadata request, with the header its service requires: the answer's text.
+    let call = |request: reqwest::RequestBuilder, (name, value): (&'static str, String)| async move {
+        let answer = request.header(name, value).send().await.map_err(|e| e.to_string())?;
         let status = answer.status();
         let body = answer.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
@@ -81,41 +83,20 @@ async fn ask(client: &reqwest::Client, cloud: Cloud, base: &str) -> Result<Strin
         }
         Ok(body.trim().to_owned())
     };
-    let sent = |e: reqwest::Error| e.to_string();
     let image = match cloud {
         Cloud::Ec2 => {
-            let token = client
-                .put(format!("{base}/latest/api/token"))
-                .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-                .send()
-                .await
-                .map_err(sent)?;
-            let token = text(token).await?;
-            let answer = client
-                .get(format!("{base}/latest/meta-data/ami-id"))
-                .header("X-aws-ec2-metadata-token", token)
-                .send()
-                .await
-                .map_err(sent)?;
-            text(answer).await?
+            let ttl = ("X-aws-ec2-metadata-token-ttl-seconds", "60".to_owned());
+            let token = call(client.put(format!("{base}/latest/api/token")), ttl).await?;
+            let ami = client.get(format!("{base}/latest/meta-data/ami-id"));
+            call(ami, ("X-aws-ec2-metadata-token", token)).await?
         }
         Cloud::Gce => {
-            let answer = client
-                .get(format!("{base}/computeMetadata/v1/instance/image"))
-                .header("Metadata-Flavor", "Google")
-                .send()
-                .await
-                .map_err(sent)?;
-            text(answer).await?
+            let image = client.get(format!("{base}/computeMetadata/v1/instance/image"));
+            call(image, ("Metadata-Flavor", "Google".to_owned())).await?
         }
         Cloud::Azure => {
-            let answer = client
-                .get(format!("{base}/metadata/instance?api-version=2021-02-01"))
-                .header("Metadata", "true")
-                .send()
-                .await
-                .map_err(sent)?;
-            let body = text(answer).await?;
+            let instance = client.get(format!("{base}/metadata/instance?api-version=2021-02-01"));
+            let body = call(instance, ("Metadata", "true".to_owned())).await?;
             let value: serde_json::Value =
                 serde_json::from_str(&body).map_err(|e| format!("the answer is not JSON: {e}"))?;
             let field = |name: &str| {
