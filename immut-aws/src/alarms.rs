@@ -86,6 +86,11 @@ impl MetricProvider for CloudWatchAlarms {
         let states = self.clients.alarm_states(&self.names).await.map_err(|e| e.to_string())?;
         judge(&self.names, &states)
     }
+
+    /// The alarms' states decide: a metric on them needs no success or failure condition.
+    fn decides(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

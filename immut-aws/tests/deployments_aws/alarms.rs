@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
 use immut_core::analysis::{
-    Analysis, AnalysisContext, AnalysisGate, MeasurementPhase, Metric, MetricProvider, Reading, Threshold,
+    Analysis, AnalysisContext, AnalysisGate, MeasurementPhase, Metric, MetricProvider, Reading,
 };
 use immut_core::engine::Event;
 use immut_core::{BlueGreen, Canary, Count, ErrorKind, Phase};
@@ -46,8 +46,8 @@ async fn set(provider: &AwsProvider, name: &str, state: StateValue) {
 }
 
 fn gate(provider: &AwsProvider, names: &[&str]) -> AnalysisGate {
-    // A pass or a refusal is the provider's own verdict; the threshold is never consulted.
-    let metric = Metric::new("alarms", Duration::from_millis(300), 2).success(Threshold::at_least(1.0));
+    // A pass or a refusal is the provider's own verdict: the metric needs no condition.
+    let metric = Metric::new("alarms", Duration::from_millis(300), 2);
     AnalysisGate::new(Analysis::new([metric])).provider("alarms", provider.alarms(names.iter().copied()).unwrap())
 }
 
