@@ -325,9 +325,14 @@ impl Ctx {
         key: Option<SigningKey>,
         approvals: bool,
     ) -> Result<Deployer, Failure> {
+        let factory = backend.alarms.clone();
+        let alarms = move |names: &[String]| match &factory {
+            Some(make) => (make.0)(names),
+            None => Err(Error::invalid("analysis.metrics", "no AWS connection was opened for the cloudwatch metrics")),
+        };
         let mut b = self
             .spec
-            .deployer_builder()
+            .deployer_builder(&alarms)
             .map_err(|e| self.err(e))?
             .provider_arc(backend.provider.clone())
             .traffic_arc(backend.traffic.clone())

@@ -55,7 +55,7 @@ use toml::de::{DeTable, DeValue};
 
 mod analysis;
 
-pub use analysis::{AnalysisSettings, MetricSource};
+pub use analysis::{AnalysisSettings, MakeAlarms, MetricSource};
 
 /// Where a problem is: a place in the spec file, or a `--set` override.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -682,7 +682,8 @@ impl Spec {
     /// A deployer builder with everything from the spec but the backends, the journal, the
     /// ledger and the key. Fails only when the analysis cannot build its providers (a bearer
     /// token's variable unset since the spec was read).
-    pub fn deployer_builder(&self) -> Result<DeployerBuilder, immut::Error> {
+    /// `alarms` makes the providers of `[analysis]`'s `cloudwatch` metrics.
+    pub fn deployer_builder(&self, alarms: analysis::Alarms<'_>) -> Result<DeployerBuilder, immut::Error> {
         let r = &self.rollout;
         let mut b = Deployer::builder()
             .strategy_arc(self.strategy.build_with(self.promotion))
@@ -703,7 +704,7 @@ impl Spec {
             b = b.replacement_budget(budget);
         }
         if let Some(analysis) = &self.analysis {
-            b = b.gate(analysis.gate()?);
+            b = b.gate(analysis.gate(alarms)?);
         }
         Ok(b)
     }
@@ -743,7 +744,8 @@ impl Spec {
     /// simulator standing in for the provider: no provider is called.
     fn check_with_library(&self) -> Result<(), immut::Error> {
         let sim = immut::sim::SimProvider::builder().build()?;
-        self.deployer_builder()?.provider(sim.clone()).traffic(sim.traffic()).build().map(|_| ())
+        let builder = self.deployer_builder(&analysis::unconnected)?;
+        builder.provider(sim.clone()).traffic(sim.traffic()).build().map(|_| ())
     }
 }
 

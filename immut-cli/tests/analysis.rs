@@ -174,3 +174,77 @@ inconclusive_limit = 3
     targets.abort();
     assert!(case.run(&["destroy", "--yes"]).status.success());
 }
+
+/// `provider = "cloudwatch"` on moto: with the instances on the local provider, the alarms are
+/// read through the standard AWS environment. An alarm in ALARM rolls the canary back (the
+/// reason quotes it), all alarms OK let the next one through; a cloudwatch metric with a
+/// condition, or without alarms, is refused before anything runs.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloudwatch_alarms_decide_a_canary_from_the_command_line() {
+    let moto = immut_core::test_tools::start_moto().unwrap_or_else(|e| panic!("{e}"));
+    let aws: Vec<(&str, String)> = moto.aws_env();
+    // Alarms set as an operator (or CloudWatch itself) would, with boto3 from the test tools.
+    let set_alarm = |state: &str| {
+        let python = immut_core::test_tools::python_with("boto3").unwrap_or_else(|e| panic!("{e}"));
+        let script = format!(
+            r#"import boto3
+cw = boto3.client("cloudwatch", endpoint_url="{url}", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+cw.put_metric_alarm(AlarmName="web-5xx", MetricName="HTTPCode_Target_5XX_Count", Namespace="AWS/ApplicationELB", Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold")
+cw.set_alarm_state(AlarmName="web-5xx", StateValue="{state}", StateReason="the test set it {state}")
+"#,
+            url = moto.endpoint()
+        );
+        let out = std::process::Command::new(python).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let case = Case::new("cloudwatch", "web", 2, "blue-green");
+    let first = case.run(&["deploy", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let spec = std::fs::read_to_string(case.dir.join("immut.toml")).unwrap().replace(
+        "[strategy]\nkind = \"blue_green\"",
+        "[strategy]\nkind = \"canary\"\nsteps = [1]\npromotion = \"analysis\"",
+    );
+    let metric = |extra: &str| {
+        format!(
+            "\n[analysis]\n\n[[analysis.metrics]]\nname = \"alarms\"\nprovider = \"cloudwatch\"\ninterval = \"500ms\"\ncount = 2\n{extra}\n"
+        )
+    };
+    let run = |args: &[&str]| case.command(args).envs(aws.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
+
+    for (extra, says) in [
+        ("alarms = [\"web-5xx\"]\nsuccess = \"< 1\"", "a cloudwatch metric takes no success or failure condition"),
+        ("", "the cloudwatch provider needs the alarms' names"),
+    ] {
+        std::fs::write(case.dir.join("immut.toml"), spec.clone() + &metric(extra)).unwrap();
+        let refused = run(&["deploy", "--json", "--set", "artifact.version=2.0.0"]);
+        assert_eq!(refused.status.code(), Some(2), "{}{}", stdout(&refused), stderr(&refused));
+        assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
+    }
+
+    std::fs::write(case.dir.join("immut.toml"), spec + &metric("alarms = [\"web-5xx\"]")).unwrap();
+    set_alarm("ALARM");
+    let alarmed = run(&["deploy", "--json", "--set", "artifact.version=2.0.0"]);
+    assert_eq!(alarmed.status.code(), Some(3), "{}{}", stdout(&alarmed), stderr(&alarmed));
+    let outcome = support::finished(&alarmed).expect("the deployment finished");
+    let Phase::RolledBack { reason } = &outcome.phase else { panic!("{}", outcome.summary()) };
+    assert!(reason.contains("metric \"alarms\"") && reason.contains("failed"), "{reason}");
+    let failed: Vec<String> = support::events(&alarmed)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Measured { measurement } if measurement.phase == MeasurementPhase::Failed => {
+                Some(measurement.message)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(failed.iter().any(|m| m.contains("in ALARM: web-5xx")), "{failed:?}");
+    println!("an alarm in ALARM: {reason}; the measurement: {}", failed[0]);
+
+    set_alarm("OK");
+    let passed = run(&["deploy", "--json", "--set", "artifact.version=2.0.1"]);
+    assert!(passed.status.success(), "{}{}", stdout(&passed), stderr(&passed));
+    let taken = measurements(&support::events(&passed));
+    assert_eq!(taken, [MeasurementPhase::Successful, MeasurementPhase::Successful], "{}", stdout(&passed));
+    assert!(case.run(&["destroy", "--yes"]).status.success());
+}

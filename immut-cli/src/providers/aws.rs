@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use immut::aws::{AwsBuilder, AwsConfig};
+use immut::analysis::MetricProvider;
+use immut::aws::{AwsBuilder, AwsConfig, AwsProvider};
 use immut::{HealthCheck, Result};
 
 use super::Backend;
@@ -38,6 +39,23 @@ pub(super) async fn connect(spec: &Spec, s: &AwsSettings) -> Result<Backend> {
         provider: Arc::new(provider.clone()),
         traffic: Arc::new(traffic),
         health: super::health(&health, extra),
-        adopt: Some(Arc::new(provider)),
+        adopt: Some(Arc::new(provider.clone())),
+        alarms: Some(alarms_of(provider)),
     })
+}
+
+/// The CloudWatch alarms of `cloudwatch` metrics, read with `provider`'s clients (its account,
+/// region, credentials and pacing).
+fn alarms_of(provider: AwsProvider) -> super::AlarmFactory {
+    super::AlarmFactory(Arc::new(move |names: &[String]| {
+        let alarms = provider.alarms(names.iter().cloned())?;
+        Ok(Arc::new(alarms) as Arc<dyn MetricProvider>)
+    }))
+}
+
+/// The CloudWatch alarms of `cloudwatch` metrics when the instances are not on AWS: the
+/// standard AWS environment (region, credentials, `AWS_ENDPOINT_URL`) says where.
+pub(super) async fn alarms_from_env() -> Result<super::AlarmFactory> {
+    let provider = AwsBuilder::from_config(AwsConfig::from_env()?).build().await?;
+    Ok(alarms_of(provider))
 }

@@ -37,5 +37,6 @@ pub(super) async fn connect(spec: &Spec, s: &GcpSettings) -> Result<Backend> {
         traffic: Arc::new(traffic),
         health: super::health(&spec.health, extra),
         adopt: Some(Arc::new(provider)),
+        alarms: None,
     })
 }

@@ -86,6 +86,7 @@ pub(super) async fn connect(
         traffic,
         health,
         adopt: Some(std::sync::Arc::new(provider)),
+        alarms: None,
     })
 }
 

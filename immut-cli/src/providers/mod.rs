@@ -17,7 +17,7 @@ use immut::{
     VersionCheck,
 };
 
-use crate::spec::{HealthSettings, ProviderSettings, Spec};
+use crate::spec::{HealthSettings, MakeAlarms, ProviderSettings, Spec};
 
 pub use local::serve_if_requested;
 pub use sim::SimFleet;
@@ -42,6 +42,19 @@ pub struct Backend {
     pub health: Arc<dyn HealthCheck>,
     /// The provider, when it can adopt instances launched outside immut.
     pub adopt: Option<Arc<dyn Adopt>>,
+    /// Makes the providers of `cloudwatch` metrics: on AWS, the instances' connection; else,
+    /// when the analysis reads CloudWatch, one from the standard AWS environment.
+    pub alarms: Option<AlarmFactory>,
+}
+
+/// See [`Backend::alarms`]: given a metric's alarm names, its provider.
+#[derive(Clone)]
+pub struct AlarmFactory(pub Arc<MakeAlarms>);
+
+impl std::fmt::Debug for AlarmFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlarmFactory")
+    }
 }
 
 /// The release the spec describes; the provider resolves the artifact (the local provider
@@ -97,11 +110,29 @@ pub async fn connect(
             format!("this immut was built without the {} provider", other.kind()),
         )),
     }?;
+    if backend.alarms.is_none() && spec.analysis.as_ref().is_some_and(|a| a.reads_cloudwatch()) {
+        // A connection that cannot be made fails the commands that build the analysis (before
+        // any launch), not those that never measure (destroy, status).
+        backend.alarms = Some(alarms_from_env().await.unwrap_or_else(|e| {
+            AlarmFactory(Arc::new(move |_: &[String]| Err(immut::Error::new(e.kind(), e.message().to_owned()))))
+        }));
+    }
     if let Some(path) = &spec.health.verify {
         let verified = verified(path, spec, releases);
         backend.health = Arc::new(AllOf(vec![backend.health, Arc::new(verified)]));
     }
     Ok(backend)
+}
+
+#[cfg(feature = "aws")]
+use aws::alarms_from_env;
+
+#[cfg(not(feature = "aws"))]
+async fn alarms_from_env() -> Result<AlarmFactory> {
+    Err(immut::Error::invalid(
+        "analysis.metrics",
+        "a cloudwatch metric needs immut built with the aws feature (cargo install immut-cli --features aws)",
+    ))
 }
 
 /// `health.verify`: each instance must say it runs its release's executable (the local

@@ -109,7 +109,13 @@ pub(super) fn connect(s: &SimSettings, releases: &[&Release]) -> Result<Backend>
     sim.seed_instances(&fleet.instances, &fleet.serving);
     let p = Persistent { traffic: sim.traffic(), health: sim.health(), sim, file: Arc::new(s.fleet.clone()) };
     let shared = Arc::new(p);
-    Ok(Backend { provider: shared.clone(), traffic: shared.clone(), health: shared.clone(), adopt: Some(shared) })
+    Ok(Backend {
+        provider: shared.clone(),
+        traffic: shared.clone(),
+        health: shared.clone(),
+        adopt: Some(shared),
+        alarms: None,
+    })
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@
 //!
 //! [[analysis.metrics]]
 //! name = "error-ratio"
-//! provider = "scrape"             # scrape (the instances' /metrics), webhook, prometheus or judge
+//! provider = "scrape"             # scrape (the instances' /metrics), webhook, prometheus, judge or cloudwatch
 //! interval = "2s"
 //! count = 3
 //! success = "< 0.01"              # <, <=, > or >= and a number
@@ -94,6 +94,9 @@ struct RawMetric {
     window: Option<Spanned<String>>,
     #[serde(default)]
     step: Option<Spanned<String>>,
+    // cloudwatch
+    #[serde(default)]
+    alarms: Option<Spanned<Vec<String>>>,
 }
 
 /// Where one metric's measurements come from.
@@ -134,6 +137,41 @@ pub enum MetricSource {
         /// Per series of an instant query (no window), or per step over a window.
         samples: Samples,
     },
+    /// CloudWatch alarms (`immut::aws::CloudWatchAlarms`, the `aws` feature): a measurement
+    /// fails while any is in `ALARM`, passes when all are `OK`, and is inconclusive otherwise.
+    CloudWatch {
+        /// The alarms' names.
+        alarms: Vec<String>,
+    },
+}
+
+/// A factory of CloudWatch alarm providers: the command's AWS connection (see
+/// `providers::connect`), given the alarm names of a `cloudwatch` metric.
+pub type Alarms<'a> = &'a MakeAlarms;
+
+/// What makes the provider of a `cloudwatch` metric from its alarm names.
+pub type MakeAlarms = dyn Fn(&[String]) -> immut::Result<Arc<dyn MetricProvider>> + Send + Sync;
+
+/// The settings check's stand-in for a `cloudwatch` metric's provider: the library checks
+/// the gate's settings there and measures nothing, so no AWS connection is opened before a
+/// command needs one.
+#[derive(Debug)]
+struct Unconnected;
+
+#[async_trait::async_trait]
+impl MetricProvider for Unconnected {
+    async fn measure(&self, _: &immut::analysis::AnalysisContext) -> Result<immut::analysis::Reading, String> {
+        Err("the settings check measures nothing".into())
+    }
+
+    fn decides(&self) -> bool {
+        true
+    }
+}
+
+/// [`Alarms`] for the settings check (see [`Unconnected`]).
+pub fn unconnected(_: &[String]) -> immut::Result<Arc<dyn MetricProvider>> {
+    Ok(Arc::new(Unconnected))
 }
 
 /// Where a Prometheus query goes.
@@ -169,8 +207,9 @@ impl PrometheusSource {
 impl MetricSource {
     /// The provider. Its settings were checked when the spec was read; what can still fail is
     /// the environment (a bearer token's variable unset since).
-    fn provider(&self) -> immut::Result<Arc<dyn MetricProvider>> {
+    fn provider(&self, alarms: Alarms<'_>) -> immut::Result<Arc<dyn MetricProvider>> {
         Ok(match self {
+            MetricSource::CloudWatch { alarms: names } => alarms(names)?,
             MetricSource::Scrape { path, counter, status_label, bad_status_prefix, worst_instance, timeout } => {
                 Arc::new(
                     ScrapeProvider::with_timeout(*timeout)
@@ -201,11 +240,17 @@ pub struct AnalysisSettings {
 }
 
 impl AnalysisSettings {
-    /// The gate that runs this analysis at every gate of the strategy.
-    pub fn gate(&self) -> immut::Result<AnalysisGate> {
+    /// Whether a metric reads CloudWatch alarms (the command then needs an AWS connection).
+    pub fn reads_cloudwatch(&self) -> bool {
+        self.sources.iter().any(|(_, s)| matches!(s, MetricSource::CloudWatch { .. }))
+    }
+
+    /// The gate that runs this analysis at every gate of the strategy; `alarms` makes the
+    /// providers of `cloudwatch` metrics.
+    pub fn gate(&self, alarms: Alarms<'_>) -> immut::Result<AnalysisGate> {
         let mut gate = AnalysisGate::new(self.analysis.clone());
         for (i, (name, source)) in self.sources.iter().enumerate() {
-            let provider = source.provider().map_err(|e| {
+            let provider = source.provider(alarms).map_err(|e| {
                 immut::Error::invalid(&format!("analysis.metrics[{i}].{}", field_of(&e)), e.message().to_owned())
             })?;
             gate = gate.provider_arc(name.clone(), provider);
@@ -223,10 +268,11 @@ fn field_of(e: &immut::Error) -> String {
     field.rsplit('.').next().filter(|f| !f.is_empty() && !f.contains(' ')).unwrap_or("provider").to_owned()
 }
 
-const PROVIDERS: &[&str] = &["scrape", "webhook", "prometheus", "judge"];
+const PROVIDERS: &[&str] = &["scrape", "webhook", "prometheus", "judge", "cloudwatch"];
 const SCRAPE_KEYS: &[&str] = &["path", "counter", "status_label", "bad_status_prefix", "aggregation", "timeout"];
 const WEBHOOK_KEYS: &[&str] = &["url", "timeout"];
 const PROMETHEUS_KEYS: &[&str] = &["url", "query", "timeout", "bearer_token_env"];
+const CLOUDWATCH_KEYS: &[&str] = &["alarms"];
 const JUDGE_KEYS: &[&str] =
     &["url", "query", "timeout", "bearer_token_env", "significance", "tolerance", "min_samples", "window", "step"];
 
@@ -293,6 +339,7 @@ impl Checker<'_> {
             "webhook" => WEBHOOK_KEYS,
             "prometheus" => PROMETHEUS_KEYS,
             "judge" => JUDGE_KEYS,
+            "cloudwatch" => CLOUDWATCH_KEYS,
             other => {
                 self.err(
                     &m.provider,
@@ -319,6 +366,7 @@ impl Checker<'_> {
             ("min_samples", m.min_samples.as_ref().map(Spanned::span)),
             ("window", m.window.as_ref().map(Spanned::span)),
             ("step", m.step.as_ref().map(Spanned::span)),
+            ("alarms", m.alarms.as_ref().map(Spanned::span)),
         ];
         self.only(
             &present,
@@ -349,6 +397,7 @@ impl Checker<'_> {
                 timeout: self.duration(&format!("{field}.timeout"), m.timeout.as_ref(), Duration::from_secs(2)),
             },
             "prometheus" => MetricSource::Prometheus(self.prometheus(&field, m)?),
+            "cloudwatch" => MetricSource::CloudWatch { alarms: self.alarms(&field, m)? },
             "judge" => {
                 let prometheus = self.prometheus(&field, m)?;
                 let mut judge = Judge::new();
@@ -457,6 +506,30 @@ impl Checker<'_> {
             return None;
         }
         Some(source)
+    }
+
+    /// The alarm names of a `cloudwatch` metric: at least one, none empty; the alarms decide,
+    /// so the metric takes no condition.
+    fn alarms(&mut self, field: &str, m: &RawMetric) -> Option<Vec<String>> {
+        if let Some(c) = m.success.as_ref().or(m.failure.as_ref()) {
+            self.err(c, format!("{field}: CloudWatch alarms decide by their state (ALARM fails, OK passes); a cloudwatch metric takes no success or failure condition"));
+        }
+        let Some(alarms) = &m.alarms else {
+            self.err(
+                &m.provider,
+                format!(
+                    "{field}.alarms: the cloudwatch provider needs the alarms' names, such as alarms = [\"web-5xx\"]"
+                ),
+            );
+            return None;
+        };
+        self.note(&format!("{field}.alarms"), alarms);
+        let names = alarms.get_ref();
+        if names.is_empty() || names.iter().any(|n| n.trim().is_empty()) {
+            self.err(alarms, format!("{field}.alarms: name at least one alarm, and no empty name"));
+            return None;
+        }
+        Some(names.clone())
     }
 
     /// A condition such as `"< 0.01"` or `">= 5"`.
@@ -603,7 +676,7 @@ significance = 0.05
         let MetricSource::Judge { judge, samples, .. } = &a.sources[3].1 else { panic!("{:?}", a.sources[3]) };
         assert_eq!(*samples, Samples::PerStep { window: Duration::from_secs(120), step: Duration::from_secs(10) });
         assert_eq!(*judge, Judge::new().significance(0.05));
-        assert_eq!(a.gate().unwrap().analysis().metrics.len(), 4);
+        assert_eq!(a.gate(&unconnected).unwrap().analysis().metrics.len(), 4);
     }
 
     #[test]
