@@ -614,46 +614,43 @@ impl SimProvider {
     /// Edits one label of an instance in place, as someone with console access could; the
     /// provenance is read again from the labels. Returns false for an unknown id.
     pub fn edit_label(&self, id: &InstanceId, key: &str, value: &str) -> bool {
+        self.edit(id, |instance| {
+            let mut labels = (*instance.labels).clone();
+            labels.insert(key.to_owned(), value.to_owned());
+            instance.provenance = Provenance::from_labels(&labels, LabelCharset::Any).map(Arc::new);
+            instance.labels = Arc::new(labels);
+        })
+    }
+
+    /// Changes one instance out of band, recorded as a change now (for the change feed).
+    /// Returns false for an unknown id.
+    fn edit(&self, id: &InstanceId, change: impl FnOnce(&mut Instance)) -> bool {
         let mut state = self.lock();
         let Some(&idx) = state.index.get(id) else { return false };
         let now = Instant::now();
         state.changed_at = Some(now);
         state.touch(now, idx);
-        let instance = &mut state.instances[idx].instance;
-        let mut labels = (*instance.labels).clone();
-        labels.insert(key.to_owned(), value.to_owned());
-        instance.provenance = Provenance::from_labels(&labels, LabelCharset::Any).map(Arc::new);
-        instance.labels = Arc::new(labels);
+        change(&mut state.instances[idx].instance);
         true
     }
 
     /// Changes what the provider observes of an instance's machine type, as an in-place resize
     /// would. Returns false for an unknown id.
     pub fn resize(&self, id: &InstanceId, machine_type: &str) -> bool {
-        let mut state = self.lock();
-        let Some(&idx) = state.index.get(id) else { return false };
-        let now = Instant::now();
-        state.changed_at = Some(now);
-        state.touch(now, idx);
-        let instance = &mut state.instances[idx].instance;
-        instance.observed =
-            Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
-        true
+        self.edit(id, |instance| {
+            instance.observed =
+                Arc::new(Observed { machine_type: Some(machine_type.to_owned()), ..(*instance.observed).clone() });
+        })
     }
 
     /// Opens a way into an instance out of band, as adding a key or enabling a console by hand
     /// would: what the provider observes of its access gains the opening. Returns false for
     /// an unknown id.
     pub fn open_access(&self, id: &InstanceId, path: AccessPath, detail: &str) -> bool {
-        let mut state = self.lock();
-        let Some(&idx) = state.index.get(id) else { return false };
-        let now = Instant::now();
-        state.changed_at = Some(now);
-        state.touch(now, idx);
-        let instance = &mut state.instances[idx].instance;
-        let access = instance.observed.access.clone().unwrap_or_default().with(path, detail);
-        instance.observed = Arc::new(Observed { access: Some(access), ..(*instance.observed).clone() });
-        true
+        self.edit(id, |instance| {
+            let access = instance.observed.access.clone().unwrap_or_default().with(path, detail);
+            instance.observed = Arc::new(Observed { access: Some(access), ..(*instance.observed).clone() });
+        })
     }
 
     /// Puts existing instances in place, keeping their ids and provenance (the dry-run seeds
