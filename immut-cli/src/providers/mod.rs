@@ -18,6 +18,8 @@ use immut::{
 };
 
 use crate::spec::{HealthSettings, MakeAlarms, ProviderSettings, Spec};
+#[cfg(feature = "aws")]
+use aws::alarms_from_env;
 
 pub use local::serve_if_requested;
 pub use sim::SimFleet;
@@ -123,9 +125,6 @@ pub async fn connect(
     }
     Ok(backend)
 }
-
-#[cfg(feature = "aws")]
-use aws::alarms_from_env;
 
 #[cfg(not(feature = "aws"))]
 async fn alarms_from_env() -> Result<AlarmFactory> {
