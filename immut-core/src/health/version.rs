@@ -55,21 +55,30 @@ pub struct Expected {
     pub digest: Option<String>,
     /// The cloud image the instance must have booted from, as the release's artifact names it
     /// (an AMI id, a Compute Engine image path, an ARM image id); compared with what the
-    /// instance's metadata service says (see [`super::image`]).
+    /// instance's metadata service says, however each cloud writes it (a Compute Engine path
+    /// as a URL or project-relative, an ARM id in any case).
     pub image: Option<String>,
 }
 
 impl Expected {
-    /// The compared fields, as `version 2.0.0, image ...` (the version and digest as `any`
-    /// when the image alone is compared and they are not).
+    /// The compared fields, `any` for one that is not compared (see [`fields`]).
     fn describe(&self) -> String {
         let version = self.version.as_ref().map_or("any".to_owned(), Version::to_string);
-        let digest = self.digest.as_deref().unwrap_or("any");
-        match &self.image {
-            Some(image) if self.version.is_none() && self.digest.is_none() => format!("image {image}"),
-            Some(image) => format!("version {version}, digest {digest}, image {image}"),
-            None => format!("version {version}, digest {digest}"),
-        }
+        fields(self, &version, self.digest.as_deref().unwrap_or("any"), self.image.as_deref().unwrap_or("any"))
+    }
+
+    fn image_only(&self) -> bool {
+        self.image.is_some() && self.version.is_none() && self.digest.is_none()
+    }
+}
+
+/// The fields `expected` compares, with these values: `version V, digest D` (and `image I`
+/// when an image is compared), or `image I` alone when only the image is.
+fn fields(expected: &Expected, version: &str, digest: &str, image: &str) -> String {
+    match &expected.image {
+        Some(_) if expected.image_only() => format!("image {image}"),
+        Some(_) => format!("version {version}, digest {digest}, image {image}"),
+        None => format!("version {version}, digest {digest}"),
     }
 }
 
@@ -84,14 +93,8 @@ struct Found {
 impl Found {
     /// What the instance said, field for field with what `expected` describes.
     fn describe(&self, expected: &Expected) -> String {
-        let version = self.version.as_deref().unwrap_or("none");
-        let digest = self.digest.as_deref().unwrap_or("none");
-        let image = self.image.as_deref().unwrap_or("none");
-        match &expected.image {
-            Some(_) if expected.version.is_none() && expected.digest.is_none() => format!("image {image}"),
-            Some(_) => format!("version {version}, digest {digest}, image {image}"),
-            None => format!("version {version}, digest {digest}"),
-        }
+        let none = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".to_owned());
+        fields(expected, &none(&self.version), &none(&self.digest), &none(&self.image))
     }
 }
 
